@@ -1,0 +1,18 @@
+"""Hot loops, one module per backend, all with the same functions.
+
+* ``numpy_ref``  — readable NumPy: the specification.
+* ``numba_cpu``  — the same loops compiled with Numba (fast CPU).
+* ``cupy_gpu``   — the same on a CUDA GPU with CuPy.
+
+Each module provides::
+
+    im2col(x, kh, kw, stride, padding, dilation) -> cols (C*kh*kw, N*oh*ow)
+    col2im(cols, x_shape, kh, kw, stride, padding, dilation) -> dx (N, C, H, W)
+    max_pool2d_forward(x, kh, kw, stride, padding) -> (y, argmax)
+    max_pool2d_backward(gy, argmax, x_shape, kh, kw, stride, padding) -> dx
+    avg_pool2d_forward(x, kh, kw, stride, padding, count_include_pad) -> y
+    avg_pool2d_backward(gy, x_shape, kh, kw, stride, padding, count_include_pad) -> dx
+    erf(x) -> y
+
+Kernels take and return arrays only; they never import minicnn.
+"""

@@ -1,0 +1,166 @@
+"""The reference kernels: readable NumPy, the specification for every backend.
+
+Arrays in, arrays out — nothing here knows about tensors or gradients. Every
+other kernel module (``numba_cpu``, ``cupy_gpu``) implements these functions
+with the same signatures and must return the same numbers; the tests hold them
+to it. All sizes are plain ints; ``stride``, ``padding`` and ``dilation`` are
+``(vertical, horizontal)`` pairs.
+
+Output size of a sliding window (convolution or pooling), per axis::
+
+    out = floor((in + 2*pad - dil*(k - 1) - 1) / stride) + 1
+
+The im2col layout used throughout::
+
+    cols[(c, i, j), (n, oy, ox)] = x_padded[n, c, oy*sh + i*dh, ox*sw + j*dw]
+    cols.shape == (C*kh*kw, N*oh*ow)
+
+one row per (input channel, kernel tap), one column per output pixel of the
+whole batch — so a convolution is a single matrix product
+``W.reshape(Cout, C*kh*kw) @ cols``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+NAME = "numpy"
+
+
+def conv_out_size(size, k, stride, pad, dilation=1):
+    """Number of window positions along one axis (the formula above)."""
+    return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+
+
+def _taps(kh, kw, stride, dilation, oh, ow):
+    """Yield ``(i, j, rows, cols)``: for kernel tap (i, j), the slices of the
+    padded input that it touches for every output position at once."""
+    (sh, sw), (dh, dw) = stride, dilation
+    for i in range(kh):
+        for j in range(kw):
+            top, left = i * dh, j * dw
+            yield i, j, slice(top, top + sh * (oh - 1) + 1, sh), slice(left, left + sw * (ow - 1) + 1, sw)
+
+
+def _pad(x, padding, value=0.0):
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+# -----------------------------------------------------------------------------
+# im2col / col2im
+# -----------------------------------------------------------------------------
+def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """Unfold every receptive field of ``x`` (N, C, H, W) into a column.
+
+    Returns ``cols`` of shape (C*kh*kw, N*oh*ow). Loop over the kh*kw kernel
+    taps; for each tap copy, in one strided slice, the input value that tap
+    sees at every output position of every image.
+    """
+    N, C, H, W = x.shape
+    oh = conv_out_size(H, kh, stride[0], padding[0], dilation[0])
+    ow = conv_out_size(W, kw, stride[1], padding[1], dilation[1])
+    xp = _pad(x, padding)
+    cols = np.empty((C, kh, kw, N, oh, ow), dtype=x.dtype)
+    for i, j, rows, columns in _taps(kh, kw, stride, dilation, oh, ow):
+        # xp[:, :, rows, columns] is (N, C, oh, ow): the tap's value everywhere
+        cols[:, i, j] = xp[:, :, rows, columns].transpose(1, 0, 2, 3)
+    return cols.reshape(C * kh * kw, N * oh * ow)
+
+
+def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """The adjoint of :func:`im2col`: scatter-add columns back into an image.
+
+    An input pixel that lies in several receptive fields receives the sum of
+    their contributions — exactly the gradient of im2col. Returns (N, C, H, W).
+    """
+    N, C, H, W = x_shape
+    ph, pw = padding
+    oh = conv_out_size(H, kh, stride[0], ph, dilation[0])
+    ow = conv_out_size(W, kw, stride[1], pw, dilation[1])
+    cols = cols.reshape(C, kh, kw, N, oh, ow)
+    dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
+    for i, j, rows, columns in _taps(kh, kw, stride, dilation, oh, ow):
+        dxp[:, :, rows, columns] += cols[:, i, j].transpose(1, 0, 2, 3)
+    return dxp[:, :, ph:ph + H, pw:pw + W]
+
+
+# -----------------------------------------------------------------------------
+# Max pooling
+# -----------------------------------------------------------------------------
+def max_pool2d_forward(x, kh, kw, stride, padding):
+    """y[n,c,oy,ox] = max of the kh×kw window; also return which tap won.
+
+    Returns ``(y, argmax)``: ``argmax`` (int8 when it fits, int32 otherwise)
+    holds the winning tap ``i*kw + j`` of each window — the first one on ties,
+    like PyTorch. Padding is -inf, so it never wins.
+    """
+    N, C, H, W = x.shape
+    oh = conv_out_size(H, kh, stride[0], padding[0])
+    ow = conv_out_size(W, kw, stride[1], padding[1])
+    xp = _pad(x, padding, value=-np.inf)
+    y = np.full((N, C, oh, ow), -np.inf, dtype=x.dtype)
+    argmax = np.zeros((N, C, oh, ow), dtype=np.int8 if kh * kw <= 127 else np.int32)
+    for i, j, rows, columns in _taps(kh, kw, stride, (1, 1), oh, ow):
+        window = xp[:, :, rows, columns]           # (N, C, oh, ow)
+        better = window > y                        # strict: the first maximum keeps the win
+        y = np.where(better, window, y)
+        argmax[better] = i * kw + j
+    return y, argmax
+
+
+def max_pool2d_backward(gy, argmax, x_shape, kh, kw, stride, padding):
+    """Route each output gradient to its window's winning input; sum overlaps."""
+    N, C, H, W = x_shape
+    ph, pw = padding
+    oh, ow = gy.shape[2:]
+    dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=gy.dtype)
+    for i, j, rows, columns in _taps(kh, kw, stride, (1, 1), oh, ow):
+        dxp[:, :, rows, columns] += np.where(argmax == i * kw + j, gy, 0)
+    return dxp[:, :, ph:ph + H, pw:pw + W]
+
+
+# -----------------------------------------------------------------------------
+# Average pooling
+# -----------------------------------------------------------------------------
+def _avg_divisor(x_shape, kh, kw, stride, padding, count_include_pad, dtype):
+    """kh*kw, or (count_include_pad=False) the number of real pixels per window."""
+    if count_include_pad or (padding[0] == 0 and padding[1] == 0):
+        return dtype.type(kh * kw)
+    H, W = x_shape[2:]
+    ones = np.ones((1, 1, H, W), dtype=dtype)
+    return avg_pool2d_forward(ones, kh, kw, stride, padding, True) * (kh * kw)  # (1, 1, oh, ow)
+
+
+def avg_pool2d_forward(x, kh, kw, stride, padding, count_include_pad=True):
+    """y[n,c,oy,ox] = mean of the kh×kw window (zero padding counts if count_include_pad)."""
+    N, C, H, W = x.shape
+    oh = conv_out_size(H, kh, stride[0], padding[0])
+    ow = conv_out_size(W, kw, stride[1], padding[1])
+    xp = _pad(x, padding)
+    total = np.zeros((N, C, oh, ow), dtype=x.dtype)
+    for i, j, rows, columns in _taps(kh, kw, stride, (1, 1), oh, ow):
+        total += xp[:, :, rows, columns]
+    return total / _avg_divisor(x.shape, kh, kw, stride, padding, count_include_pad, x.dtype)
+
+
+def avg_pool2d_backward(gy, x_shape, kh, kw, stride, padding, count_include_pad=True):
+    """Each input of a window receives gy / divisor; overlapping windows add up."""
+    N, C, H, W = x_shape
+    ph, pw = padding
+    oh, ow = gy.shape[2:]
+    g = gy / _avg_divisor(x_shape, kh, kw, stride, padding, count_include_pad, gy.dtype)
+    dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=gy.dtype)
+    for i, j, rows, columns in _taps(kh, kw, stride, (1, 1), oh, ow):
+        dxp[:, :, rows, columns] += g
+    return dxp[:, :, ph:ph + H, pw:pw + W]
+
+
+# -----------------------------------------------------------------------------
+# Special functions
+# -----------------------------------------------------------------------------
+def erf(x):
+    """The error function (for the exact GELU); SciPy's, elementwise."""
+    from scipy.special import erf as _erf
+    return _erf(x).astype(x.dtype, copy=False)

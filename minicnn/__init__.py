@@ -1,0 +1,30 @@
+"""minicnn — a from-scratch convolutional-network framework for learning.
+
+    import minicnn as mc
+    import minicnn.functional as F
+    import minicnn.nn as nn
+
+The backend (NumPy, Numba-JIT CPU kernels, or CuPy on a GPU) is chosen by the
+environment variable ``MINICNN_BACKEND`` at import, or later with
+``mc.set_backend``.
+"""
+from .backend import BackendError, get_backend, set_backend
+from .functional.shape import cat, concatenate, stack
+from .gradcheck import GradcheckError, gradcheck
+from .rng import manual_seed
+from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
+
+from . import functional  # noqa: E402  (after tensor: functional builds on it)
+from . import nn  # noqa: E402
+
+__version__ = "0.1.0"
+
+import numpy as _np  # noqa: E402
+
+float32, float64 = _np.float32, _np.float64
+
+__all__ = [
+    "BackendError", "Function", "GradcheckError", "Tensor", "cat", "concatenate", "enable_grad",
+    "functional", "get_backend", "gradcheck", "is_grad_enabled", "manual_seed", "nn", "no_grad",
+    "set_backend", "stack", "tensor",
+]

@@ -1,0 +1,142 @@
+"""Backend selection: which array module and which kernels do the work.
+
+A backend is three things:
+
+* a **name** — ``"numpy"``, ``"numba"`` or ``"cupy"``;
+* an **array module** ``xp`` — ``numpy`` or ``cupy``; layer code writes
+  ``xp.exp(x)`` and never asks which one it got;
+* a **kernel module** from ``minicnn.kernels`` — the hot loops (im2col,
+  col2im, pooling) with the same function signatures in every backend.
+  ``kernels/numpy_ref.py`` is the readable specification; the others must
+  agree with it, and the tests check that they do.
+
+The backend is chosen once at import from the environment variable
+``MINICNN_BACKEND`` (``numpy`` | ``numba`` | ``cupy`` | ``auto``; default
+``auto``), and can be changed later with :func:`set_backend`. ``auto`` picks
+the fastest backend that works on this machine. Asking for a backend that
+cannot work here is an error that says why — never a silent fallback.
+
+Layer code reads the live choice through the one mutable object ``current``::
+
+    from minicnn.backend import current
+    xp = current.xp                 # numpy or cupy
+    cols = current.kernels.im2col(x, ...)
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import numpy as np
+
+#: Every backend minicnn knows, in the order ``auto`` tries them.
+AVAILABLE = ("cupy", "numba", "numpy")
+
+
+class BackendError(RuntimeError):
+    """A backend was asked for that does not exist or cannot run here."""
+
+
+class _Current:
+    """The active backend. One instance, mutated by :func:`set_backend`."""
+
+    def __init__(self):
+        self.name = None
+        self.xp = np
+        self.kernels = None
+
+    def __repr__(self):
+        return f"<minicnn backend {self.name!r}>"
+
+
+current = _Current()
+
+
+def _load(name):
+    """Return ``(xp, kernels)`` for ``name`` or raise :class:`BackendError`."""
+    if name == "numpy":
+        from .kernels import numpy_ref
+        return np, numpy_ref
+    if name == "numba":
+        try:
+            import numba  # noqa: F401
+        except ImportError as e:
+            raise BackendError(
+                "backend 'numba' needs the numba package, which did not import "
+                f"({e}); install it with: pip install numba") from e
+        kernels = importlib.import_module(".kernels.numba_cpu", __package__)
+        return np, kernels
+    if name == "cupy":
+        try:
+            import cupy
+        except ImportError as e:
+            raise BackendError(
+                "backend 'cupy' needs CuPy, which is not installed "
+                f"({e}); install it with: pip install 'minicnn[gpu]' "
+                "(or the cupy-cudaXXx wheel matching your CUDA)") from e
+        try:
+            n = cupy.cuda.runtime.getDeviceCount()
+        except Exception as e:  # CUDA driver missing, etc.
+            raise BackendError(
+                f"backend 'cupy': CuPy imports but no CUDA device is usable ({e})") from e
+        if n < 1:
+            raise BackendError("backend 'cupy': CuPy imports but no CUDA device is visible")
+        kernels = importlib.import_module(".kernels.cupy_gpu", __package__)
+        return cupy, kernels
+    raise BackendError(
+        f"unknown backend {name!r}; expected one of {', '.join(AVAILABLE)} or 'auto'")
+
+
+def set_backend(name: str) -> str:
+    """Switch every later operation to backend ``name``; return the name chosen.
+
+    ``"auto"`` tries ``cupy`` (only if a GPU is usable), then ``numba``, then
+    ``numpy``. Tensors created before the switch keep their arrays: move them
+    yourself (or rebuild the model) when switching between host and device.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"backend name must be a str, got {type(name).__name__}")
+    name = name.strip().lower()
+    if name == "auto":
+        reasons = []
+        for candidate in AVAILABLE:
+            try:
+                xp, kernels = _load(candidate)
+            except (BackendError, ImportError) as e:
+                reasons.append(f"{candidate}: {e}")
+                continue
+            name = candidate
+            break
+        else:  # pragma: no cover - numpy always loads
+            raise BackendError("no backend could be loaded:\n" + "\n".join(reasons))
+    else:
+        xp, kernels = _load(name)
+    current.name, current.xp, current.kernels = name, xp, kernels
+    return name
+
+
+def get_backend() -> str:
+    """The name of the active backend: ``"numpy"``, ``"numba"`` or ``"cupy"``."""
+    return current.name
+
+
+def to_host(a):
+    """Return a NumPy array with the contents of ``a`` (a copy if it lives on a GPU)."""
+    if isinstance(a, np.ndarray):
+        return a
+    get = getattr(a, "get", None)  # cupy.ndarray.get() copies device -> host
+    if get is not None:
+        return get()
+    return np.asarray(a)
+
+
+def to_device(a, dtype=None):
+    """Return ``a`` as an array of the active backend (host -> device if needed)."""
+    xp = current.xp
+    if xp is np:
+        a = to_host(a)
+        return a if dtype is None else a.astype(dtype, copy=False)
+    return xp.asarray(a, dtype=dtype)
+
+
+set_backend(os.environ.get("MINICNN_BACKEND", "auto"))

@@ -1,0 +1,28 @@
+"""Differentiable functions (``import minicnn.functional as F``), PyTorch's names.
+
+Each module holds a few :class:`~minicnn.tensor.Function` subclasses — forward
+and backward side by side, the math in the docstring — and the plain functions
+that validate arguments and call them.
+"""
+from .activation import (gelu, leaky_relu, log_softmax, mish, relu, sigmoid, silu, softmax,
+                         softplus, swish, tanh)
+from .conv import conv2d, conv2d_simple, conv_output_shape
+from .dropout import dropout
+from .linear import linear
+from .loss import (binary_cross_entropy_with_logits, cross_entropy, mse_loss, nll_loss,
+                   smooth_l1_loss)
+from .math import abs, clip, exp, log, matmul, maximum, sqrt  # noqa: A004
+from .norm import batch_norm
+from .pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
+from .reductions import max, mean, sum  # noqa: A004
+from .shape import cat, concatenate, flatten, reshape, stack, transpose
+from .unfold import unfold
+
+__all__ = [
+    "gelu", "leaky_relu", "log_softmax", "mish", "relu", "sigmoid", "silu", "softmax", "softplus",
+    "swish", "tanh", "conv2d", "conv2d_simple", "conv_output_shape", "dropout", "linear",
+    "binary_cross_entropy_with_logits", "cross_entropy", "mse_loss", "nll_loss", "smooth_l1_loss",
+    "abs", "clip", "exp", "log", "matmul", "maximum", "sqrt", "batch_norm", "adaptive_avg_pool2d",
+    "avg_pool2d", "max_pool2d", "max", "mean", "sum", "cat", "concatenate", "flatten", "reshape",
+    "stack", "transpose", "unfold",
+]

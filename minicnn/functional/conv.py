@@ -1,0 +1,148 @@
+"""2-D convolution through im2col, with stride, padding, dilation and groups.
+
+Read :func:`conv2d_simple` first: ten lines, no groups, autograd does the
+backward. :class:`Conv2d` below is the real one, with its own backward; the
+tests prove the two equal.
+"""
+from __future__ import annotations
+
+import numbers
+
+from ..backend import current
+from ..tensor import Function, Tensor, _shape_str
+
+
+def _pair(value, name, minimum):
+    """Turn ``3`` or ``(3, 2)`` into ``(3, 3)`` / ``(3, 2)``; check each is an int >= minimum."""
+    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if any(v < minimum for v in pair):
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def conv_output_shape(in_hw, kernel_hw, stride=1, padding=0, dilation=1):
+    """(oh, ow) for an input (H, W): out = floor((in + 2p - d(k-1) - 1) / s) + 1."""
+    (H, W), (kh, kw) = in_hw, kernel_hw
+    (sh, sw), (ph, pw), (dh, dw) = (_pair(stride, "stride", 1), _pair(padding, "padding", 0),
+                                    _pair(dilation, "dilation", 1))
+    return ((H + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+            (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+
+
+def _check_window_fits(op, hw, k, padding, dilation):
+    """The (dilated) window must fit inside the padded input along both axes."""
+    for axis, n, kk, p, d in zip(("height", "width"), hw, k, padding, dilation):
+        span = d * (kk - 1) + 1
+        if span > n + 2 * p:
+            raise ValueError(f"{op}: the kernel spans {span} pixels along the {axis} "
+                             f"(kernel {kk}, dilation {d}) but the padded input has only "
+                             f"{n + 2 * p} ({n} + 2*{p} padding)")
+
+
+class Conv2d(Function):
+    """y = conv2d(x, w) + b, computed as a matrix product over im2col columns.
+
+    Shapes: x (N, C, H, W), w (Cout, C/G, kh, kw), b (Cout,), y (N, Cout, oh, ow),
+    with G groups: input channels and filters split into G independent halves,
+    thirds, ... (G = C is a depthwise convolution).
+
+    Forward, per group g (K = C/G*kh*kw, L = N*oh*ow)::
+
+        cols = im2col(x)                       # (G, K, L)
+        Y_g  = W_g @ cols_g                    # (Cout/G, K) @ (K, L) -> (Cout/G, L)
+
+    Backward (matrix calculus of Y = W @ cols)::
+
+        dW_g    = dY_g @ cols_g^T              # (Cout/G, L) @ (L, K)
+        dcols_g = W_g^T @ dY_g                 # (K, Cout/G) @ (Cout/G, L)
+        dx      = col2im(dcols)                # scatter-add back onto the image
+        db      = dY summed over N, oh, ow
+    """
+
+    def forward(self, x, w, b, stride, padding, dilation, groups):
+        kernels = current.kernels
+        N, C, H, W = x.shape
+        Cout, Cg, kh, kw = w.shape
+        G = groups
+        oh, ow = conv_output_shape((H, W), (kh, kw), stride, padding, dilation)
+        cols = kernels.im2col(x, kh, kw, stride, padding, dilation)     # (C*kh*kw, N*oh*ow)
+        cols = cols.reshape(G, Cg * kh * kw, N * oh * ow)                 # (G, K, L)
+        w_g = w.reshape(G, Cout // G, Cg * kh * kw)                       # (G, Cout/G, K)
+        y = (w_g @ cols).reshape(Cout, N, oh, ow)                         # (Cout, N, oh, ow)
+        if b is not None:
+            y += b.reshape(Cout, 1, 1, 1)
+        self.saved = (cols, w_g)
+        self.config = (x.shape, w.shape, stride, padding, dilation, G)
+        return current.xp.ascontiguousarray(y.transpose(1, 0, 2, 3))    # (N, Cout, oh, ow)
+
+    def backward(self, gy):
+        kernels = current.kernels
+        cols, w_g = self.saved
+        x_shape, w_shape, stride, padding, dilation, G = self.config
+        Cout, Cg, kh, kw = w_shape
+        # (N, Cout, oh, ow) -> (Cout, N*oh*ow) -> (G, Cout/G, L)
+        gy_g = gy.transpose(1, 0, 2, 3).reshape(G, Cout // G, -1)
+        dx = dw = db = None
+        if self.needs_input_grad[0]:
+            dcols = w_g.transpose(0, 2, 1) @ gy_g                         # (G, K, L)
+            dx = kernels.col2im(dcols.reshape(G * Cg * kh * kw, -1), x_shape,
+                                kh, kw, stride, padding, dilation)
+        if self.needs_input_grad[1]:
+            dw = (gy_g @ cols.transpose(0, 2, 1)).reshape(w_shape)       # (G, Cout/G, K)
+        if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
+            db = gy.sum(axis=(0, 2, 3))
+        return dx, dw, db
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor = None, stride=1, padding=0,
+           dilation=1, groups=1) -> Tensor:
+    """2-D convolution (PyTorch's ``F.conv2d``; really cross-correlation, as everywhere).
+
+    x: (N, C, H, W); weight: (Cout, C/groups, kh, kw); bias: (Cout,) or None.
+    """
+    stride = _pair(stride, "conv2d: stride", 1)
+    padding = _pair(padding, "conv2d: padding", 0)
+    dilation = _pair(dilation, "conv2d: dilation", 1)
+    if not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
+    if x.ndim != 4:
+        raise ValueError(f"conv2d: expected a 4-D input (N, C, H, W), got shape {_shape_str(x.shape)}")
+    if weight.ndim != 4:
+        raise ValueError("conv2d: expected a 4-D weight (Cout, Cin/groups, kh, kw), "
+                         f"got shape {_shape_str(weight.shape)}")
+    N, C, H, W = x.shape
+    Cout, Cg, kh, kw = weight.shape
+    if C % groups or Cout % groups:
+        raise ValueError(f"conv2d: groups={groups} must divide both the input channels ({C}) "
+                         f"and the output channels ({Cout})")
+    if Cg * groups != C:
+        raise ValueError(f"conv2d: the input has {C} channels but the weight of shape "
+                         f"{_shape_str(weight.shape)} with groups={groups} expects "
+                         f"{Cg * groups} (= {Cg} per group x {groups})")
+    if bias is not None and tuple(bias.shape) != (Cout,):
+        raise ValueError(f"conv2d: expected a bias of shape ({Cout},), got {_shape_str(bias.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"conv2d: input is {x.dtype} but {name} is {t.dtype}; use one dtype")
+    _check_window_fits("conv2d", (H, W), (kh, kw), padding, dilation)
+    return Conv2d.apply(x, weight, bias, stride=stride, padding=padding,
+                        dilation=dilation, groups=groups)
+
+
+def conv2d_simple(x: Tensor, weight: Tensor, bias: Tensor = None, stride=1, padding=0) -> Tensor:
+    """The idea in ten lines: im2col, one matrix product, reshape (no groups, no dilation).
+
+    Only the im2col step is a kernel call; the rest is ordinary tensor algebra,
+    so autograd derives the backward by itself. Slower, but proves the point.
+    """
+    from .unfold import unfold
+    N, C, H, W = x.shape
+    Cout, _, kh, kw = weight.shape
+    oh, ow = conv_output_shape((H, W), (kh, kw), stride, padding)
+    cols = unfold(x, (kh, kw), stride=stride, padding=padding)      # (C*kh*kw, N*oh*ow)
+    y = weight.reshape(Cout, -1) @ cols                             # (Cout, N*oh*ow)
+    if bias is not None:
+        y = y + bias.reshape(Cout, 1)
+    return y.reshape(Cout, N, oh, ow).transpose(1, 0, 2, 3)

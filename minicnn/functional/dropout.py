@@ -1,0 +1,36 @@
+"""Inverted dropout.
+
+Training: each element is kept with probability 1 - p and scaled by 1/(1 - p),
+so E[y] = x and nothing needs rescaling at test time; evaluation is the
+identity. The mask comes from the framework's seeded generator
+(``mc.manual_seed``), so the same seed gives the same mask.
+
+Backward: y = x * mask, so dx = gy * mask.
+"""
+from __future__ import annotations
+
+from .. import rng
+from ..backend import to_device
+from ..tensor import Function, Tensor
+
+
+class Dropout(Function):
+    """y = x * mask, mask_i = (u_i >= p) / (1 - p), u_i ~ U[0, 1)."""
+
+    def forward(self, x, p):
+        u = rng.generator().random(x.shape, dtype=x.dtype if x.dtype.itemsize in (4, 8) else "float64")
+        keep = to_device(u >= p)
+        scale = x.dtype.type(0.0 if p >= 1 else 1.0 / (1.0 - p))
+        self.mask = keep * scale                        # (same shape as x)
+        return x * self.mask
+
+    def backward(self, gy):
+        return gy * self.mask
+
+
+def dropout(x: Tensor, p=0.5, training=True) -> Tensor:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be a probability in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    return Dropout.apply(x, p=float(p))

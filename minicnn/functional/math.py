@@ -1,0 +1,278 @@
+"""Elementwise arithmetic and the matrix product, each with its backward.
+
+Broadcasting. ``a + b`` with ``a: (4, 3)`` and ``b: (3,)`` behaves as if ``b``
+were copied to every row. Each copy of ``b`` contributes to the output, so the
+gradient of ``b`` is the *sum* of the output gradient over the broadcast axes:
+:func:`unbroadcast` undoes broadcasting in every binary backward.
+"""
+from __future__ import annotations
+
+from ..backend import current
+from ..tensor import Function, Tensor, _lift
+
+
+def unbroadcast(grad, shape):
+    """Sum ``grad`` down to ``shape``, undoing NumPy broadcasting.
+
+    Broadcasting (1) prepends size-1 axes and (2) stretches size-1 axes. Undo
+    both: sum away the extra leading axes, then sum (keepdims) over every axis
+    where the original had size 1 but the gradient does not.
+    """
+    if grad.shape == tuple(shape):
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra > 0:
+        grad = grad.sum(axis=tuple(range(extra)))
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if stretched:
+        grad = grad.sum(axis=stretched, keepdims=True)
+    return grad.reshape(shape)
+
+
+def _check_broadcast(a, b, op):
+    try:
+        return current.xp.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"{op}: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be "
+                         "broadcast together (sizes must match or be 1, aligned from the right)") from None
+
+
+class Add(Function):
+    """y = a + b.   da = gy, db = gy (each summed over its broadcast axes)."""
+
+    def forward(self, a, b):
+        _check_broadcast(a, b, "add")
+        self.a_shape, self.b_shape = a.shape, b.shape
+        return a + b
+
+    def backward(self, gy):
+        return unbroadcast(gy, self.a_shape), unbroadcast(gy, self.b_shape)
+
+
+class Sub(Function):
+    """y = a - b.   da = gy, db = -gy."""
+
+    def forward(self, a, b):
+        _check_broadcast(a, b, "sub")
+        self.a_shape, self.b_shape = a.shape, b.shape
+        return a - b
+
+    def backward(self, gy):
+        db = unbroadcast(-gy, self.b_shape) if self.needs_input_grad[1] else None
+        return unbroadcast(gy, self.a_shape), db
+
+
+class Mul(Function):
+    """y = a * b.   da = gy * b, db = gy * a."""
+
+    def forward(self, a, b):
+        _check_broadcast(a, b, "mul")
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, gy):
+        da = unbroadcast(gy * self.b, self.a.shape) if self.needs_input_grad[0] else None
+        db = unbroadcast(gy * self.a, self.b.shape) if self.needs_input_grad[1] else None
+        return da, db
+
+
+class Div(Function):
+    """y = a / b.   da = gy / b, db = -gy * a / b**2."""
+
+    def forward(self, a, b):
+        _check_broadcast(a, b, "div")
+        self.a, self.b = a, b
+        return a / b
+
+    def backward(self, gy):
+        da = unbroadcast(gy / self.b, self.a.shape) if self.needs_input_grad[0] else None
+        db = (unbroadcast(-gy * self.a / (self.b * self.b), self.b.shape)
+              if self.needs_input_grad[1] else None)
+        return da, db
+
+
+class Neg(Function):
+    """y = -x.   dx = -gy."""
+
+    def forward(self, x):
+        return -x
+
+    def backward(self, gy):
+        return -gy
+
+
+class PowScalar(Function):
+    """y = x ** p for a constant number p.   dx = gy * p * x**(p-1)."""
+
+    def forward(self, x, exponent):
+        self.x, self.p = x, exponent
+        return x ** exponent
+
+    def backward(self, gy):
+        return gy * self.p * self.x ** (self.p - 1)
+
+
+class Pow(Function):
+    """y = a ** b (both tensors).   da = gy * b * a**(b-1),  db = gy * y * log(a)."""
+
+    def forward(self, a, b):
+        _check_broadcast(a, b, "pow")
+        self.a, self.b = a, b
+        self.y = a ** b
+        return self.y
+
+    def backward(self, gy):
+        xp = current.xp
+        da = (unbroadcast(gy * self.b * self.a ** (self.b - 1), self.a.shape)
+              if self.needs_input_grad[0] else None)
+        db = (unbroadcast(gy * self.y * xp.log(self.a), self.b.shape)
+              if self.needs_input_grad[1] else None)
+        return da, db
+
+
+class MatMul(Function):
+    """Y = A @ B for A: (..., n, k), B: (..., k, m) -> Y: (..., n, m).
+
+    dA = dY @ B^T  (n, m)(m, k) -> (n, k);   dB = A^T @ dY  (k, n)(n, m) -> (k, m);
+    batch axes broadcast like any binary op. 1-D operands are promoted to a
+    row (A) or a column (B) vector, as NumPy does, and demoted again in backward.
+    """
+
+    def forward(self, a, b):
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError(f"matmul: both operands need at least 1 dimension, got shapes "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+        ka, kb = a.shape[-1], (b.shape[0] if b.ndim == 1 else b.shape[-2])
+        if ka != kb:
+            raise ValueError(f"matmul: shape mismatch {tuple(a.shape)} @ {tuple(b.shape)}: the last axis "
+                             f"of the left ({ka}) must equal the "
+                             f"{'first' if b.ndim == 1 else 'second-to-last'} axis of the right ({kb})")
+        self.a, self.b = a, b
+        return a @ b
+
+    def backward(self, gy):
+        xp = current.xp
+        a, b = self.a, self.b
+        a2 = a[None, :] if a.ndim == 1 else a            # (1, k)
+        b2 = b[:, None] if b.ndim == 1 else b            # (k, 1)
+        g2 = gy
+        if a.ndim == 1:
+            g2 = xp.expand_dims(g2, -2)
+        if b.ndim == 1:
+            g2 = xp.expand_dims(g2, -1)
+        da = db = None
+        if self.needs_input_grad[0]:
+            da = g2 @ xp.swapaxes(b2, -1, -2)
+            da = unbroadcast(da, a2.shape).reshape(a.shape)
+        if self.needs_input_grad[1]:
+            db = xp.swapaxes(a2, -1, -2) @ g2
+            db = unbroadcast(db, b2.shape).reshape(b.shape)
+        return da, db
+
+
+class Exp(Function):
+    """y = e^x.   dx = gy * y."""
+
+    def forward(self, x):
+        self.y = current.xp.exp(x)
+        return self.y
+
+    def backward(self, gy):
+        return gy * self.y
+
+
+class Log(Function):
+    """y = ln x.   dx = gy / x."""
+
+    def forward(self, x):
+        self.x = x
+        return current.xp.log(x)
+
+    def backward(self, gy):
+        return gy / self.x
+
+
+class Sqrt(Function):
+    """y = sqrt(x).   dx = gy / (2 y)."""
+
+    def forward(self, x):
+        self.y = current.xp.sqrt(x)
+        return self.y
+
+    def backward(self, gy):
+        return gy / (2 * self.y)
+
+
+class Abs(Function):
+    """y = |x|.   dx = gy * sign(x)  (0 at x = 0, as PyTorch)."""
+
+    def forward(self, x):
+        self.x = x
+        return current.xp.abs(x)
+
+    def backward(self, gy):
+        return gy * current.xp.sign(self.x)
+
+
+class Clip(Function):
+    """y = min(max(x, low), high).   dx = gy where low <= x <= high, else 0."""
+
+    def forward(self, x, low=None, high=None):
+        if low is None and high is None:
+            raise ValueError("clip: give at least one of min and max")
+        self.x, self.low, self.high = x, low, high
+        return current.xp.clip(x, low, high)
+
+    def backward(self, gy):
+        inside = current.xp.ones(self.x.shape, dtype=bool)
+        if self.low is not None:
+            inside &= self.x >= self.low
+        if self.high is not None:
+            inside &= self.x <= self.high
+        return gy * inside
+
+
+class Cast(Function):
+    """y = x converted to another float dtype.   dx = gy converted back."""
+
+    def forward(self, x, dtype):
+        self.src = x.dtype
+        return x.astype(dtype)
+
+    def backward(self, gy):
+        return gy.astype(self.src)
+
+
+class Maximum(Function):
+    """y = max(a, b) elementwise.   The gradient goes to the larger (to a on ties)."""
+
+    def forward(self, a, b):
+        _check_broadcast(a, b, "maximum")
+        self.a, self.b = a, b
+        return current.xp.maximum(a, b)
+
+    def backward(self, gy):
+        a_wins = self.a >= self.b
+        da = unbroadcast(gy * a_wins, self.a.shape) if self.needs_input_grad[0] else None
+        db = unbroadcast(gy * ~a_wins, self.b.shape) if self.needs_input_grad[1] else None
+        return da, db
+
+
+# -- functional spellings --------------------------------------------------------
+def exp(x): return Exp.apply(x)
+def log(x): return Log.apply(x)
+def sqrt(x): return Sqrt.apply(x)
+def abs(x): return Abs.apply(x)  # noqa: A001 - PyTorch's name
+
+
+def clip(x, min=None, max=None):  # noqa: A002 - PyTorch's names
+    return Clip.apply(x, low=min, high=max)
+
+
+def maximum(a, b):
+    a = a if isinstance(a, Tensor) else _lift(a, b)
+    return Maximum.apply(a, _lift(b, a))
+
+
+def matmul(a, b):
+    return MatMul.apply(a, _lift(b, a))

@@ -1,0 +1,144 @@
+"""Shape operations: reshape, transpose, flatten, indexing, concatenate, stack.
+
+None of these change a single value, they only move values around; so each
+backward moves the gradient back the same way (reshape back, transpose by the
+inverse permutation, scatter into the indexed positions, split).
+"""
+from __future__ import annotations
+
+from ..backend import current
+from ..tensor import Function, Tensor, _shape_str
+
+
+class Reshape(Function):
+    """y = x viewed with a new shape (same number of elements).   dx = gy reshaped back."""
+
+    def forward(self, x, shape):
+        self.x_shape = x.shape
+        try:
+            return x.reshape(shape)
+        except ValueError:
+            raise ValueError(f"reshape: cannot view a tensor of shape {_shape_str(x.shape)} "
+                             f"({x.size} elements) as {tuple(shape)}") from None
+
+    def backward(self, gy):
+        return gy.reshape(self.x_shape)
+
+
+class Transpose(Function):
+    """y = x with its axes permuted (reversed when ``axes`` is None).
+
+    dx = gy permuted by the inverse permutation.
+    """
+
+    def forward(self, x, axes=None):
+        if axes is None:
+            axes = tuple(reversed(range(x.ndim)))
+        if sorted(a % max(x.ndim, 1) for a in axes) != list(range(x.ndim)):
+            raise ValueError(f"transpose: axes {tuple(axes)} are not a permutation of "
+                             f"the {x.ndim} axes of a tensor of shape {_shape_str(x.shape)}")
+        self.axes = tuple(a % x.ndim for a in axes)
+        return x.transpose(self.axes)
+
+    def backward(self, gy):
+        inverse = [0] * len(self.axes)
+        for i, a in enumerate(self.axes):
+            inverse[a] = i
+        return gy.transpose(inverse)
+
+
+class GetItem(Function):
+    """y = x[index] (slices, integers, integer arrays, boolean masks).
+
+    dx is zero except at the selected positions, where the gradient is added;
+    ``add.at`` makes a position selected twice (x[[0, 0]]) receive both.
+    """
+
+    def forward(self, x, index):
+        self.x_shape, self.dtype, self.index = x.shape, x.dtype, index
+        try:
+            return x[index]
+        except IndexError as e:
+            raise IndexError(f"index {index!r} is invalid for a tensor of shape "
+                             f"{_shape_str(x.shape)}: {e}") from None
+
+    def backward(self, gy):
+        xp = current.xp
+        dx = xp.zeros(self.x_shape, dtype=gy.dtype)
+        xp.add.at(dx, self.index, gy)
+        return dx
+
+
+def flatten(x: Tensor, start_dim=0, end_dim=-1) -> Tensor:
+    """Merge axes start_dim..end_dim into one (PyTorch's ``torch.flatten``)."""
+    nd = x.ndim
+    if nd == 0:
+        return x.reshape(1)
+    s, e = start_dim % nd, end_dim % nd
+    if s > e:
+        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} "
+                         f"for a tensor with {nd} dimensions")
+    merged = 1
+    for n in x.shape[s:e + 1]:
+        merged *= n
+    return x.reshape(x.shape[:s] + (merged,) + x.shape[e + 1:])
+
+
+class Concatenate(Function):
+    """y = the inputs joined along ``axis``.   Each dx is its slice of gy."""
+
+    def forward(self, *xs, axis=0):
+        if not xs:
+            raise ValueError("concatenate: expected at least one tensor")
+        ref = xs[0]
+        ax = axis % ref.ndim
+        for i, x in enumerate(xs):
+            if x.ndim != ref.ndim or any(x.shape[d] != ref.shape[d] for d in range(ref.ndim) if d != ax):
+                raise ValueError(f"concatenate along axis {axis}: tensor {i} has shape "
+                                 f"{_shape_str(x.shape)}, expected {_shape_str(ref.shape)} "
+                                 "except along that axis")
+        self.axis = ax
+        self.sizes = [x.shape[ax] for x in xs]
+        return current.xp.concatenate(xs, axis=ax)
+
+    def backward(self, gy):
+        xp = current.xp
+        bounds = list(xp.cumsum(xp.asarray(self.sizes[:-1])).tolist()) if len(self.sizes) > 1 else []
+        return tuple(xp.split(gy, bounds, axis=self.axis))
+
+
+class Stack(Function):
+    """y = the inputs (all of one shape) stacked along a new ``axis``.   dx_i = gy[i along axis]."""
+
+    def forward(self, *xs, axis=0):
+        if not xs:
+            raise ValueError("stack: expected at least one tensor")
+        for i, x in enumerate(xs):
+            if x.shape != xs[0].shape:
+                raise ValueError(f"stack: tensor {i} has shape {_shape_str(x.shape)}, "
+                                 f"expected {_shape_str(xs[0].shape)} like tensor 0")
+        self.axis = axis % (xs[0].ndim + 1)
+        return current.xp.stack(xs, axis=self.axis)
+
+    def backward(self, gy):
+        xp = current.xp
+        return tuple(xp.take(gy, i, axis=self.axis) for i in range(gy.shape[self.axis]))
+
+
+def concatenate(tensors, axis=0) -> Tensor:
+    return Concatenate.apply(*tensors, axis=axis)
+
+
+def stack(tensors, axis=0) -> Tensor:
+    return Stack.apply(*tensors, axis=axis)
+
+
+def reshape(x, shape):
+    return Reshape.apply(x, shape=tuple(shape))
+
+
+def transpose(x, axes=None):
+    return Transpose.apply(x, axes=axes)
+
+
+cat = concatenate

@@ -1,0 +1,15 @@
+"""Layers and models (``import minicnn.nn as nn``), PyTorch's names."""
+from . import init
+from .containers import ModuleList, Sequential
+from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d,
+                     BCEWithLogitsLoss, Conv2d, CrossEntropyLoss, Dropout, Flatten, Identity,
+                     LeakyReLU, Linear, LogSoftmax, MaxPool2d, Mish, MSELoss, NLLLoss, ReLU,
+                     Sigmoid, SiLU, SmoothL1Loss, Softmax, Tanh)
+from .module import Module, Parameter
+
+__all__ = [
+    "init", "Module", "Parameter", "Sequential", "ModuleList", "Linear", "Conv2d", "MaxPool2d",
+    "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "Flatten",
+    "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "Mish", "GELU", "Softmax",
+    "LogSoftmax", "CrossEntropyLoss", "NLLLoss", "MSELoss", "SmoothL1Loss", "BCEWithLogitsLoss",
+]

@@ -1,0 +1,269 @@
+"""Module and Parameter: how layers own their weights.
+
+A :class:`Module` registers, as attributes are assigned,
+
+* **parameters** (``nn.Parameter``: tensors that the optimizer updates),
+* **buffers** (tensors saved with the model but not trained, e.g. BatchNorm's
+  running_mean), via :meth:`Module.register_buffer`,
+* **submodules** (any ``Module`` assigned as an attribute).
+
+From that bookkeeping come ``parameters()``, ``named_parameters()`` with
+PyTorch's dotted names (``features.0.weight``), ``state_dict()`` /
+``load_state_dict()``, ``train()`` / ``eval()`` and a readable ``repr``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from ..backend import to_device
+from ..tensor import Tensor, _resolve_dtype, _shape_str
+
+
+class Parameter(Tensor):
+    """A tensor that is a model's learnable weight: requires_grad=True by default."""
+
+    def __init__(self, data, requires_grad=True):
+        dtype = data.dtype if isinstance(data, Tensor) else None
+        super().__init__(data, requires_grad=requires_grad, dtype=dtype)
+
+    def __repr__(self):
+        return "Parameter containing:\n" + super().__repr__()
+
+
+class Module:
+    """Base class of every layer and model. Subclasses define ``forward``."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_non_persistent", set())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # -- registration ------------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}: call super().__init__() before "
+                                 "assigning attributes in __init__")
+        params, buffers, modules = self._parameters, self._buffers, self._modules
+        if isinstance(value, (Parameter, Module)):
+            for store in (params, buffers, modules, self.__dict__):
+                store.pop(name, None)
+            (params if isinstance(value, Parameter) else modules)[name] = value
+        elif name in params or name in modules:
+            if value is not None:
+                kind = "nn.Parameter" if name in params else "nn.Module"
+                raise TypeError(f"cannot assign a {type(value).__name__} to {name!r}: "
+                                f"expected an {kind} or None")
+            (params if name in params else modules)[name] = None
+        elif name in buffers:
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"buffer {name!r} must be a Tensor or None, got {type(value).__name__}")
+            buffers[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        for store in ("_parameters", "_buffers", "_modules"):
+            d = self.__dict__.get(store)
+            if d is not None and name in d:
+                return d[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name):
+        for store in (self._parameters, self._buffers, self._modules):
+            if name in store:
+                del store[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name, tensor, persistent=True):
+        """Attach a non-trained tensor that moves and saves with the module."""
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"register_buffer({name!r}): expected a Tensor or None, "
+                            f"got {type(tensor).__name__}")
+        self.__dict__.pop(name, None)
+        self._buffers[name] = tensor
+        if not persistent:
+            self._non_persistent.add(name)
+
+    def register_parameter(self, name, param):
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"register_parameter({name!r}): expected a Parameter or None, "
+                            f"got {type(param).__name__}")
+        self._parameters[name] = param
+
+    def add_module(self, name, module):
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"add_module({name!r}): expected a Module, got {type(module).__name__}")
+        self._modules[name] = module
+
+    # -- traversal -------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        """Yield (dotted name, module) for this module and every descendant."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            if child is not None:
+                yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_children(self):
+        for name, child in self._modules.items():
+            if child is not None:
+                yield name, child
+
+    def children(self):
+        for _, child in self.named_children():
+            yield child
+
+    def named_parameters(self, prefix="", recurse=True):
+        """Yield (dotted name, parameter); a parameter shared by two layers comes once."""
+        seen = set()
+        modules = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mod_prefix, module in modules:
+            for name, p in module._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mod_prefix}.{name}" if mod_prefix else name), p
+
+    def parameters(self, recurse=True):
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_buffers(self, prefix="", recurse=True):
+        modules = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mod_prefix, module in modules:
+            for name, b in module._buffers.items():
+                if b is not None:
+                    yield (f"{mod_prefix}.{name}" if mod_prefix else name), b
+
+    def buffers(self, recurse=True):
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    # -- modes and housekeeping ----------------------------------------------
+    def train(self, mode=True):
+        """Training mode (dropout active, batch norm uses batch statistics)."""
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        """Evaluation mode: dropout off, batch norm uses its running statistics."""
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def apply(self, fn):
+        """Call ``fn(module)`` on every descendant, then on self (as PyTorch)."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
+    def to(self, dtype):
+        """Convert floating parameters and buffers to ``dtype`` in place; returns self."""
+        dtype = _resolve_dtype(dtype)
+        for t in list(self.parameters()) + list(self.buffers()):
+            if t.data.dtype.kind == "f":
+                t.data = t.data.astype(dtype)
+                if t.grad is not None:
+                    t.grad = Tensor(t.grad.data.astype(dtype), dtype=dtype)
+        return self
+
+    def double(self):
+        return self.to(np.float64)
+
+    def float(self):
+        return self.to(np.float32)
+
+    def num_parameters(self, trainable_only=True):
+        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # -- saving and loading ----------------------------------------------------
+    def state_dict(self):
+        """OrderedDict of dotted name -> tensor (parameters, then persistent buffers).
+
+        The tensors share data with the module (as in PyTorch); copy them, e.g.
+        with ``{k: v.numpy() for k, v in sd.items()}``, to keep a snapshot.
+        """
+        out = OrderedDict()
+        for prefix, module in self.named_modules():
+            for name, p in module._parameters.items():
+                if p is not None:
+                    out[f"{prefix}.{name}" if prefix else name] = p.detach()
+            for name, b in module._buffers.items():
+                if b is not None and name not in module._non_persistent:
+                    out[f"{prefix}.{name}" if prefix else name] = b.detach()
+        return out
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy values (Tensors or arrays) into this module's parameters and buffers.
+
+        Strict (the default): every key must be present, no extra keys, every
+        shape must match; otherwise nothing is changed and the error lists all
+        problems. Values are cast to the existing dtype and moved to the backend.
+        """
+        own = self.state_dict()
+        given = OrderedDict(state_dict)
+        missing = [k for k in own if k not in given]
+        unexpected = [k for k in given if k not in own]
+        wrong = []
+        for k, target in own.items():
+            if k in given:
+                shape = tuple(getattr(given[k], "shape", np.shape(given[k])))
+                if shape != target.shape:
+                    wrong.append(f"{k}: expected shape {_shape_str(target.shape)}, got {_shape_str(shape)}")
+        problems = []
+        if strict and missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if wrong:
+            problems.append("shape mismatch: " + "; ".join(wrong))
+        if problems:
+            raise KeyError(f"load_state_dict into {type(self).__name__}: " + " | ".join(problems))
+        live = {}
+        for prefix, module in self.named_modules():
+            for store in (module._parameters, module._buffers):
+                for name, t in store.items():
+                    if t is not None:
+                        live[f"{prefix}.{name}" if prefix else name] = t
+        for k, value in given.items():
+            if k in live:
+                arr = value.data if isinstance(value, Tensor) else value
+                t = live[k]
+                # a private copy in t's dtype, on the active backend
+                t.data = to_device(np.asarray(arr) if not hasattr(arr, "dtype") else arr,
+                                   dtype=t.data.dtype).reshape(t.shape).copy()
+        return {"missing_keys": missing, "unexpected_keys": unexpected}
+
+    # -- calling -----------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        """One line of settings shown inside ``Name(...)`` (override in layers)."""
+        return ""
+
+    def __repr__(self):
+        lines = []
+        extra = self.extra_repr()
+        if extra:
+            lines.extend(extra.split("\n"))
+        for name, child in self._modules.items():
+            child_repr = repr(child).replace("\n", "\n  ")
+            lines.append(f"({name}): {child_repr}")
+        if not lines:
+            return f"{type(self).__name__}()"
+        if len(lines) == 1 and not self._modules:
+            return f"{type(self).__name__}({lines[0]})"
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
