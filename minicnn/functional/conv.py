@@ -14,7 +14,12 @@ from ..tensor import Function, Tensor, _shape_str
 
 def _pair(value, name, minimum):
     """Turn ``3`` or ``(3, 2)`` into ``(3, 3)`` / ``(3, 2)``; check each is an int >= minimum."""
-    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+    if isinstance(value, numbers.Integral):
+        pair = (value, value)
+    elif isinstance(value, (tuple, list)):
+        pair = tuple(value)
+    else:
+        pair = ()
     if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if any(v < minimum for v in pair):

@@ -153,13 +153,15 @@ class MatMul(Function):
     def backward(self, gy):
         xp = current.xp
         a, b = self.a, self.b
+        if a.ndim == 1 and b.ndim == 1:                   # dot product: y is a scalar
+            return gy * b, gy * a
         a2 = a[None, :] if a.ndim == 1 else a            # (1, k)
         b2 = b[:, None] if b.ndim == 1 else b            # (k, 1)
         g2 = gy
         if a.ndim == 1:
-            g2 = xp.expand_dims(g2, -2)
+            g2 = g2[..., None, :]                        # (..., 1, m)
         if b.ndim == 1:
-            g2 = xp.expand_dims(g2, -1)
+            g2 = g2[..., :, None]                        # (..., n, 1)
         da = db = None
         if self.needs_input_grad[0]:
             da = g2 @ xp.swapaxes(b2, -1, -2)

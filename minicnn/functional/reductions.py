@@ -6,6 +6,8 @@ divided by the count for a mean, routed to the maximum for a max.
 """
 from __future__ import annotations
 
+import builtins
+
 from ..backend import current
 from ..tensor import Function
 
@@ -17,7 +19,7 @@ def _normalize_axes(axis, ndim, op):
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     out = []
     for a in axes:
-        if not -ndim <= a < max(ndim, 1):
+        if not -ndim <= a < builtins.max(ndim, 1):
             raise ValueError(f"{op}: axis {a} is out of range for a tensor with {ndim} dimensions")
         out.append(a % ndim if ndim else 0)
     return tuple(sorted(out))
@@ -97,7 +99,7 @@ def var(x, axis=None, keepdims=False, unbiased=False):
     sq = (x - mu) ** 2
     v = sq.mean(axis=axis, keepdims=keepdims)
     if unbiased:
-        n = x.size // max(v.size, 1) if axis is not None else x.size
+        n = x.size // v.size
         v = v * (n / (n - 1))
     return v
 
