@@ -1,0 +1,149 @@
+"""DataLoader: cut a dataset into mini-batches of Tensors on the active backend.
+
+One epoch = one pass over a permutation of the sample indices::
+
+    order = permutation(N) if shuffle else 0, 1, ..., N-1
+    batch k = order[k*B : (k+1)*B]            (the last one may be shorter)
+
+Each batch is built on the host and moved to the device once:
+
+* **fast path** — the dataset exposes its arrays (``dataset.arrays()``, as
+  every minicnn dataset does, or you pass ``(images, labels)`` directly) and
+  has no per-image ``transform``: the whole batch is one fancy-index,
+  ``images[order[k*B:(k+1)*B]]`` — no Python loop over samples;
+* **general path** — any object with ``__len__`` and ``__getitem__``
+  returning ``(image, label)``: the items are fetched one by one and stacked.
+
+Then the batch transform (``transform=``, e.g. augmentation from
+:mod:`minicnn.data.transforms`) runs on the whole ``(B, C, H, W)`` float32
+array at once, and :func:`minicnn.backend.to_device` moves images and labels
+to the backend (a no-op for NumPy and Numba, one host->GPU copy each for CuPy).
+
+Shuffling draws from :func:`minicnn.rng.generator`, so ``mc.manual_seed(s)``
+fixes the order of every epoch.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .. import rng as _rng
+from ..backend import to_device, to_host
+from ..tensor import Tensor
+from .transforms import to_float
+
+
+def _host(value):
+    """A NumPy array from a Tensor, a backend array or a number."""
+    return to_host(value.data if isinstance(value, Tensor) else value)
+
+
+class DataLoader:
+    """Iterate over a dataset in mini-batches ``(x, y)``.
+
+    Args:
+        dataset: a dataset (``__len__`` + ``__getitem__``; ``arrays()`` enables
+            the fast path) or a pair of arrays ``(images, labels)`` with images
+            ``(N, H, W)`` or ``(N, C, H, W)``, uint8 (scaled to [0, 1]) or float.
+        batch_size: samples per batch.
+        shuffle: a new random order every epoch (from the framework's generator).
+        drop_last: drop the final batch when it is smaller than ``batch_size``.
+        transform: a batch transform, called on the float32 ``(B, C, H, W)``
+            host array of each batch (``batch_transform`` is another name for it).
+
+    Yields:
+        ``x``: float32 Tensor ``(B, C, H, W)``; ``y``: int64 Tensor ``(B,)``;
+        both on the active backend.
+    """
+
+    def __init__(self, dataset, batch_size=64, shuffle=False, drop_last=False,
+                 transform=None, batch_transform=None):
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if transform is not None and batch_transform is not None:
+            raise ValueError("give transform= or batch_transform= (two names for the same "
+                             "thing), not both")
+        transform = transform if transform is not None else batch_transform
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable, got {transform!r}")
+
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.transform = transform
+        self._arrays = self._find_arrays(dataset)
+
+    @staticmethod
+    def _find_arrays(dataset):
+        """``(images, labels)`` when batches can be cut from arrays directly, else None."""
+        if isinstance(dataset, (tuple, list)):
+            if len(dataset) != 2:
+                raise ValueError("DataLoader: expected a dataset or a pair (images, labels), "
+                                 f"got a sequence of {len(dataset)} items")
+            images, labels = (np.asarray(to_host(a)) for a in dataset)
+        elif hasattr(dataset, "arrays") and getattr(dataset, "transform", None) is None:
+            images, labels = dataset.arrays()
+        else:
+            if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+                raise TypeError("DataLoader: expected a dataset with __len__ and __getitem__, "
+                                f"or a pair (images, labels); got {type(dataset).__name__}")
+            return None
+        if images.ndim not in (3, 4):
+            raise ValueError(f"DataLoader: images must be (N, H, W) or (N, C, H, W), "
+                             f"got shape {images.shape}")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise ValueError(f"DataLoader: expected labels of shape ({len(images)},) to match "
+                             f"{len(images)} images, got shape {labels.shape}")
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"DataLoader: labels must be integers (class indices), got {labels.dtype}")
+        return images, labels
+
+    def __len__(self):
+        """Number of batches per epoch: ``N // B`` with drop_last, else ``ceil(N / B)``."""
+        n = len(self._arrays[0]) if self._arrays is not None else len(self.dataset)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        return self.batches(self.epoch_order())
+
+    def epoch_order(self):
+        """The sample order of a new epoch: a fresh permutation (shuffle) or 0..N-1.
+
+        Drawn from the framework's generator, so ``mc.manual_seed`` fixes it.
+        """
+        n = len(self._arrays[0]) if self._arrays is not None else len(self.dataset)
+        return _rng.generator().permutation(n) if self.shuffle else np.arange(n)
+
+    def batches(self, order, start=0):
+        """Yield the batches of an epoch with sample ``order``, from batch ``start`` on.
+
+        Splitting iteration into (order, batches) is what lets a training run
+        resume mid-epoch exactly: the trainer saves the order and the batch
+        index, and replays the rest of the epoch.
+        """
+        for k in range(start, len(self)):
+            yield self._batch(order[k * self.batch_size:(k + 1) * self.batch_size])
+
+    def _batch(self, index):
+        if self._arrays is not None:
+            images, labels = self._arrays
+            x, y = to_float(images[index]), labels[index]          # one gather each
+        else:
+            items = [self.dataset[int(i)] for i in index]
+            x = np.stack([to_float(_host(img)) for img, _ in items])
+            y = np.array([int(_host(label)) for _, label in items])
+        if x.ndim == 3:
+            x = x[:, None]                                          # (B, H, W) -> (B, 1, H, W)
+        if self.transform is not None:
+            x = np.asarray(self.transform(x), dtype=np.float32)
+        x = Tensor(to_device(x), dtype=np.float32)
+        y = Tensor(to_device(np.asarray(y, dtype=np.int64)), dtype=np.int64)
+        return x, y
+
+    def __repr__(self):
+        return (f"DataLoader({len(self)} batches of {self.batch_size}, shuffle={self.shuffle}, "
+                f"drop_last={self.drop_last}, transform={self.transform!r})")
