@@ -415,7 +415,8 @@ def plot_feature_maps(model, image, path, layers=None, max_channels: int = 16,
     (N, C, H, W), e.g. at Flatten.
 
     ``layers``: dotted names of the layers to show (``["0", "features.2"]``);
-    default: every Conv2d, activation and pooling layer. Each shown layer gets
+    default: every Conv2d, activation and pooling layer up to the first layer
+    whose output is not an image (e.g. Flatten). Each shown layer gets
     one row block with up to ``max_channels`` channels, each coloured on its
     own scale (yellow = strongest response). Runs under ``no_grad`` and in
     eval mode (dropout off, batch norm's running statistics); each module's
@@ -469,7 +470,7 @@ def plot_feature_maps(model, image, path, layers=None, max_channels: int = 16,
     finally:
         for m, mode in modes:
             object.__setattr__(m, "training", mode)
-    if wanted:
+    if wanted and layers is not None:       # by default, simply stop where the images end
         raise ValueError(f"layer(s) {sorted(wanted)} come after {stopped_at} is no longer an "
                          "image (N, C, H, W); feature maps are shown up to that layer")
 

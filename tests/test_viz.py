@@ -270,3 +270,11 @@ def test_viz_leaves_pyplot_alone(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert_png(tmp_path / "h.png")
+
+
+def test_feature_maps_default_stops_where_images_end(tmp_path):
+    """Default layers on a CNN with a classifier head: conv/pool maps only, no error."""
+    from minicnn.models import ReferenceCNN
+    path = V.plot_feature_maps(ReferenceCNN(), np.random.default_rng(0).random((1, 1, 28, 28)),
+                             tmp_path / "fm.png")
+    assert os.path.getsize(path) > 1000
