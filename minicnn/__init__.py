@@ -16,6 +16,9 @@ from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, ten
 
 from . import functional  # noqa: E402  (after tensor: functional builds on it)
 from . import nn  # noqa: E402
+from . import optim  # noqa: E402
+from . import data  # noqa: E402
+from . import models, train  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -25,6 +28,6 @@ float32, float64 = _np.float32, _np.float64
 
 __all__ = [
     "BackendError", "Function", "GradcheckError", "Tensor", "cat", "concatenate", "enable_grad",
-    "functional", "get_backend", "gradcheck", "is_grad_enabled", "manual_seed", "nn", "no_grad",
-    "set_backend", "stack", "tensor",
+    "data", "functional", "get_backend", "gradcheck", "is_grad_enabled", "manual_seed", "models", "nn",
+    "no_grad", "optim", "set_backend", "stack", "tensor", "train",
 ]

@@ -1,0 +1,380 @@
+"""The ``minicnn`` command: train, evaluate, predict, info.
+
+    minicnn train                      # the reference CNN on the embedded digits (no network)
+    minicnn train --dataset mnist --epochs 3 --out runs/mnist
+    minicnn evaluate runs/mnist/best.ckpt
+    minicnn predict runs/mnist/best.ckpt my_digit.png
+    minicnn info
+
+Bad arguments and missing files end in a one-line error (exit status 2),
+never a traceback (set MINICNN_DEBUG=1 to see the traceback of an error).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+# Normalisation constants (mean, std of the training pixels in [0, 1]).
+NORMALIZATION = {"mnist": (0.1307, 0.3081), "digits": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad")
+SCHEDULES = ("none", "step", "exponential", "cosine", "warmup-cosine", "plateau")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line."""
+
+
+# -----------------------------------------------------------------------------
+# Building blocks
+# -----------------------------------------------------------------------------
+def _dataset_key(name):
+    from .data.datasets import _ALIASES, DATASETS
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in DATASETS:
+        raise CLIError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    return key
+
+
+def build_loaders(dataset, batch_size, augment=False, data_dir=None, download=True,
+                  limit_train=None, limit_test=None, eval_batch_size=256):
+    """(train_loader, test_loader, source text, class names) for a dataset name."""
+    from .data import DataLoader, get_dataset
+    from .data.transforms import Compose, Normalize, RandomAffine
+    key = _dataset_key(dataset)
+    train = get_dataset(key, train=True, root=data_dir, download=download)
+    test = get_dataset(key, train=False, root=data_dir, download=download)
+    mean, std = NORMALIZATION[key]
+    normalize = Normalize(mean, std)
+    train_tf = Compose([RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)), normalize]) \
+        if augment else normalize
+    train_arrays, test_arrays = train.arrays(), test.arrays()
+    if limit_train:
+        train_arrays = tuple(a[:limit_train] for a in train_arrays)
+    if limit_test:
+        test_arrays = tuple(a[:limit_test] for a in test_arrays)
+    train_loader = DataLoader(train_arrays, batch_size=batch_size, shuffle=True, transform=train_tf)
+    test_loader = DataLoader(test_arrays, batch_size=eval_batch_size, shuffle=False, transform=normalize)
+    classes = list(getattr(train, "classes", [str(i) for i in range(10)]))
+    source = getattr(train, "source", key)
+    return train_loader, test_loader, source, classes
+
+
+def build_optimizer(name, params, lr, weight_decay=0.0):
+    from . import optim
+    params = list(params)
+    if name == "sgd":
+        return optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if name == "momentum":
+        return optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    if name == "adam":
+        return optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return optim.AdamW(params, lr=lr, weight_decay=weight_decay or 1e-2)
+    if name == "rmsprop":
+        return optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    if name == "adagrad":
+        return optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+    raise CLIError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+
+
+def build_scheduler(name, optimizer, epochs, steps_per_epoch):
+    """(scheduler or None, step_per_batch). Cosine schedules are stepped per batch."""
+    from .optim import lr_scheduler as S
+    total = epochs * steps_per_epoch
+    if name == "none":
+        return None, False
+    if name == "step":
+        return S.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1), False
+    if name == "exponential":
+        return S.ExponentialLR(optimizer, gamma=0.8), False
+    if name == "plateau":
+        return S.ReduceLROnPlateau(optimizer, factor=0.3, patience=1), False
+    if name == "cosine":
+        return S.CosineAnnealingLR(optimizer, T_max=total), True
+    if name == "warmup-cosine":
+        warm = max(1, min(steps_per_epoch, total // 10))
+        return S.SequentialLR(optimizer, [S.LinearLR(optimizer, start_factor=0.1, total_iters=warm),
+                                          S.CosineAnnealingLR(optimizer, T_max=max(1, total - warm))],
+                              milestones=[warm]), True
+    raise CLIError(f"unknown schedule {name!r}; expected one of {', '.join(SCHEDULES)}")
+
+
+def _model_from_checkpoint(state):
+    from .models import get_model
+    config = state.get("config") or {}
+    if "model_name" not in config:
+        raise CLIError("the checkpoint has no model configuration (was it written by `minicnn train`?)")
+    model = get_model(config["model_name"], num_classes=config.get("num_classes", 10))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, config
+
+
+def _load_checkpoint(path):
+    from .train import load_checkpoint
+    try:
+        return load_checkpoint(path)
+    except FileNotFoundError as e:
+        raise CLIError(str(e)) from None
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+# -----------------------------------------------------------------------------
+# Commands
+# -----------------------------------------------------------------------------
+def cmd_train(args):
+    import minicnn as mc
+    from . import viz
+    from .metrics import classification_report, confusion_matrix
+    from .models import get_model
+    from .train import EarlyStopping, fit, predict
+
+    if args.epochs < 1:
+        raise CLIError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.lr <= 0:
+        raise CLIError(f"--lr must be > 0, got {args.lr}")
+    if args.resume and not os.path.isfile(args.resume):
+        raise CLIError(f"--resume: checkpoint not found: {args.resume}")
+    mc.manual_seed(args.seed)
+    key = _dataset_key(args.dataset)
+    train_loader, test_loader, source, classes = build_loaders(
+        key, args.batch_size, args.augment, args.data_dir, not args.no_download,
+        args.limit_train, args.limit_test)
+    n_train = len(train_loader._arrays[0])
+    n_test = len(test_loader._arrays[0])
+    print(f"data: {source} — {n_train} training / {n_test} test images")
+    model = get_model(args.model, num_classes=len(classes))
+    optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
+    scheduler, per_batch = build_scheduler(args.schedule, optimizer, args.epochs, len(train_loader))
+    print(f"model: {args.model} ({model.num_parameters():,} parameters) | optimizer: {args.optimizer} "
+          f"lr {args.lr:g} | schedule: {args.schedule} | augmentation: {'on' if args.augment else 'off'} "
+          f"| backend: {mc.get_backend()} | seed {args.seed}")
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    config = {"model_name": args.model, "num_classes": len(classes), "dataset": key, "classes": classes,
+              "normalization": NORMALIZATION[key],
+              "args": {k: v for k, v in vars(args).items() if k != "func"}}
+    stopper = EarlyStopping(patience=args.early_stopping, monitor="val_loss") if args.early_stopping else None
+    t0 = time.perf_counter()
+    history = fit(model, optimizer, train_loader, args.epochs, val_loader=test_loader, scheduler=scheduler,
+                  out_dir=out, early_stopping=stopper, resume=args.resume, progress=not args.no_progress,
+                  step_scheduler_per_batch=per_batch, checkpoint_extra={"config": config})
+    total = time.perf_counter() - t0
+
+    logits, targets = predict(model, test_loader)
+    pred = logits.argmax(axis=1)
+    acc = float((pred == targets).mean())
+    print(classification_report(pred, targets, num_classes=len(classes), class_names=classes))
+    print(f"test accuracy: {acc:.4f} ({int((pred == targets).sum())}/{len(targets)}) on {source}; "
+          f"training took {total:.1f}s")
+    _write_json(os.path.join(out, "history.json"), {"history": history, "test_accuracy": acc,
+                                                     "data": source, "config": config["args"]})
+    images = test_loader._arrays[0]
+    wrong = np.flatnonzero(pred != targets)[:25]
+    written = [
+        viz.plot_history(history, os.path.join(out, "curves.png")),
+        viz.plot_confusion_matrix(confusion_matrix(pred, targets, len(classes)), classes,
+                                  os.path.join(out, "confusion_matrix.png")),
+        viz.plot_filters(_first_conv(model).weight, os.path.join(out, "filters.png")),
+    ]
+    if len(wrong):
+        written.append(viz.plot_misclassified(images[wrong], targets[wrong], pred[wrong],
+                                              os.path.join(out, "misclassified.png"), class_names=classes))
+    print("wrote " + ", ".join(written + [os.path.join(out, "last.ckpt")]))
+    return 0
+
+
+def _first_conv(model):
+    from .nn import Conv2d
+    for m in model.modules():
+        if isinstance(m, Conv2d):
+            return m
+    raise CLIError("the model has no Conv2d layer to show")
+
+
+def _write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def cmd_evaluate(args):
+    from . import viz
+    from .metrics import classification_report, confusion_matrix, roc_auc_ovr, roc_curves_ovr
+    from .train import predict
+    state = _load_checkpoint(args.checkpoint)
+    model, config = _model_from_checkpoint(state)
+    key = config.get("dataset", "digits") if args.dataset is None else _dataset_key(args.dataset)
+    _, test_loader, source, classes = build_loaders(key, 64, data_dir=args.data_dir,
+                                                    download=not args.no_download, limit_test=args.limit_test)
+    logits, targets = predict(model, test_loader)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    pred = logits.argmax(axis=1)
+    print(f"checkpoint: {args.checkpoint} (epoch {state.get('epoch')}) | data: {source}, {len(targets)} test images")
+    print(classification_report(pred, targets, num_classes=len(classes), class_names=classes))
+    per_class, macro = roc_auc_ovr(probs, targets, len(classes))
+    print(f"accuracy {float((pred == targets).mean()):.4f} | ROC-AUC (one-vs-rest, macro) {macro:.4f}")
+    out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    os.makedirs(out, exist_ok=True)
+    images = test_loader._arrays[0]
+    wrong = np.flatnonzero(pred != targets)[:25]
+    written = [viz.plot_confusion_matrix(confusion_matrix(pred, targets, len(classes)), classes,
+                                         os.path.join(out, "eval_confusion_matrix.png")),
+               viz.plot_roc_curves(roc_curves_ovr(probs, targets, len(classes)),
+                                   os.path.join(out, "eval_roc.png"), class_names=classes),
+               viz.plot_filters(_first_conv(model).weight, os.path.join(out, "eval_filters.png"))]
+    x0 = next(iter(test_loader))[0][:1]
+    written.append(viz.plot_feature_maps(model, x0, os.path.join(out, "eval_feature_maps.png")))
+    if len(wrong):
+        written.append(viz.plot_misclassified(images[wrong], targets[wrong], pred[wrong],
+                                              os.path.join(out, "eval_misclassified.png"),
+                                              probs=probs[wrong], class_names=classes))
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+def load_image_28x28(path):
+    """A PNG/JPEG as a (28, 28) float array in [0, 1], white digit on black like MNIST."""
+    if not os.path.isfile(path):
+        raise CLIError(f"image not found: {path}")
+    try:
+        from PIL import Image
+        with Image.open(path) as img:
+            img = img.convert("L")
+            if img.size != (28, 28):
+                img = img.resize((28, 28), Image.BILINEAR)
+            a = np.asarray(img, dtype=np.float32) / 255.0
+    except CLIError:
+        raise
+    except Exception as e:
+        raise CLIError(f"cannot read image {path}: {e}") from None
+    if a.mean() > 0.5:            # dark digit on a light background: invert to MNIST's convention
+        a = 1.0 - a
+    return a
+
+
+def cmd_predict(args):
+    import minicnn as mc
+    state = _load_checkpoint(args.checkpoint)
+    model, config = _model_from_checkpoint(state)
+    image = load_image_28x28(args.image)
+    mean, std = config.get("normalization", NORMALIZATION["mnist"])
+    x = mc.tensor(((image - mean) / std)[None, None])
+    with mc.no_grad():
+        logits = model(x).numpy()[0]
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    classes = config.get("classes", [str(i) for i in range(len(p))])
+    print(f"{args.image}:")
+    for rank, c in enumerate(np.argsort(-p)[:3], 1):
+        print(f"  {rank}. {classes[c]:>12}  {p[c]:.4f}")
+    return 0
+
+
+def cmd_info(args):
+    import numpy
+    import minicnn as mc
+    from .backend import AVAILABLE, _load
+    print(f"minicnn {mc.__version__} | Python {platform.python_version()} | {platform.platform()}")
+    print(f"active backend: {mc.get_backend()} (MINICNN_BACKEND={os.environ.get('MINICNN_BACKEND', 'auto (unset)')})")
+    print(f"numpy {numpy.__version__}")
+    for name in AVAILABLE:
+        try:
+            _load(name)
+            status = "available"
+        except Exception as e:
+            status = f"unavailable: {e}"
+        print(f"  backend {name}: {status}")
+    try:
+        import numba
+        print(f"numba {numba.__version__}: {numba.get_num_threads()} threads "
+              f"(NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS', 'unset')}; cores: {os.cpu_count()})")
+    except ImportError:
+        print("numba: not installed")
+    data_dir = os.environ.get("MINICNN_DATA_DIR")
+    print(f"MINICNN_DATA_DIR: {data_dir or 'unset'}")
+    return 0
+
+
+# -----------------------------------------------------------------------------
+# Argument parsing
+# -----------------------------------------------------------------------------
+def make_parser():
+    from .models import MODELS
+    p = argparse.ArgumentParser(prog="minicnn", description="minicnn: train and inspect CNNs built from scratch.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (default: the reference CNN on the embedded digits)")
+    t.add_argument("--dataset", default="digits",
+                   help="digits (embedded, no network) | mnist | fashion-mnist (default: digits)")
+    t.add_argument("--model", default="reference", choices=sorted(MODELS))
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--schedule", default="none", choices=SCHEDULES)
+    t.add_argument("--augment", action="store_true", help="random shift / rotation / scale")
+    t.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without validation-loss improvement (0: off)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="runs/latest", help="output folder (checkpoints, plots, history)")
+    t.add_argument("--resume", default=None, metavar="CHECKPOINT")
+    t.add_argument("--data-dir", default=None, help="folder holding mnist/ and fashion-mnist/ (IDX files)")
+    t.add_argument("--no-download", action="store_true", help="never download; fail if files are missing")
+    t.add_argument("--limit-train", type=int, default=None, metavar="N", help="use the first N training images")
+    t.add_argument("--limit-test", type=int, default=None, metavar="N", help="use the first N test images")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="metrics table and plots for a checkpoint")
+    e.add_argument("checkpoint")
+    e.add_argument("--dataset", default=None, help="default: the dataset it was trained on")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--no-download", action="store_true")
+    e.add_argument("--limit-test", type=int, default=None, metavar="N")
+    e.add_argument("--out", default=None, help="folder for the plots (default: the checkpoint's folder)")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="top-3 classes for an image")
+    pr.add_argument("checkpoint")
+    pr.add_argument("image")
+    pr.set_defaults(func=cmd_predict)
+
+    i = sub.add_parser("info", help="backend, versions, threads")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv=None):
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("minicnn: interrupted", file=sys.stderr)
+        return 130
+    except CLIError as e:
+        print(f"minicnn: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, OSError, KeyError, TypeError, RuntimeError) as e:
+        if os.environ.get("MINICNN_DEBUG"):
+            raise                                  # the full traceback, for developers
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"minicnn: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
