@@ -1,8 +1,10 @@
 """Hot loops, one module per backend, all with the same functions.
 
-* ``numpy_ref``  — readable NumPy: the specification.
-* ``numba_cpu``  — the same loops compiled with Numba (fast CPU).
-* ``cupy_gpu``   — the same on a CUDA GPU with CuPy.
+* ``numpy_ref``        — readable NumPy: the specification.
+* ``numba_cpu``        — the same loops compiled with Numba (fast CPU).
+* ``cupy_gpu``         — the same on a CUDA GPU with CuPy (RawKernels).
+* ``simulated_device`` — numpy_ref behind a pretend device boundary: the
+  test-only ``simulator`` backend, which finds host/device mix-ups on a CPU.
 
 Each module provides::
 
@@ -12,7 +14,10 @@ Each module provides::
     max_pool2d_backward(gy, argmax, x_shape, kh, kw, stride, padding) -> dx
     avg_pool2d_forward(x, kh, kw, stride, padding, count_include_pad) -> y
     avg_pool2d_backward(gy, x_shape, kh, kw, stride, padding, count_include_pad) -> dx
+    scatter_add(dst, index, values) -> None       (dst[index] += values, repeats add up)
     erf(x) -> y
 
-Kernels take and return arrays only; they never import minicnn.
+Arrays in and out live where the backend keeps them (host memory for numpy
+and numba, device memory for cupy and the simulator). Kernels take and return
+arrays only; they never import minicnn.
 """

@@ -2,7 +2,8 @@
 
 A backend is three things:
 
-* a **name** — ``"numpy"``, ``"numba"`` or ``"cupy"``;
+* a **name** — ``"numpy"``, ``"numba"`` or ``"cupy"`` (and ``"simulator"``,
+  below);
 * an **array module** ``xp`` — ``numpy`` or ``cupy``; layer code writes
   ``xp.exp(x)`` and never asks which one it got;
 * a **kernel module** from ``minicnn.kernels`` — the hot loops (im2col,
@@ -21,6 +22,14 @@ Layer code reads the live choice through the one mutable object ``current``::
     from minicnn.backend import current
     xp = current.xp                 # numpy or cupy
     cols = current.kernels.im2col(x, ...)
+
+Host and device. With ``cupy`` every tensor's array lives in GPU memory; the
+only copies between host and device are the explicit ones — :func:`to_device`
+(a DataLoader batch, a drawn dropout mask, loaded weights) and :func:`to_host`
+(``Tensor.numpy()``, checkpoints, metrics). Mixing a host ``numpy.ndarray``
+into device arithmetic is an error on a GPU, so the test suite also runs on
+``"simulator"``: a pretend device (``kernels/simulated_device.py``) that raises
+the same errors on a CPU. It is for tests only and ``auto`` never picks it.
 """
 from __future__ import annotations
 
@@ -29,8 +38,10 @@ import os
 
 import numpy as np
 
-#: Every backend minicnn knows, in the order ``auto`` tries them.
+#: The backends for real work, in the order ``auto`` tries them.
 AVAILABLE = ("cupy", "numba", "numpy")
+#: Backends that exist for the tests; selectable by name, never by ``auto``.
+TEST_ONLY = ("simulator",)
 
 
 class BackendError(RuntimeError):
@@ -73,26 +84,37 @@ def _load(name):
             raise BackendError(
                 "backend 'cupy' needs CuPy, which is not installed "
                 f"({e}); install it with: pip install 'minicnn[gpu]' "
-                "(or the cupy-cudaXXx wheel matching your CUDA)") from e
+                "(or the cupy-cudaXXx wheel matching your CUDA, e.g. cupy-cuda12x)") from e
         try:
             n = cupy.cuda.runtime.getDeviceCount()
-        except Exception as e:  # CUDA driver missing, etc.
+            if n >= 1:
+                cupy.zeros(1)       # a real allocation: the driver and the device answer
+        except Exception as e:      # no CUDA driver, a wheel built for another CUDA, ...
             raise BackendError(
-                f"backend 'cupy': CuPy imports but no CUDA device is usable ({e})") from e
+                "backend 'cupy': CuPy is installed but no CUDA device is usable "
+                f"({type(e).__name__}: {e}); check nvidia-smi and that the CuPy wheel "
+                "matches the driver's CUDA version") from e
         if n < 1:
-            raise BackendError("backend 'cupy': CuPy imports but no CUDA device is visible")
+            raise BackendError(
+                "backend 'cupy': CuPy is installed but no CUDA device is visible "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')})")
         kernels = importlib.import_module(".kernels.cupy_gpu", __package__)
         return cupy, kernels
+    if name == "simulator":
+        from .kernels import simulated_device
+        return simulated_device.xp, simulated_device
     raise BackendError(
-        f"unknown backend {name!r}; expected one of {', '.join(AVAILABLE)} or 'auto'")
+        f"unknown backend {name!r}; expected one of {', '.join(AVAILABLE)} or 'auto' "
+        f"(or the test-only {', '.join(TEST_ONLY)})")
 
 
 def set_backend(name: str) -> str:
     """Switch every later operation to backend ``name``; return the name chosen.
 
     ``"auto"`` tries ``cupy`` (only if a GPU is usable), then ``numba``, then
-    ``numpy``. Tensors created before the switch keep their arrays: move them
-    yourself (or rebuild the model) when switching between host and device.
+    ``numpy``; ``"simulator"`` (tests only) must be asked for by name. Tensors
+    created before the switch keep their arrays: move them yourself (or rebuild
+    the model, or reload a state_dict) when switching between host and device.
     """
     if not isinstance(name, str):
         raise TypeError(f"backend name must be a str, got {type(name).__name__}")
@@ -116,12 +138,16 @@ def set_backend(name: str) -> str:
 
 
 def get_backend() -> str:
-    """The name of the active backend: ``"numpy"``, ``"numba"`` or ``"cupy"``."""
+    """The name of the active backend: ``"numpy"``, ``"numba"``, ``"cupy"`` (or ``"simulator"``)."""
     return current.name
 
 
 def to_host(a):
-    """Return a NumPy array with the contents of ``a`` (a copy if it lives on a GPU)."""
+    """Return a NumPy array with the contents of ``a`` (a copy if it lives on a device).
+
+    Device arrays (CuPy's, the simulator's) are copied with their ``.get()``;
+    host arrays are returned as they are; lists and numbers become arrays.
+    """
     if isinstance(a, np.ndarray):
         return a
     get = getattr(a, "get", None)  # cupy.ndarray.get() copies device -> host
@@ -131,7 +157,12 @@ def to_host(a):
 
 
 def to_device(a, dtype=None):
-    """Return ``a`` as an array of the active backend (host -> device if needed)."""
+    """Return ``a`` as an array of the active backend (host -> device if needed).
+
+    On a device backend this is ``xp.asarray``: one explicit copy of host data
+    to the device (none if ``a`` is already there). On a CPU backend a device
+    array is first copied to the host.
+    """
     xp = current.xp
     if xp is np:
         a = to_host(a)

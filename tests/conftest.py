@@ -1,8 +1,10 @@
 """Shared test fixtures.
 
 ``backend`` parametrizes a test over every backend: ``numpy`` and ``numba``
-must load (both are dependencies); ``cupy`` is skipped, with the reason, where
-CuPy or a GPU is missing. Adding a backend means adding its name here.
+must load (both are dependencies); ``simulator`` always loads (a pretend GPU
+that raises where host and device arrays mix, see kernels/simulated_device.py);
+``cupy`` is skipped, with the reason, where CuPy or a GPU is missing. Adding a
+backend means adding its name here.
 """
 import os
 
@@ -12,7 +14,7 @@ import pytest
 import minicnn as mc
 
 CPU_BACKENDS = ["numpy"]  # "numba" joins when kernels/numba_cpu.py lands
-ALL_BACKENDS = CPU_BACKENDS + ["cupy"]
+ALL_BACKENDS = CPU_BACKENDS + ["simulator", "cupy"]
 
 
 def _activate(name):

@@ -1,5 +1,5 @@
 """Every differentiable function and layer passes mc.gradcheck in float64,
-over a grid of options, on every CPU backend."""
+over a grid of options, on every backend (the simulator and a GPU included)."""
 import itertools
 
 import numpy as np
@@ -24,7 +24,7 @@ CONV_GRID = list(itertools.product([1, 2, 3], [0, 1, 2], [1, 2], [1, 2, 4], [Tru
 
 @pytest.mark.parametrize("stride,padding,dilation,groups,bias", CONV_GRID,
                          ids=[f"s{s}-p{p}-d{d}-g{g}-{'b' if b else 'nob'}" for s, p, d, g, b in CONV_GRID])
-def test_conv2d_gradcheck_grid(cpu_backend, stride, padding, dilation, groups, bias):
+def test_conv2d_gradcheck_grid(backend, stride, padding, dilation, groups, bias):
     # non-square input (6x5) and kernel (3x2); groups=4 with 4 channels is depthwise
     x = randn(2, 4, 6, 5, seed=1)
     w = randn(4, 4 // groups, 3, 2, seed=2)
@@ -42,14 +42,14 @@ def test_conv2d_gradcheck_grid(cpu_backend, stride, padding, dilation, groups, b
     dict(stride=(3, 1), padding=(0, 1), dilation=(1, 3)),
     dict(groups=8),                                            # depthwise with channel multiplier 2
 ])
-def test_conv2d_asymmetric_options(cpu_backend, config):
+def test_conv2d_asymmetric_options(backend, config):
     groups = config.get("groups", 1)
     x = randn(1, 8 if groups == 8 else 3, 7, 9, seed=4)
     w = randn(16 if groups == 8 else 5, 1 if groups == 8 else 3, 2, 3, seed=5)
     assert mc.gradcheck(lambda x, w: F.conv2d(x, w, **config), (x, w))
 
 
-def test_conv2d_equals_the_simple_version_and_direct_loops(cpu_backend):
+def test_conv2d_equals_the_simple_version_and_direct_loops(backend):
     rs = np.random.default_rng(6)
     x, w, b = rs.standard_normal((2, 3, 7, 6)), rs.standard_normal((4, 3, 3, 2)), rs.standard_normal(4)
     X, Wt, B = (mc.tensor(a, dtype="float64") for a in (x, w, b))
@@ -64,7 +64,7 @@ def test_conv2d_equals_the_simple_version_and_direct_loops(cpu_backend):
     np.testing.assert_allclose(y_simple, ref, atol=1e-12)
 
 
-def test_conv2d_simple_and_unfold_gradcheck(cpu_backend):
+def test_conv2d_simple_and_unfold_gradcheck(backend):
     x, w = randn(2, 2, 5, 5, seed=7), randn(3, 2, 3, 3, seed=8)
     assert mc.gradcheck(lambda x, w: F.conv2d_simple(x, w, stride=2, padding=1), (x, w))
     assert mc.gradcheck(lambda x: F.unfold(x, (2, 3), stride=(1, 2), padding=1, dilation=(2, 1)), (x,))
@@ -77,7 +77,7 @@ POOL_GRID = [  # (kernel, stride, padding): non-overlapping, overlapping, padded
 
 
 @pytest.mark.parametrize("kernel,stride,padding", POOL_GRID, ids=str)
-def test_max_pool2d_gradcheck(cpu_backend, kernel, stride, padding):
+def test_max_pool2d_gradcheck(backend, kernel, stride, padding):
     # distinct values: a tie at the max makes the function non-differentiable there
     vals = np.random.default_rng(9).permutation(2 * 3 * 7 * 6).reshape(2, 3, 7, 6) / 10.0
     x = t64(vals)
@@ -86,14 +86,14 @@ def test_max_pool2d_gradcheck(cpu_backend, kernel, stride, padding):
 
 @pytest.mark.parametrize("kernel,stride,padding", POOL_GRID, ids=str)
 @pytest.mark.parametrize("count_include_pad", [True, False])
-def test_avg_pool2d_gradcheck(cpu_backend, kernel, stride, padding, count_include_pad):
+def test_avg_pool2d_gradcheck(backend, kernel, stride, padding, count_include_pad):
     x = randn(2, 3, 7, 6, seed=10)
     assert mc.gradcheck(lambda x: F.avg_pool2d(x, kernel, stride, padding, count_include_pad), (x,))
 
 
 @pytest.mark.parametrize("in_hw,out", [((6, 6), 1), ((6, 6), 3), ((7, 5), (3, 2)), ((5, 7), (4, 4)),
                                        ((4, 4), (None, 2)), ((3, 3), 5)], ids=str)
-def test_adaptive_avg_pool2d_gradcheck(cpu_backend, in_hw, out):
+def test_adaptive_avg_pool2d_gradcheck(backend, in_hw, out):
     x = randn(2, 3, *in_hw, seed=11)
     assert mc.gradcheck(lambda x: F.adaptive_avg_pool2d(x, out), (x,))
 
@@ -102,7 +102,7 @@ def test_adaptive_avg_pool2d_gradcheck(cpu_backend, in_hw, out):
 @pytest.mark.parametrize("shape", [(6, 4), (3, 4, 5, 2)], ids=["1d", "2d"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
-def test_batch_norm_gradcheck(cpu_backend, shape, training, affine):
+def test_batch_norm_gradcheck(backend, shape, training, affine):
     x = randn(*shape, seed=12)
     C = shape[1]
     rm = mc.tensor(np.random.default_rng(13).standard_normal(C), dtype="float64")
@@ -118,10 +118,10 @@ def test_batch_norm_gradcheck(cpu_backend, shape, training, affine):
 
 @pytest.mark.parametrize("layer", ["1d", "2d"])
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm_layers_gradcheck_with_parameters(cpu_backend, layer, training):
+def test_batchnorm_layers_gradcheck_with_parameters(backend, layer, training):
     m = (nn.BatchNorm1d(4) if layer == "1d" else nn.BatchNorm2d(4)).double()
-    m.weight.data[:] = np.linspace(0.5, 2, 4)
-    m.bias.data[:] = np.linspace(-1, 1, 4)
+    m.weight.data = mc.tensor(np.linspace(0.5, 2, 4), dtype="float64").data     # host -> backend
+    m.bias.data = mc.tensor(np.linspace(-1, 1, 4), dtype="float64").data
     m.train(training)
     x = randn(*((5, 4) if layer == "1d" else (3, 4, 3, 3)), seed=17)
     assert mc.gradcheck(m, (x,))
@@ -138,14 +138,14 @@ ACTIVATIONS = {
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
-def test_activation_gradcheck(cpu_backend, name):
+def test_activation_gradcheck(backend, name):
     vals = np.random.default_rng(18).standard_normal((4, 5)) * 3
     vals[np.abs(vals) < 1e-3] = 0.5          # stay away from the kinks of relu / leaky_relu
     assert mc.gradcheck(ACTIVATIONS[name], (t64(vals),))
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
-def test_activations_are_stable_for_huge_inputs(cpu_backend, name):
+def test_activations_are_stable_for_huge_inputs(backend, name):
     x = mc.tensor([[-1e4, -50.0, 0.0, 50.0, 1e4]], requires_grad=True)
     y = ACTIVATIONS[name](x)
     y.sum().backward()
@@ -155,14 +155,14 @@ def test_activations_are_stable_for_huge_inputs(cpu_backend, name):
 # -- losses -----------------------------------------------------------------------------
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_cross_entropy_gradcheck(cpu_backend, reduction, label_smoothing):
+def test_cross_entropy_gradcheck(backend, reduction, label_smoothing):
     logits = randn(5, 4, seed=19)
     target = mc.tensor([0, 3, 1, 1, 2])
     assert mc.gradcheck(lambda z: F.cross_entropy(z, target, label_smoothing, reduction), (logits,))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_other_losses_gradcheck(cpu_backend, reduction):
+def test_other_losses_gradcheck(backend, reduction):
     x, t = randn(4, 3, seed=20), randn(4, 3, seed=21)
     target = mc.tensor([2, 0, 1, 1])
     probs = t64(np.random.default_rng(22).uniform(0, 1, (4, 3)))
@@ -172,7 +172,7 @@ def test_other_losses_gradcheck(cpu_backend, reduction):
     assert mc.gradcheck(lambda x, p: F.binary_cross_entropy_with_logits(x, p, reduction), (x, probs))
 
 
-def test_losses_are_stable_for_huge_logits(cpu_backend):
+def test_losses_are_stable_for_huge_logits(backend):
     z = mc.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 5.0]], requires_grad=True)
     loss = F.cross_entropy(z, mc.tensor([0, 2]))
     loss.backward()
@@ -188,13 +188,13 @@ def test_losses_are_stable_for_huge_logits(cpu_backend):
 # -- linear, dropout, layers, a CNN end to end ---------------------------------------------
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch_shape", [(5,), (2, 3)], ids=str)
-def test_linear_gradcheck(cpu_backend, bias, batch_shape):
+def test_linear_gradcheck(backend, bias, batch_shape):
     x = randn(*batch_shape, 4, seed=23)
     w, b = randn(3, 4, seed=24), (randn(3, seed=25) if bias else None)
     assert mc.gradcheck(lambda x, w, b=None: F.linear(x, w, b), (x, w, b) if bias else (x, w))
 
 
-def test_dropout_gradcheck_with_fixed_mask(cpu_backend):
+def test_dropout_gradcheck_with_fixed_mask(backend):
     x = randn(4, 6, seed=26)
 
     def f(x):
@@ -209,7 +209,7 @@ def test_dropout_gradcheck_with_fixed_mask(cpu_backend):
     lambda: nn.Conv2d(4, 4, (3, 2), groups=4, bias=False), lambda: nn.LeakyReLU(0.2),
     lambda: nn.Sequential(nn.Conv2d(2, 3, 2), nn.Tanh(), nn.AvgPool2d(2)),
 ], ids=["linear", "conv", "depthwise", "leaky", "seq"])
-def test_layers_gradcheck_with_parameters(cpu_backend, make):
+def test_layers_gradcheck_with_parameters(backend, make):
     m = make().double()
     x = randn(*((3, 4) if isinstance(m, nn.Linear) else (2, m[0].in_channels if isinstance(m, nn.Sequential)
                                                             else getattr(m, "in_channels", 2), 5, 5)),
@@ -217,7 +217,7 @@ def test_layers_gradcheck_with_parameters(cpu_backend, make):
     assert mc.gradcheck(m, (x,))
 
 
-def test_small_cnn_end_to_end_gradcheck(cpu_backend):
+def test_small_cnn_end_to_end_gradcheck(backend):
     mc.manual_seed(3)
     model = nn.Sequential(
         nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),

@@ -9,7 +9,7 @@ import minicnn.functional as F
 import minicnn.nn as nn
 
 
-def test_conv_3x3_kernel_on_4x4_input(cpu_backend):
+def test_conv_3x3_kernel_on_4x4_input(backend):
     # x[r, c] = 4r + c;  out[i, j] = x[i, j] + 2 x[i, j+1] + x[i+1, j+1] - x[i+2, j+2]
     x = mc.tensor(np.arange(16.0).reshape(1, 1, 4, 4), requires_grad=True, dtype="float64")
     w = mc.tensor([[[[1, 2, 0], [0, 1, 0], [0, 0, -1]]]], requires_grad=True, dtype="float64")
@@ -23,7 +23,7 @@ def test_conv_3x3_kernel_on_4x4_input(cpu_backend):
                                   [[1, 3, 2, 0], [1, 4, 3, 0], [0, 1, 0, -1], [0, 0, -1, -1]])
 
 
-def test_conv_with_padding_stride_and_bias(cpu_backend):
+def test_conv_with_padding_stride_and_bias(backend):
     x = mc.tensor(np.ones((1, 1, 3, 3)), dtype="float64")
     w = mc.tensor(np.ones((1, 1, 3, 3)), dtype="float64")
     # padding 1, stride 2: the four corner windows each see a 2x2 patch of ones
@@ -31,7 +31,7 @@ def test_conv_with_padding_stride_and_bias(cpu_backend):
     np.testing.assert_array_equal(y.numpy()[0, 0], [[4.5, 4.5], [4.5, 4.5]])
 
 
-def test_depthwise_conv_keeps_channels_apart(cpu_backend):
+def test_depthwise_conv_keeps_channels_apart(backend):
     x = mc.tensor(np.stack([np.full((3, 3), 1.0), np.full((3, 3), 10.0)])[None], dtype="float64")
     w = mc.tensor(np.stack([np.full((1, 2, 2), 1.0), np.full((1, 2, 2), -1.0)]), dtype="float64")
     y = F.conv2d(x, w, groups=2).numpy()[0]
@@ -39,7 +39,7 @@ def test_depthwise_conv_keeps_channels_apart(cpu_backend):
     np.testing.assert_array_equal(y[1], np.full((2, 2), -40.0))
 
 
-def test_dilated_conv_skips_pixels(cpu_backend):
+def test_dilated_conv_skips_pixels(backend):
     x = mc.tensor(np.arange(25.0).reshape(1, 1, 5, 5), dtype="float64")
     w = mc.tensor(np.ones((1, 1, 2, 2)), dtype="float64")
     # dilation 2: taps at (0,0), (0,2), (2,0), (2,2) -> 4 * x[i+1, j+1]
@@ -48,7 +48,7 @@ def test_dilated_conv_skips_pixels(cpu_backend):
     np.testing.assert_array_equal(y[0], expected[0])
 
 
-def test_max_pool_2x2_with_ties_routes_to_the_first_maximum(cpu_backend):
+def test_max_pool_2x2_with_ties_routes_to_the_first_maximum(backend):
     x = mc.tensor([[[[1, 1, 2, 0],
                      [0, 1, 2, 2],
                      [3, 3, 0, 0],
@@ -62,7 +62,7 @@ def test_max_pool_2x2_with_ties_routes_to_the_first_maximum(cpu_backend):
                                                           [0, 0, 0, 4]])
 
 
-def test_overlapping_max_pool_sums_gradients(cpu_backend):
+def test_overlapping_max_pool_sums_gradients(backend):
     x = mc.tensor([[[[0, 0, 0], [0, 9, 0], [0, 0, 0]]]], requires_grad=True, dtype="float64")
     y = F.max_pool2d(x, 2, stride=1)               # the centre wins all four windows
     np.testing.assert_array_equal(y.numpy()[0, 0], [[9, 9], [9, 9]])
@@ -72,7 +72,7 @@ def test_overlapping_max_pool_sums_gradients(cpu_backend):
 
 @pytest.mark.parametrize("count_include_pad,expected", [(True, [[0.25, 0.5], [0.75, 1.0]]),
                                                         (False, [[1, 2], [3, 4]])])
-def test_avg_pool_padding_counts(cpu_backend, count_include_pad, expected):
+def test_avg_pool_padding_counts(backend, count_include_pad, expected):
     x = mc.tensor([[[[1.0, 2.0], [3.0, 4.0]]]], requires_grad=True, dtype="float64")
     y = F.avg_pool2d(x, 2, stride=2, padding=1, count_include_pad=count_include_pad)
     np.testing.assert_allclose(y.numpy()[0, 0], expected)
@@ -87,7 +87,7 @@ def test_adaptive_avg_pool_bins_like_pytorch():
     np.testing.assert_allclose(y, [0.5, 2.0, 3.5])
 
 
-def test_batch_norm_by_hand_and_running_statistics(cpu_backend):
+def test_batch_norm_by_hand_and_running_statistics(backend):
     bn = nn.BatchNorm1d(2, eps=0.0).double()
     x = mc.tensor([[1.0, 2.0], [3.0, 6.0]], dtype="float64")
     y = bn(x).numpy()
@@ -101,7 +101,7 @@ def test_batch_norm_by_hand_and_running_statistics(cpu_backend):
     np.testing.assert_allclose(y_eval, (x.numpy() - [0.2, 0.4]) / np.sqrt([1.1, 1.7]))
 
 
-def test_cross_entropy_by_hand(cpu_backend):
+def test_cross_entropy_by_hand(backend):
     z = mc.tensor(np.log([[1.0, 2.0, 5.0]]), requires_grad=True, dtype="float64")   # p = 1/8, 2/8, 5/8
     loss = F.cross_entropy(z, mc.tensor([2]))
     assert loss.item() == pytest.approx(-math.log(0.625))

@@ -164,7 +164,7 @@ def test_init_helpers_and_seed_reproducibility():
         nn.init.calculate_gain("softsign")
 
 
-def test_reference_cnn_forward_shapes_and_a_training_step_reduces_loss(cpu_backend):
+def test_reference_cnn_forward_shapes_and_a_training_step_reduces_loss(backend):
     mc.manual_seed(0)
     model = reference_cnn()
     x = mc.tensor(np.random.default_rng(0).random((8, 1, 28, 28)))

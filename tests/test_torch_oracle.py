@@ -30,7 +30,7 @@ def check(ours, theirs, ours_inputs, theirs_inputs, atol=1e-10):
 
 @pytest.mark.parametrize("stride,padding,dilation,groups", [
     (1, 0, 1, 1), (2, 1, 1, 1), (3, 2, 2, 2), ((1, 2), (2, 1), (2, 1), 4), (2, 0, 1, 8)])
-def test_conv2d_matches_torch(cpu_backend, stride, padding, dilation, groups):
+def test_conv2d_matches_torch(backend, stride, padding, dilation, groups):
     rs = np.random.default_rng(1)
     (x, tx), (w, tw), (b, tb) = both(rs.standard_normal((2, 8, 9, 7))), \
         both(rs.standard_normal((8, 8 // groups, 3, 2))), both(rs.standard_normal(8))
@@ -39,7 +39,7 @@ def test_conv2d_matches_torch(cpu_backend, stride, padding, dilation, groups):
 
 
 @pytest.mark.parametrize("k,s,p", [(2, None, 0), (3, 2, 1), (3, 1, 1), ((2, 3), (1, 2), (1, 1))])
-def test_pools_match_torch(cpu_backend, k, s, p):
+def test_pools_match_torch(backend, k, s, p):
     rs = np.random.default_rng(2)
     data = rs.permutation(2 * 3 * 8 * 7).reshape(2, 3, 8, 7) / 7.0
     (x, tx) = both(data)
@@ -49,7 +49,7 @@ def test_pools_match_torch(cpu_backend, k, s, p):
         check(F.avg_pool2d(x, k, s, p, cip), tF.avg_pool2d(tx, k, s, p, count_include_pad=cip), (x,), (tx,))
 
 
-def test_max_pool_ties_match_torch(cpu_backend):
+def test_max_pool_ties_match_torch(backend):
     data = np.random.default_rng(3).integers(0, 3, (2, 2, 6, 6)).astype(np.float64)
     (x, tx) = both(data)
     check(F.max_pool2d(x, 2), tF.max_pool2d(tx, 2), (x,), (tx,))
@@ -64,7 +64,7 @@ def test_adaptive_avg_pool_matches_torch(in_hw, out):
 
 
 @pytest.mark.parametrize("dims", [2, 4])
-def test_batchnorm_training_steps_and_eval_match_torch(cpu_backend, dims):
+def test_batchnorm_training_steps_and_eval_match_torch(backend, dims):
     mc.manual_seed(0)
     ours = (nn.BatchNorm1d(3) if dims == 2 else nn.BatchNorm2d(3)).double()
     theirs = (torch.nn.BatchNorm1d(3) if dims == 2 else torch.nn.BatchNorm2d(3)).double()
@@ -123,7 +123,7 @@ def test_losses_match_torch(reduction):
           tF.binary_cross_entropy_with_logits(tx, tt, reduction=reduction), (x, t), (tx, tt))
 
 
-def test_state_dict_loads_into_and_from_an_identical_torch_model(cpu_backend):
+def test_state_dict_loads_into_and_from_an_identical_torch_model(backend):
     ours = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Flatten(), nn.Linear(4 * 3 * 3, 10)).double()
     theirs = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),

@@ -34,7 +34,7 @@ def test_reference_cnn_is_the_seeds_architecture():
 
 
 @pytest.mark.parametrize("stride,cin,cout", [(1, 3, 3), (2, 2, 3)], ids=["identity", "projection"])
-def test_basic_block_gradcheck(cpu_backend, stride, cin, cout):
+def test_basic_block_gradcheck(backend, stride, cin, cout):
     mc.manual_seed(0)
     block = models.BasicBlock(cin, cout, stride).double()
     x = mc.tensor(np.random.default_rng(0).standard_normal((2, cin, 5, 5)), requires_grad=True, dtype="float64")
@@ -95,7 +95,7 @@ def test_load_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path / "junk.ckpt")
 
 
-def test_resume_at_an_epoch_boundary_gives_identical_weights(tmp_path):
+def test_resume_at_an_epoch_boundary_gives_identical_weights(backend, tmp_path):
     model, opt, sched, loader = _setup()
     straight = fit(model, opt, loader, epochs=3, scheduler=sched, progress=False, log=lambda *_: None)
     expected = _weights(model)

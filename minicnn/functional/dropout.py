@@ -3,7 +3,10 @@
 Training: each element is kept with probability 1 - p and scaled by 1/(1 - p),
 so E[y] = x and nothing needs rescaling at test time; evaluation is the
 identity. The mask comes from the framework's seeded generator
-(``mc.manual_seed``), so the same seed gives the same mask.
+(``mc.manual_seed``), so the same seed gives the same mask on every backend.
+That generator lives on the host (minicnn/rng.py says why), so on a GPU the
+mask is drawn there and copied to the device once per call, as booleans: a
+deliberate, explicit transfer (``to_device``), the only one in a forward pass.
 
 Backward: y = x * mask, so dx = gy * mask.
 """

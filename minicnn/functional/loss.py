@@ -49,7 +49,9 @@ def _check_class_targets(op, logits, target):
     if target.shape[0] != N:
         raise ValueError(f"{op}: batch size mismatch: input has {N} rows but target has "
                          f"{target.shape[0]} labels")
-    if N and (int(target.min()) < 0 or int(target.max()) >= K):
+    # One yes/no read back from the device per batch (a GPU would not catch a bad
+    # index itself: it would read out of bounds); details only on the error path.
+    if N and bool(((target < 0) | (target >= K)).any()):
         bad = int(target.min()) if int(target.min()) < 0 else int(target.max())
         raise IndexError(f"{op}: target class {bad} is out of range for {K} classes "
                          f"(expected 0 <= target < {K})")

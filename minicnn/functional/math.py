@@ -7,6 +7,8 @@ gradient of ``b`` is the *sum* of the output gradient over the broadcast axes:
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import current
 from ..tensor import Function, Tensor, _lift
 
@@ -31,7 +33,9 @@ def unbroadcast(grad, shape):
 
 def _check_broadcast(a, b, op):
     try:
-        return current.xp.broadcast_shapes(a.shape, b.shape)
+        # shapes are plain tuples on the host: NumPy's rule, whatever the backend
+        # (CuPy has no broadcast_shapes)
+        return np.broadcast_shapes(a.shape, b.shape)
     except ValueError:
         raise ValueError(f"{op}: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be "
                          "broadcast together (sizes must match or be 1, aligned from the right)") from None

@@ -6,6 +6,8 @@ inverse permutation, scatter into the indexed positions, split).
 """
 from __future__ import annotations
 
+import itertools
+
 from ..backend import current
 from ..tensor import Function, Tensor, _shape_str
 
@@ -51,7 +53,8 @@ class GetItem(Function):
     """y = x[index] (slices, integers, integer arrays, boolean masks).
 
     dx is zero except at the selected positions, where the gradient is added;
-    ``add.at`` makes a position selected twice (x[[0, 0]]) receive both.
+    the ``scatter_add`` kernel (NumPy's ``add.at``, ``cupyx.scatter_add`` on a
+    GPU) makes a position selected twice (x[[0, 0]]) receive both.
     """
 
     def forward(self, x, index):
@@ -65,7 +68,7 @@ class GetItem(Function):
     def backward(self, gy):
         xp = current.xp
         dx = xp.zeros(self.x_shape, dtype=gy.dtype)
-        xp.add.at(dx, self.index, gy)
+        current.kernels.scatter_add(dx, self.index, gy)
         return dx
 
 
@@ -102,9 +105,8 @@ class Concatenate(Function):
         return current.xp.concatenate(xs, axis=ax)
 
     def backward(self, gy):
-        xp = current.xp
-        bounds = list(xp.cumsum(xp.asarray(self.sizes[:-1])).tolist()) if len(self.sizes) > 1 else []
-        return tuple(xp.split(gy, bounds, axis=self.axis))
+        bounds = list(itertools.accumulate(self.sizes[:-1]))    # where each input's slice ends
+        return tuple(current.xp.split(gy, bounds, axis=self.axis))
 
 
 class Stack(Function):

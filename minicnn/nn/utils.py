@@ -120,12 +120,15 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         return Tensor(0.0)
 
     xp = current.xp
-    # accumulate in float64 so that squaring a large float32 gradient cannot overflow
+    # Summed on the backend and read back once (one device -> host copy, not one
+    # per parameter); in float64 so that squaring a large float32 gradient cannot
+    # overflow.
     if norm_type == math.inf:
-        total_norm = max(float(xp.abs(g).max()) if g.size else 0.0 for g in grads)
+        maxima = [xp.abs(g).max().astype(xp.float64) for g in grads if g.size]
+        total_norm = float(xp.stack(maxima).max()) if maxima else 0.0
     else:
-        total_norm = sum(float((xp.abs(g.astype(xp.float64)) ** norm_type).sum())
-                         for g in grads) ** (1.0 / norm_type)
+        powers = [(xp.abs(g.astype(xp.float64)) ** norm_type).sum() for g in grads]
+        total_norm = float(xp.stack(powers).sum()) ** (1.0 / norm_type)
     if error_if_nonfinite and not math.isfinite(total_norm):
         raise RuntimeError(f"{name}: the total norm of order {norm_type:g} of the gradients is "
                            f"{total_norm}, so they cannot be clipped; the loss or a gradient "

@@ -1,0 +1,481 @@
+"""The kernels on a CUDA GPU: CuPy arrays and hand-written CUDA C (the ``cupy`` backend).
+
+Same functions, same signatures, same numbers as :mod:`numpy_ref` (the
+specification — read it first; the tests hold this module to it). Arrays in
+and out are ``cupy.ndarray``s in GPU memory; nothing here copies to the host.
+
+How a kernel runs
+-----------------
+Each kernel below is CUDA C, compiled at its first call by CuPy (NVRTC; the
+binary is cached on disk). A launch ``kernel((blocks,), (threads,), args)``
+starts ``blocks * threads`` threads that all run the same function body; a
+thread tells itself apart by ``blockIdx.x`` and ``threadIdx.x``. Every kernel
+here gives each thread one output element::
+
+    k = blockIdx.x * blockDim.x + threadIdx.x        // this thread's element
+    k += blockDim.x * gridDim.x                      // then the next one it owns
+
+— the second line is a "grid-stride loop": a grid of bounded size covers an
+array of any size, each thread taking every (blocks*threads)-th element. The
+thread then turns its flat index ``k`` back into coordinates with ``/`` and
+``%`` (row-major order, the last axis fastest), as the comments show.
+
+Gather, not scatter
+-------------------
+col2im and the pooling backwards are sums: a pixel read by several windows
+receives a gradient from each. The reference loops over windows and *adds
+into* the pixels each one read (a scatter). On a GPU, with one thread per
+window, two threads would add into one pixel at the same moment and one of
+the additions could be lost, unless every one were an ``atomicAdd`` (slower,
+and the order of the additions — hence the last bits of the result — would
+change from run to run). So these kernels turn the loop around: one thread
+per *input pixel*, which *gathers* from every window that read it. No two
+threads write the same element, no atomics are needed, and the terms are
+added in the reference's tap order (i, j), so the sums match numpy_ref.
+
+Which windows read pixel row ``y``? Tap ``i`` of the window in output row
+``oy`` reads input row ``oy*sh - ph + i*dh``. Solving for ``oy``::
+
+    oy = (y + ph - i*dh) / sh     valid when the division is exact and 0 <= oy < oh
+
+and the same for columns. That is the ``t % s != 0`` / ``o >= o_max`` test
+in every backward kernel.
+
+Types
+-----
+Each source is written for a float type ``T`` and compiled twice, with
+``typedef float T;`` or ``typedef double T;`` in front (max pooling's winner
+index ``I`` is ``signed char`` or ``int``, int8 or int32 as in numpy_ref).
+Array arguments must be C-contiguous CuPy arrays of exactly the declared
+type; sizes are passed as ``numpy.int32`` — CuPy would pass a Python int as
+a 64-bit ``long long``, which does not match an ``int`` parameter.
+
+The sources are module-level strings named ``*_SOURCE``: the tests compile
+each with ``nvcc`` for both types, and run it on the CPU through a
+one-thread emulation against numpy_ref, without importing CuPy.
+"""
+from __future__ import annotations
+
+import functools
+import numbers
+import re
+
+import cupy
+import cupyx
+import cupyx.scipy.special
+import numpy as np
+
+NAME = "cupy"
+
+THREADS_PER_BLOCK = 256
+MAX_BLOCKS = 65_535           # the grid-stride loop covers anything larger
+
+# -----------------------------------------------------------------------------
+# CUDA sources
+# -----------------------------------------------------------------------------
+UNFOLD_SOURCE = r"""
+extern "C" __global__
+void im2col(const T* img, T* cols,
+            int N, int C, int H, int W, int kh, int kw, int oh, int ow,
+            int sh, int sw, int ph, int pw, int dh, int dw)
+{
+    // cols[(c*kh + i)*kw + j, (n*oh + oy)*ow + ox] = img[n, c, oy*sh - ph + i*dh, ox*sw - pw + j*dw]
+    // (0 where that pixel lies in the padding). One thread per element of cols.
+    const long long L = (long long)N * oh * ow;                // columns: output pixels of the batch
+    const long long total = (long long)C * kh * kw * L;        // elements of cols
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)blockDim.x * gridDim.x) {
+        const long long row = k / L;                            // cols is (C*kh*kw, L), row-major
+        const long long col = k % L;
+        const int c = row / (kh * kw);                          // row = (c*kh + i)*kw + j
+        const int i = row / kw % kh;
+        const int j = row % kw;
+        const int n = col / ((long long)oh * ow);               // col = (n*oh + oy)*ow + ox
+        const int oy = col / ow % oh;
+        const int ox = col % ow;
+        const int y = oy * sh - ph + i * dh;                    // the input pixel tap (i, j) reads
+        const int x = ox * sw - pw + j * dw;
+        const bool inside = 0 <= y && y < H && 0 <= x && x < W;
+        cols[k] = inside ? img[(((long long)n * C + c) * H + y) * W + x] : (T)0;   // img[n, c, y, x]
+    }
+}
+
+extern "C" __global__
+void col2im(const T* cols, T* img,
+            int N, int C, int H, int W, int kh, int kw, int oh, int ow,
+            int sh, int sw, int ph, int pw, int dh, int dw)
+{
+    // img[n, c, y, x] = sum over every tap (i, j) of every window (oy, ox) that read pixel (y, x)
+    //                   of cols[(c*kh + i)*kw + j, (n*oh + oy)*ow + ox]
+    // One thread per pixel, gathering (see "Gather, not scatter"); taps in (i, j) order.
+    const long long L = (long long)N * oh * ow;
+    const long long total = (long long)N * C * H * W;          // elements of img
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)blockDim.x * gridDim.x) {
+        const int x = k % W;                                    // k = ((n*C + c)*H + y)*W + x
+        const int y = k / W % H;
+        const int c = k / ((long long)H * W) % C;
+        const int n = k / ((long long)C * H * W);
+        T sum = 0;
+        for (int i = 0; i < kh; ++i) {
+            const int ty = y + ph - i * dh;                     // = oy*sh if window row oy read row y
+            if (ty < 0 || ty % sh != 0) continue;
+            const int oy = ty / sh;
+            if (oy >= oh) continue;
+            for (int j = 0; j < kw; ++j) {
+                const int tx = x + pw - j * dw;                 // = ox*sw if window column ox read column x
+                if (tx < 0 || tx % sw != 0) continue;
+                const int ox = tx / sw;
+                if (ox >= ow) continue;
+                const long long row = ((long long)c * kh + i) * kw + j;
+                sum += cols[row * L + ((long long)n * oh + oy) * ow + ox];
+            }
+        }
+        img[k] = sum;
+    }
+}
+"""
+
+MAX_POOL_SOURCE = r"""
+// -inf from its bit pattern (no math headers needed): padding that never wins a comparison
+__device__ inline float negative_infinity(float) { return __int_as_float(0xff800000); }
+__device__ inline double negative_infinity(double) { return __longlong_as_double(0xfff0000000000000LL); }
+
+extern "C" __global__
+void max_pool_forward(const T* img, T* out, I* argmax,
+                      int N, int C, int H, int W, int kh, int kw, int oh, int ow,
+                      int sh, int sw, int ph, int pw)
+{
+    // out[n, c, oy, ox] = max over the taps (i, j) of img[n, c, oy*sh - ph + i, ox*sw - pw + j];
+    // argmax[n, c, oy, ox] = the first tap i*kw + j that attains it (">" is strict).
+    // Pixels in the padding count as -inf, so they never win. One thread per output.
+    const long long total = (long long)N * C * oh * ow;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)blockDim.x * gridDim.x) {
+        const int ox = k % ow;                                  // k = (plane*oh + oy)*ow + ox
+        const int oy = k / ow % oh;
+        const long long plane = k / ((long long)oh * ow);       // plane = n*C + c
+        const T* image = img + plane * H * W;                   // the (n, c) input plane
+        T best = negative_infinity((T)0);
+        int winner = 0;
+        for (int i = 0; i < kh; ++i) {
+            const int y = oy * sh - ph + i;                     // the row tap i reads
+            if (y < 0 || y >= H) continue;
+            for (int j = 0; j < kw; ++j) {
+                const int x = ox * sw - pw + j;                 // the column tap j reads
+                if (x < 0 || x >= W) continue;
+                const T v = image[(long long)y * W + x];
+                if (v > best) { best = v; winner = i * kw + j; }
+            }
+        }
+        out[k] = best;
+        argmax[k] = (I)winner;
+    }
+}
+
+extern "C" __global__
+void max_pool_backward(const T* gy, const I* argmax, T* dx,
+                       int N, int C, int H, int W, int kh, int kw, int oh, int ow,
+                       int sh, int sw, int ph, int pw)
+{
+    // dx[n, c, y, x] = sum of gy[n, c, oy, ox] over the windows (oy, ox) whose winning tap
+    //                  read pixel (y, x). One thread per pixel, gathering; taps in (i, j) order.
+    const long long total = (long long)N * C * H * W;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)blockDim.x * gridDim.x) {
+        const int x = k % W;                                    // k = (plane*H + y)*W + x
+        const int y = k / W % H;
+        const long long plane = k / ((long long)H * W);
+        const T* grad = gy + plane * oh * ow;                   // the (n, c) planes of gy, argmax
+        const I* won = argmax + plane * oh * ow;
+        T sum = 0;
+        for (int i = 0; i < kh; ++i) {
+            const int ty = y + ph - i;                          // = oy*sh if window row oy read row y
+            if (ty < 0 || ty % sh != 0) continue;
+            const int oy = ty / sh;
+            if (oy >= oh) continue;
+            for (int j = 0; j < kw; ++j) {
+                const int tx = x + pw - j;                      // = ox*sw if window column ox read column x
+                if (tx < 0 || tx % sw != 0) continue;
+                const int ox = tx / sw;
+                if (ox >= ow) continue;
+                if (won[oy * ow + ox] == i * kw + j) sum += grad[oy * ow + ox];
+            }
+        }
+        dx[k] = sum;
+    }
+}
+"""
+
+AVG_POOL_SOURCE = r"""
+__device__ inline int window_size(int oy, int ox, int kh, int kw, int sh, int sw, int ph, int pw,
+                                  int H, int W, int count_include_pad)
+{
+    // kh*kw, or (count_include_pad == 0) the number of real pixels in window (oy, ox)
+    if (count_include_pad) return kh * kw;
+    const int top = oy * sh - ph, left = ox * sw - pw;         // the window's first row and column
+    const int rows = min(top + kh, H) - max(top, 0);           // its rows inside [0, H)
+    const int columns = min(left + kw, W) - max(left, 0);      // its columns inside [0, W)
+    return rows * columns;
+}
+
+extern "C" __global__
+void avg_pool_forward(const T* img, T* out,
+                      int N, int C, int H, int W, int kh, int kw, int oh, int ow,
+                      int sh, int sw, int ph, int pw, int count_include_pad)
+{
+    // out[n, c, oy, ox] = (sum of the window's real pixels; padding adds 0) / window_size.
+    // One thread per output.
+    const long long total = (long long)N * C * oh * ow;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)blockDim.x * gridDim.x) {
+        const int ox = k % ow;                                  // k = (plane*oh + oy)*ow + ox
+        const int oy = k / ow % oh;
+        const long long plane = k / ((long long)oh * ow);
+        const T* image = img + plane * H * W;
+        T sum = 0;
+        for (int i = 0; i < kh; ++i) {
+            const int y = oy * sh - ph + i;                     // the row tap i reads
+            if (y < 0 || y >= H) continue;
+            for (int j = 0; j < kw; ++j) {
+                const int x = ox * sw - pw + j;                 // the column tap j reads
+                if (x < 0 || x >= W) continue;
+                sum += image[(long long)y * W + x];
+            }
+        }
+        out[k] = sum / (T)window_size(oy, ox, kh, kw, sh, sw, ph, pw, H, W, count_include_pad);
+    }
+}
+
+extern "C" __global__
+void avg_pool_backward(const T* gy, T* dx,
+                       int N, int C, int H, int W, int kh, int kw, int oh, int ow,
+                       int sh, int sw, int ph, int pw, int count_include_pad)
+{
+    // dx[n, c, y, x] = sum over the windows (oy, ox) that contain pixel (y, x)
+    //                  of gy[n, c, oy, ox] / window_size(oy, ox). One thread per pixel, gathering.
+    const long long total = (long long)N * C * H * W;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)blockDim.x * gridDim.x) {
+        const int x = k % W;                                    // k = (plane*H + y)*W + x
+        const int y = k / W % H;
+        const long long plane = k / ((long long)H * W);
+        const T* grad = gy + plane * oh * ow;
+        T sum = 0;
+        for (int i = 0; i < kh; ++i) {
+            const int ty = y + ph - i;                          // = oy*sh if window row oy holds row y
+            if (ty < 0 || ty % sh != 0) continue;
+            const int oy = ty / sh;
+            if (oy >= oh) continue;
+            for (int j = 0; j < kw; ++j) {
+                const int tx = x + pw - j;                      // = ox*sw if window column ox holds column x
+                if (tx < 0 || tx % sw != 0) continue;
+                const int ox = tx / sw;
+                if (ox >= ow) continue;
+                sum += grad[oy * ow + ox] /
+                       (T)window_size(oy, ox, kh, kw, sh, sw, ph, pw, H, W, count_include_pad);
+            }
+        }
+        dx[k] = sum;
+    }
+}
+"""
+
+_SOURCES = {"UNFOLD": UNFOLD_SOURCE, "MAX_POOL": MAX_POOL_SOURCE, "AVG_POOL": AVG_POOL_SOURCE}
+_FLOAT_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_INDEX_TYPES = {np.dtype(np.int8): "signed char", np.dtype(np.int32): "int"}
+
+
+# -----------------------------------------------------------------------------
+# Compiling and launching
+# -----------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _kernel(source, name, float_type, index_type="int"):
+    """The compiled kernel ``name`` of ``_SOURCES[source]`` for these C types (cached)."""
+    code = f"typedef {float_type} T;\ntypedef {index_type} I;\n" + _SOURCES[source]
+    return cupy.RawModule(code=code).get_function(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(source, name):
+    """``[(c_type, name), ...]`` of kernel ``name``, read from its C signature."""
+    signature = re.search(r"void\s+" + name + r"\s*\(([^)]*)\)", _SOURCES[source]).group(1)
+    params = []
+    for declaration in signature.split(","):               # "const T* img", "int N", ...
+        *c_type, param = declaration.split()
+        params.append((" ".join(c_type), param))
+    return params
+
+
+def _launch(source, name, total, dtype, index_dtype=np.int8, **args):
+    """Run kernel ``name`` with one thread per element (``total`` of them).
+
+    CUDA arguments are positional; the call sites name them, and this puts
+    them in the order of the C signature, converting each ``int`` to np.int32.
+    """
+    params = _parameters(source, name)
+    names = [p for _, p in params]
+    if sorted(names) != sorted(args):
+        raise TypeError(f"kernel {name}: expected arguments {names}, got {sorted(args)}")
+    values = [np.int32(args[p]) if c_type == "int" else args[p] for c_type, p in params]
+    if total == 0:
+        return
+    blocks = min((total + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK, MAX_BLOCKS)
+    kernel = _kernel(source, name, _FLOAT_TYPES[np.dtype(dtype)], _INDEX_TYPES[np.dtype(index_dtype)])
+    kernel((blocks,), (THREADS_PER_BLOCK,), tuple(values))
+
+
+# -----------------------------------------------------------------------------
+# Argument checks shared by the wrappers
+# -----------------------------------------------------------------------------
+def conv_out_size(size, k, stride, pad, dilation=1):
+    """Number of window positions along one axis (numpy_ref's formula)."""
+    return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+
+
+def _pair(value, name):
+    """``2`` or ``(2, 1)`` -> a tuple of two Python ints."""
+    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) for v in pair):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _device_array(a, name, ndim, dtypes=_FLOAT_TYPES):
+    """A C-contiguous CuPy array of rank ``ndim`` and one of ``dtypes`` (what the kernels index)."""
+    if not isinstance(a, cupy.ndarray):
+        raise TypeError(f"{name} must be a cupy.ndarray in GPU memory, got "
+                        f"{type(a).__module__}.{type(a).__name__}; move host data with "
+                        "minicnn.backend.to_device first")
+    if a.dtype not in dtypes:
+        raise TypeError(f"{name} must be {' or '.join(str(np.dtype(d)) for d in dtypes)}, got {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    return cupy.ascontiguousarray(a)
+
+
+def _out_size(H, W, kh, kw, stride, padding, dilation=(1, 1)):
+    oh = conv_out_size(H, kh, stride[0], padding[0], dilation[0])
+    ow = conv_out_size(W, kw, stride[1], padding[1], dilation[1])
+    if oh < 1 or ow < 1:
+        raise ValueError(f"a {kh}x{kw} window (dilation {dilation}, padding {padding}) does not "
+                         f"fit in a {H}x{W} input")
+    return oh, ow
+
+
+def _geometry(x_shape, kh, kw, stride, padding, dilation=(1, 1)):
+    """The size arguments every kernel takes, by name."""
+    N, C, H, W = (int(s) for s in x_shape)
+    oh, ow = _out_size(H, W, kh, kw, stride, padding, dilation)
+    return dict(N=N, C=C, H=H, W=W, kh=kh, kw=kw, oh=oh, ow=ow,
+                sh=stride[0], sw=stride[1], ph=padding[0], pw=padding[1])
+
+
+# -----------------------------------------------------------------------------
+# im2col / col2im
+# -----------------------------------------------------------------------------
+def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """Unfold every receptive field of ``x`` (N, C, H, W) into a column: (C*kh*kw, N*oh*ow)."""
+    x = _device_array(x, "im2col: x", 4)
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    dilation = _pair(dilation, "dilation")
+    dh, dw = dilation
+    g = _geometry(x.shape, kh, kw, stride, padding, dilation)
+    cols = cupy.empty((g["C"] * kh * kw, g["N"] * g["oh"] * g["ow"]), dtype=x.dtype)
+    _launch("UNFOLD", "im2col", cols.size, x.dtype, img=x, cols=cols, dh=dh, dw=dw, **g)
+    return cols
+
+
+def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """The adjoint of :func:`im2col`: sum columns back into an (N, C, H, W) image."""
+    cols = _device_array(cols, "col2im: cols", 2)
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    dilation = _pair(dilation, "dilation")
+    dh, dw = dilation
+    g = _geometry(x_shape, kh, kw, stride, padding, dilation)
+    expected = (g["C"] * kh * kw, g["N"] * g["oh"] * g["ow"])
+    if cols.shape != expected:
+        raise ValueError(f"col2im: expected cols of shape {expected} for x_shape "
+                         f"{tuple(x_shape)}, got {cols.shape}")
+    img = cupy.empty((g["N"], g["C"], g["H"], g["W"]), dtype=cols.dtype)
+    _launch("UNFOLD", "col2im", img.size, cols.dtype, cols=cols, img=img, dh=dh, dw=dw, **g)
+    return img
+
+
+# -----------------------------------------------------------------------------
+# Max pooling
+# -----------------------------------------------------------------------------
+def max_pool2d_forward(x, kh, kw, stride, padding):
+    """Returns ``(y, argmax)``: the window maxima and which tap ``i*kw + j`` won
+    (int8 when kh*kw fits, int32 otherwise — as in the reference)."""
+    x = _device_array(x, "max_pool2d: x", 4)
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    g = _geometry(x.shape, kh, kw, stride, padding)
+    y = cupy.empty((g["N"], g["C"], g["oh"], g["ow"]), dtype=x.dtype)
+    argmax = cupy.empty(y.shape, dtype=np.int8 if kh * kw <= 127 else np.int32)
+    _launch("MAX_POOL", "max_pool_forward", y.size, x.dtype, argmax.dtype,
+            img=x, out=y, argmax=argmax, **g)
+    return y, argmax
+
+
+def max_pool2d_backward(gy, argmax, x_shape, kh, kw, stride, padding):
+    """Route each output gradient to its window's winning input; overlaps add up."""
+    gy = _device_array(gy, "max_pool2d_backward: gy", 4)
+    argmax = _device_array(argmax, "max_pool2d_backward: argmax", 4, _INDEX_TYPES)
+    if argmax.shape != gy.shape:
+        raise ValueError(f"max_pool2d_backward: argmax {argmax.shape} and gy {gy.shape} differ")
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    g = _geometry(x_shape, kh, kw, stride, padding)
+    dx = cupy.empty((g["N"], g["C"], g["H"], g["W"]), dtype=gy.dtype)
+    _launch("MAX_POOL", "max_pool_backward", dx.size, gy.dtype, argmax.dtype,
+            gy=gy, argmax=argmax, dx=dx, **g)
+    return dx
+
+
+# -----------------------------------------------------------------------------
+# Average pooling
+# -----------------------------------------------------------------------------
+def avg_pool2d_forward(x, kh, kw, stride, padding, count_include_pad=True):
+    """y[n,c,oy,ox] = mean of the kh×kw window (zero padding counts if count_include_pad)."""
+    x = _device_array(x, "avg_pool2d: x", 4)
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    g = _geometry(x.shape, kh, kw, stride, padding)
+    y = cupy.empty((g["N"], g["C"], g["oh"], g["ow"]), dtype=x.dtype)
+    _launch("AVG_POOL", "avg_pool_forward", y.size, x.dtype,
+            img=x, out=y, count_include_pad=bool(count_include_pad), **g)
+    return y
+
+
+def avg_pool2d_backward(gy, x_shape, kh, kw, stride, padding, count_include_pad=True):
+    """Each input of a window receives gy / window size; overlapping windows add up."""
+    gy = _device_array(gy, "avg_pool2d_backward: gy", 4)
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    g = _geometry(x_shape, kh, kw, stride, padding)
+    dx = cupy.empty((g["N"], g["C"], g["H"], g["W"]), dtype=gy.dtype)
+    _launch("AVG_POOL", "avg_pool_backward", dx.size, gy.dtype,
+            gy=gy, dx=dx, count_include_pad=bool(count_include_pad), **g)
+    return dx
+
+
+# -----------------------------------------------------------------------------
+# Scatter-add and special functions: CuPy has them
+# -----------------------------------------------------------------------------
+def scatter_add(dst, index, values):
+    """``dst[index] += values`` in place, repeated indices adding up (numpy_ref's ``add.at``).
+
+    ``cupyx.scatter_add`` does it with atomic additions, so a position selected
+    several times receives every contribution. (The order of those additions is
+    not fixed: the last bits may differ from NumPy's when an index repeats.)
+    """
+    if not isinstance(dst, cupy.ndarray):
+        raise TypeError(f"scatter_add: dst must be a cupy.ndarray, got {type(dst).__name__}")
+    cupyx.scatter_add(dst, index, values)
+
+
+def erf(x):
+    """The error function, elementwise (for the exact GELU): ``cupyx.scipy.special.erf``."""
+    if not isinstance(x, cupy.ndarray):
+        raise TypeError(f"erf: x must be a cupy.ndarray in GPU memory, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_TYPES:
+        raise TypeError(f"erf: x must be float32 or float64, got {x.dtype}")
+    return cupyx.scipy.special.erf(x).astype(x.dtype, copy=False)

@@ -1,0 +1,116 @@
+"""Fixed cases on which a kernel module must agree with kernels/numpy_ref.py.
+
+Helpers, not tests (tests/test_cupy_kernels.py runs them on the CUDA kernels,
+on the CPU and on the device backends). Each ``check_*`` takes a kernel module
+and two movers — host -> the module's memory, and back — and compares every
+output with numpy_ref's. The cases complement the hypothesis-drawn shapes of
+tests/test_kernels_parity.py with the corners a random draw rarely reaches: a
+132-tap window (int32 argmax), both padding rules of average pooling, each
+kind of index for scatter_add, erf far into its tails.
+"""
+import numpy as np
+
+from minicnn.kernels import numpy_ref
+
+FLOATS = [np.float32, np.float64]
+TOL = {np.float32: dict(rtol=2e-6, atol=1e-6), np.float64: dict(rtol=1e-13, atol=1e-13)}
+
+# (x_shape, kh, kw, stride, padding, dilation): square and not, strided, padded, dilated
+UNFOLD_CASES = [
+    ((2, 3, 7, 6), 3, 2, (1, 1), (0, 0), (1, 1)),
+    ((2, 3, 7, 6), 3, 3, (2, 1), (1, 2), (1, 1)),
+    ((1, 2, 9, 8), 2, 3, (3, 2), (2, 1), (2, 3)),
+    ((3, 1, 5, 5), 1, 1, (1, 1), (0, 0), (1, 1)),
+    ((2, 4, 6, 5), 3, 2, (2, 2), (2, 0), (2, 1)),
+]
+# (x_shape, kh, kw, stride, padding): non-overlapping, overlapping, padded, a 132-tap window (int32 argmax)
+POOL_CASES = [
+    ((2, 3, 7, 6), 2, 2, (2, 2), (0, 0)),
+    ((2, 3, 7, 6), 3, 3, (2, 2), (1, 1)),
+    ((2, 3, 7, 6), 3, 3, (1, 1), (1, 1)),
+    ((1, 2, 8, 7), 2, 3, (2, 1), (1, 1)),
+    ((2, 2, 6, 6), 3, 2, (2, 2), (1, 0)),
+    ((1, 1, 13, 12), 12, 11, (1, 1), (0, 0)),
+]
+
+
+def ids(cases):
+    """Readable pytest ids for a list of cases."""
+    return [str(c[0]) + "-" + "-".join(str(v) for v in c[1:]) for c in cases]
+
+
+def check_unfold(kernels, dev, host, dtype, case):
+    x_shape, kh, kw, stride, padding, dilation = case
+    rs = np.random.default_rng(0)
+    x = rs.standard_normal(x_shape).astype(dtype)
+    cols_ref = numpy_ref.im2col(x, kh, kw, stride, padding, dilation)
+    cols = kernels.im2col(dev(x), kh, kw, stride, padding, dilation)
+    assert cols.dtype == dtype and cols.shape == cols_ref.shape
+    np.testing.assert_array_equal(host(cols), cols_ref)           # a copy: exactly equal
+
+    g = rs.standard_normal(cols_ref.shape).astype(dtype)
+    dx_ref = numpy_ref.col2im(g, x_shape, kh, kw, stride, padding, dilation)
+    dx = kernels.col2im(dev(g), x_shape, kh, kw, stride, padding, dilation)
+    assert dx.dtype == dtype and dx.shape == x_shape
+    np.testing.assert_allclose(host(dx), dx_ref, **TOL[dtype])
+
+
+def check_max_pool(kernels, dev, host, dtype, case, ties=False):
+    x_shape, kh, kw, stride, padding = case
+    rs = np.random.default_rng(1)
+    x = (rs.integers(0, 3, x_shape) if ties else rs.standard_normal(x_shape)).astype(dtype)
+    y_ref, arg_ref = numpy_ref.max_pool2d_forward(x, kh, kw, stride, padding)
+    y, arg = kernels.max_pool2d_forward(dev(x), kh, kw, stride, padding)
+    assert y.dtype == dtype and arg.dtype == arg_ref.dtype
+    np.testing.assert_array_equal(host(y), y_ref)
+    np.testing.assert_array_equal(host(arg), arg_ref)             # the first maximum wins ties
+
+    gy = rs.standard_normal(y_ref.shape).astype(dtype)
+    dx_ref = numpy_ref.max_pool2d_backward(gy, arg_ref, x_shape, kh, kw, stride, padding)
+    dx = kernels.max_pool2d_backward(dev(gy), arg, x_shape, kh, kw, stride, padding)
+    assert dx.dtype == dtype and dx.shape == x_shape
+    np.testing.assert_allclose(host(dx), dx_ref, **TOL[dtype])
+
+
+def check_avg_pool(kernels, dev, host, dtype, case, count_include_pad):
+    x_shape, kh, kw, stride, padding = case
+    rs = np.random.default_rng(2)
+    x = rs.standard_normal(x_shape).astype(dtype)
+    y_ref = numpy_ref.avg_pool2d_forward(x, kh, kw, stride, padding, count_include_pad)
+    y = kernels.avg_pool2d_forward(dev(x), kh, kw, stride, padding, count_include_pad)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(host(y), y_ref, **TOL[dtype])
+
+    gy = rs.standard_normal(y_ref.shape).astype(dtype)
+    dx_ref = numpy_ref.avg_pool2d_backward(gy, x_shape, kh, kw, stride, padding, count_include_pad)
+    dx = kernels.avg_pool2d_backward(dev(gy), x_shape, kh, kw, stride, padding, count_include_pad)
+    assert dx.dtype == dtype and dx.shape == x_shape
+    np.testing.assert_allclose(host(dx), dx_ref, **TOL[dtype])
+
+
+SCATTER_INDICES = {
+    "repeated rows": lambda: [0, 0, 2, 4, 0],
+    "pairs with repeats": lambda: ([0, 1, 1, 4], [2, 3, 3, 0]),
+    "int array": lambda: np.array([3, 1, 3]),
+    "slice": lambda: (slice(1, 4), slice(None, None, 2)),
+    "bool mask": lambda: np.arange(20).reshape(5, 4) % 3 == 0,
+}
+
+
+def check_scatter_add(kernels, dev, host, dtype, make_index):
+    rs = np.random.default_rng(3)
+    start = rs.standard_normal((5, 4)).astype(dtype)
+    index = make_index()
+    values = rs.standard_normal(start[index].shape).astype(dtype)
+    expected = start.copy()
+    numpy_ref.scatter_add(expected, index, values)
+    dst = dev(start)
+    assert kernels.scatter_add(dst, index, dev(values)) is None   # in place
+    np.testing.assert_allclose(host(dst), expected, **TOL[dtype])
+
+
+def check_erf(kernels, dev, host, dtype):
+    x = np.concatenate([np.linspace(-6, 6, 101), [0.0, -0.0, 1e-8, 30.0, -30.0]]).astype(dtype)
+    y = kernels.erf(dev(x.reshape(2, 53)))
+    assert y.dtype == dtype and y.shape == (2, 53)
+    np.testing.assert_allclose(host(y).ravel(), numpy_ref.erf(x), rtol=4 * np.finfo(dtype).eps, atol=0)
