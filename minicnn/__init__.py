@@ -22,6 +22,15 @@ from . import models, train  # noqa: E402
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    """``mc.metrics`` and ``mc.viz`` load on first use (viz pulls in matplotlib)."""
+    if name in ("metrics", "viz"):
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'minicnn' has no attribute {name!r}")
+
+
 import numpy as _np  # noqa: E402
 
 float32, float64 = _np.float32, _np.float64

@@ -314,3 +314,12 @@ def test_against_sklearn(rng):
         assert M.auc(fpr, tpr) == pytest.approx(skm.roc_auc_score(target == c, rounded[:, c]))
     _, macro = M.roc_auc_ovr(probs, target)
     assert macro == pytest.approx(skm.roc_auc_score(target, probs, multi_class="ovr", average="macro"))
+
+
+def test_metrics_and_viz_are_reachable_as_attributes():
+    import minicnn
+    import minicnn.viz
+    assert minicnn.metrics.accuracy is M.accuracy
+    assert minicnn.viz.plot_history is minicnn.viz.plot_history
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        minicnn.nonexistent
