@@ -13,7 +13,7 @@ import pytest
 
 import minicnn as mc
 
-CPU_BACKENDS = ["numpy"]  # "numba" joins when kernels/numba_cpu.py lands
+CPU_BACKENDS = ["numpy", "numba"]
 ALL_BACKENDS = CPU_BACKENDS + ["simulator", "cupy"]
 
 

@@ -1,0 +1,407 @@
+"""The kernels again, as plain loops compiled by Numba: the fast CPU backend.
+
+Same functions, same signatures, same numbers as :mod:`numpy_ref` (the
+specification — read it first; the tests hold this module to it). Where the
+reference moves whole strided slices at once, this module spells out one
+element at a time with explicit index arithmetic, the way you would write it
+in C. Numba compiles each ``@njit`` function to machine code the first time it
+is called with a new dtype (float32 and float64 each get their own version);
+``cache=True`` keeps the machine code on disk, so later processes skip the
+compile.
+
+``parallel=True`` + ``prange`` splits the outermost loop over the CPU cores.
+That loop must be over *independent* pieces of work — iterations that never
+write the same output element — or two threads would race. Every kernel
+below says which axis it splits and why that is safe.
+
+Each public function is a thin Python wrapper: it checks and normalises the
+arguments, allocates the output, and calls its ``_kernel``. Matrix products
+are not here: they stay in BLAS (``@``), which is faster than any loop we
+would write.
+
+Index conventions (as in numpy_ref)::
+
+    out = floor((in + 2*pad - dil*(k - 1) - 1) / stride) + 1
+    im2col layout:  cols[(c*kh + i)*kw + j, (n*oh + oy)*ow + ox]
+                      = x_padded[n, c, oy*sh + i*dh, ox*sw + j*dw]
+
+Two habits make these loops fast, and both are about what the compiler can
+prove inside the innermost loop:
+
+* No bounds tests. Padding is handled as in the reference: the wrapper pads
+  the input (zeros, or -inf for max pooling; no copy when the padding is 0)
+  and the backward kernels add into a padded gradient that is cropped at the
+  end. Testing ``0 <= y < H`` for every element instead made the kernels two
+  to three times slower.
+* Index with plain loop counters. Numba supports Python's ``a[-1]``, so it
+  checks every index for a negative value — unless it can prove the index is
+  not negative, which it can for a counter from ``range()``. So a kernel first
+  takes a *view* of what one kernel tap sees at every output position,
+  ``seen = x[n, c, i*dh::sh, j*dw::sw]``, and then loops
+  ``seen[oy, ox]`` over ``range(oh)`` and ``range(ow)``. Computing
+  ``x[n, c, oy*sh + i*dh, ox*sw + j*dw]`` directly gives the same numbers
+  about three times slower.
+
+Two process settings matter as much as the loops (both measured in
+``benchmarks/README.md``), so importing this module makes them:
+
+* Threads. Numba's OpenMP workers and the BLAS library's workers take turns
+  on the same cores: a matrix product, a kernel, a product... By default an
+  OpenMP worker spins for milliseconds after each parallel loop, waiting for
+  more work, and steals the core from the BLAS thread that runs next. We ask
+  OpenMP to sleep at once (``OMP_WAIT_POLICY=PASSIVE``) unless you set the
+  variable yourself; it must happen before Numba starts its thread pool (and
+  it applies to any OpenMP library loaded later in this process). The BLAS
+  threads spin too (OpenBLAS: about 0.1 s after each product), and that can
+  only be shortened before NumPy is first imported, with the environment
+  variable ``OPENBLAS_THREAD_TIMEOUT=4``; ``benchmarks/README.md`` shows what
+  it is worth.
+* Memory. A training step allocates and frees the same big arrays every
+  time (im2col columns, activations, gradients). glibc hands big blocks back
+  to the operating system on ``free``, and the next step gets them back one
+  page fault per 4 KiB page, zero-filled by the kernel: about half of a step
+  of this backend went there. :func:`_keep_freed_memory` tells glibc to keep
+  freed memory for reuse (``mallopt``; Linux only; the process then holds on
+  to its peak memory). Set ``MINICNN_TUNE_MALLOC=0`` to leave malloc alone.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+import numbers
+import os
+import sys
+
+import numpy as np
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # see "Threads" above
+
+from numba import njit, prange  # noqa: E402
+
+NAME = "numba"
+
+
+def _keep_freed_memory():
+    """Ask glibc's malloc to reuse freed big blocks instead of returning them to
+    the OS (see "Memory" above). Returns True if the settings were applied."""
+    if os.environ.get("MINICNN_TUNE_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3          # from <malloc.h>
+        # blocks up to 32 MiB (glibc's maximum) come from the reusable heap, not mmap
+        ok = libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
+        # keep up to 1 GiB of freed heap instead of trimming it back to the OS
+        ok &= libc.mallopt(M_TRIM_THRESHOLD, 2**30)
+        return bool(ok)
+    except (OSError, AttributeError):                      # not glibc (musl, ...)
+        return False
+
+
+MALLOC_TUNED = _keep_freed_memory()
+
+_jit = njit(parallel=True, cache=True)
+
+
+def conv_out_size(size, k, stride, pad, dilation=1):
+    """Number of window positions along one axis (the formula above)."""
+    return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+
+
+# -----------------------------------------------------------------------------
+# Argument checks shared by the wrappers
+# -----------------------------------------------------------------------------
+def _pair(value, name):
+    """``2`` or ``(2, 1)`` -> a tuple of two Python ints."""
+    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) for v in pair):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _float_array(a, name, ndim):
+    """A C-contiguous float32/float64 array of rank ``ndim`` (compiled loops need
+    one memory layout and one of the two dtypes they were written for)."""
+    a = np.asarray(a)
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _pad(x, padding, value=0.0):
+    """x with ``padding`` rows/columns of ``value`` around each plane (no copy if none)."""
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+def _out_size(H, W, kh, kw, stride, padding, dilation):
+    oh = conv_out_size(H, kh, stride[0], padding[0], dilation[0])
+    ow = conv_out_size(W, kw, stride[1], padding[1], dilation[1])
+    if oh < 1 or ow < 1:
+        raise ValueError(f"a {kh}x{kw} window (dilation {dilation}, padding {padding}) does not "
+                         f"fit in a {H}x{W} input")
+    return oh, ow
+
+
+# -----------------------------------------------------------------------------
+# im2col / col2im
+# -----------------------------------------------------------------------------
+@_jit
+def _im2col_kernel(xp, cols, kh, kw, sh, sw, dh, dw, oh, ow):
+    """cols[(c, i, j), (n, oy, ox)] = xp[n, c, i*dh + oy*sh, j*dw + ox*sw]   (xp: padded x).
+
+    Parallel over (row, image) pairs: each task fills its own oh*ow stretch
+    of one row of ``cols``, so no two threads write the same element.
+    """
+    N, C = xp.shape[0], xp.shape[1]
+    for task in prange(C * kh * kw * N):
+        row, n = task // N, task % N                 # row = (c*kh + i)*kw + j
+        c, i, j = row // (kh * kw), row // kw % kh, row % kw
+        seen = xp[n, c, i * dh::sh, j * dw::sw]      # seen[oy, ox]: what tap (i, j) reads
+        out = cols[row, n * oh * ow:(n + 1) * oh * ow].reshape(oh, ow)
+        for oy in range(oh):
+            for ox in range(ow):
+                out[oy, ox] = seen[oy, ox]
+
+
+def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """Unfold every receptive field of ``x`` (N, C, H, W) into a column: (C*kh*kw, N*oh*ow)."""
+    x = _float_array(x, "im2col: x", 4)
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    dilation = _pair(dilation, "dilation")
+    N, C, H, W = x.shape
+    oh, ow = _out_size(H, W, kh, kw, stride, padding, dilation)
+    cols = np.empty((C * kh * kw, N * oh * ow), dtype=x.dtype)
+    _im2col_kernel(_pad(x, padding), cols, kh, kw, *stride, *dilation, oh, ow)
+    return cols
+
+
+@_jit
+def _col2im_kernel(cols, dxp, kh, kw, sh, sw, dh, dw, oh, ow):
+    """dxp[n, c, i*dh + oy*sh, j*dw + ox*sw] += cols[(c, i, j), (n, oy, ox)]   (dxp: padded dx).
+
+    Parallel over the N*C image planes: the rows of ``cols`` that feed plane
+    (n, c) are those of channel c, the columns those of image n, so each
+    thread adds only into its own plane — a race-free scatter-add. Within a
+    plane the taps are added in the order (i, j), as in the reference.
+    """
+    N, C = dxp.shape[0], dxp.shape[1]
+    for plane in prange(N * C):
+        n, c = plane // C, plane % C
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                touched = dxp[n, c, i * dh::sh, j * dw::sw]    # the pixels tap (i, j) read
+                grad = cols[row, n * oh * ow:(n + 1) * oh * ow].reshape(oh, ow)
+                for oy in range(oh):
+                    for ox in range(ow):
+                        touched[oy, ox] += grad[oy, ox]
+
+
+def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """The adjoint of :func:`im2col`: scatter-add columns back into an (N, C, H, W) image."""
+    cols = _float_array(cols, "col2im: cols", 2)
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    dilation = _pair(dilation, "dilation")
+    N, C, H, W = (int(s) for s in x_shape)
+    oh, ow = _out_size(H, W, kh, kw, stride, padding, dilation)
+    if cols.shape != (C * kh * kw, N * oh * ow):
+        raise ValueError(f"col2im: expected cols of shape {(C * kh * kw, N * oh * ow)} for "
+                         f"x_shape {tuple(x_shape)}, got {cols.shape}")
+    ph, pw = padding
+    dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
+    _col2im_kernel(cols, dxp, kh, kw, *stride, *dilation, oh, ow)
+    return dxp[:, :, ph:ph + H, pw:pw + W]
+
+
+# -----------------------------------------------------------------------------
+# Max pooling
+# -----------------------------------------------------------------------------
+@_jit
+def _max_pool_forward_kernel(xp, y, argmax, kh, kw, sh, sw):
+    """For each tap (i, j) in order: where it beats the best so far, it becomes
+    the best (``y``) and the winner (``argmax``).
+
+    ``y`` starts at -inf. ``>`` is strict, so on ties the first tap keeps the
+    win, and -inf padding never wins. Parallel over the N*C planes (every
+    window lies inside one plane).
+    """
+    N, C, oh, ow = y.shape
+    for plane in prange(N * C):
+        n, c = plane // C, plane % C
+        best, winner = y[n, c], argmax[n, c]          # (oh, ow) each
+        for i in range(kh):
+            for j in range(kw):
+                seen = xp[n, c, i::sh, j::sw]         # seen[oy, ox]: what tap (i, j) reads
+                for oy in range(oh):
+                    for ox in range(ow):
+                        if seen[oy, ox] > best[oy, ox]:
+                            best[oy, ox] = seen[oy, ox]
+                            winner[oy, ox] = i * kw + j
+
+
+def max_pool2d_forward(x, kh, kw, stride, padding):
+    """Returns ``(y, argmax)``: the window maxima and which tap ``i*kw + j`` won
+    (int8 when kh*kw fits, int32 otherwise — as in the reference)."""
+    x = _float_array(x, "max_pool2d: x", 4)
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    N, C, H, W = x.shape
+    oh, ow = _out_size(H, W, kh, kw, stride, padding, (1, 1))
+    y = np.full((N, C, oh, ow), -np.inf, dtype=x.dtype)
+    argmax = np.zeros((N, C, oh, ow), dtype=np.int8 if kh * kw <= 127 else np.int32)
+    _max_pool_forward_kernel(_pad(x, padding, -np.inf), y, argmax, kh, kw, *stride)
+    return y, argmax
+
+
+@_jit
+def _max_pool_backward_kernel(gy, argmax, dxp, kw, sh, sw):
+    """dxp[the pixel that won window (oy, ox)] += gy[oy, ox].
+
+    The winning tap t = i*kw + j of window (oy, ox) read pixel
+    (oy*sh + i, ox*sw + j) of the padded plane. Parallel over the N*C planes.
+    (One pass over the outputs; looping over the taps instead, as the
+    reference does, reads every output kh*kw times and is 3x slower here.)
+    """
+    N, C, oh, ow = gy.shape
+    for plane in prange(N * C):
+        n, c = plane // C, plane % C
+        grad, winner, image = gy[n, c], argmax[n, c], dxp[n, c]
+        for oy in range(oh):
+            for ox in range(ow):
+                i, j = winner[oy, ox] // kw, winner[oy, ox] % kw
+                image[oy * sh + i, ox * sw + j] += grad[oy, ox]
+
+
+def max_pool2d_backward(gy, argmax, x_shape, kh, kw, stride, padding):
+    """Route each output gradient to its window's winning input; overlaps add up."""
+    gy = _float_array(gy, "max_pool2d_backward: gy", 4)
+    argmax = np.ascontiguousarray(argmax)
+    if argmax.shape != gy.shape:
+        raise ValueError(f"max_pool2d_backward: argmax {argmax.shape} and gy {gy.shape} differ")
+    stride, (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
+    N, C, H, W = (int(s) for s in x_shape)
+    dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=gy.dtype)
+    _max_pool_backward_kernel(gy, argmax, dxp, kw, *stride)
+    return dxp[:, :, ph:ph + H, pw:pw + W]
+
+
+# -----------------------------------------------------------------------------
+# Average pooling
+# -----------------------------------------------------------------------------
+@njit(inline="always")
+def _window_size(oy, ox, kh, kw, sh, sw, ph, pw, H, W, count_include_pad):
+    """kh*kw, or (count_include_pad=False) the number of real pixels in window
+    (oy, ox): (its rows inside [0, H)) * (its columns inside [0, W))."""
+    if count_include_pad:
+        return kh * kw
+    top, left = oy * sh - ph, ox * sw - pw
+    rows = min(top + kh, H) - max(top, 0)
+    columns = min(left + kw, W) - max(left, 0)
+    return rows * columns
+
+
+@_jit
+def _avg_pool_forward_kernel(xp, y, kh, kw, sh, sw, ph, pw, count_include_pad):
+    """y = (sum over the taps of the zero-padded window) / window size.
+
+    ``y`` starts at 0; the taps are added in the order (i, j), as in the
+    reference. Parallel over the N*C planes.
+    """
+    N, C, oh, ow = y.shape
+    H, W = xp.shape[2] - 2 * ph, xp.shape[3] - 2 * pw
+    for plane in prange(N * C):
+        n, c = plane // C, plane % C
+        total = y[n, c]                               # (oh, ow), accumulates the sums
+        for i in range(kh):
+            for j in range(kw):
+                seen = xp[n, c, i::sh, j::sw]
+                for oy in range(oh):
+                    for ox in range(ow):
+                        total[oy, ox] += seen[oy, ox]
+        for oy in range(oh):
+            for ox in range(ow):
+                total[oy, ox] /= _window_size(oy, ox, kh, kw, sh, sw, ph, pw, H, W,
+                                              count_include_pad)
+
+
+def avg_pool2d_forward(x, kh, kw, stride, padding, count_include_pad=True):
+    """y[n,c,oy,ox] = mean of the kh×kw window (zero padding counts if count_include_pad)."""
+    x = _float_array(x, "avg_pool2d: x", 4)
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    N, C, H, W = x.shape
+    oh, ow = _out_size(H, W, kh, kw, stride, padding, (1, 1))
+    y = np.zeros((N, C, oh, ow), dtype=x.dtype)
+    _avg_pool_forward_kernel(_pad(x, padding), y, kh, kw, *stride, *padding,
+                             bool(count_include_pad))
+    return y
+
+
+@_jit
+def _avg_pool_backward_kernel(gy, dxp, kh, kw, sh, sw, ph, pw, count_include_pad):
+    """Every pixel of window (oy, ox) receives gy[oy, ox] / window size.
+
+    Parallel over the N*C planes; taps in the order (i, j), as in the reference.
+    """
+    N, C, oh, ow = gy.shape
+    H, W = dxp.shape[2] - 2 * ph, dxp.shape[3] - 2 * pw
+    for plane in prange(N * C):
+        n, c = plane // C, plane % C
+        share = np.empty((oh, ow), dtype=gy.dtype)    # what each pixel of a window receives
+        for oy in range(oh):
+            for ox in range(ow):
+                share[oy, ox] = gy[n, c, oy, ox] / _window_size(oy, ox, kh, kw, sh, sw, ph, pw,
+                                                                H, W, count_include_pad)
+        for i in range(kh):
+            for j in range(kw):
+                touched = dxp[n, c, i::sh, j::sw]
+                for oy in range(oh):
+                    for ox in range(ow):
+                        touched[oy, ox] += share[oy, ox]
+
+
+def avg_pool2d_backward(gy, x_shape, kh, kw, stride, padding, count_include_pad=True):
+    """Each input of a window receives gy / window size; overlapping windows add up."""
+    gy = _float_array(gy, "avg_pool2d_backward: gy", 4)
+    stride, (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
+    N, C, H, W = (int(s) for s in x_shape)
+    dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=gy.dtype)
+    _avg_pool_backward_kernel(gy, dxp, kh, kw, *stride, ph, pw, bool(count_include_pad))
+    return dxp[:, :, ph:ph + H, pw:pw + W]
+
+
+# -----------------------------------------------------------------------------
+# Scatter-add (the backward of indexing)
+# -----------------------------------------------------------------------------
+def scatter_add(dst, index, values):
+    """``dst[index] += values`` in place, where an element selected twice adds twice.
+
+    NumPy's unbuffered ``np.add.at`` is already a compiled loop over host
+    arrays, so this backend uses it as the reference does. Returns None.
+    """
+    np.add.at(dst, index, values)
+
+
+# -----------------------------------------------------------------------------
+# Special functions
+# -----------------------------------------------------------------------------
+@_jit
+def _erf_kernel(x, y):
+    """y[k] = erf(x[k]) over the flattened arrays; elements are independent."""
+    for k in prange(x.size):
+        y[k] = math.erf(x[k])
+
+
+def erf(x):
+    """The error function, elementwise (for the exact GELU)."""
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"erf: x must be float32 or float64, got {x.dtype}")
+    flat = np.ascontiguousarray(x).reshape(-1)
+    y = np.empty_like(flat)
+    _erf_kernel(flat, y)
+    return y.reshape(x.shape)
