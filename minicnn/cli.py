@@ -174,7 +174,7 @@ def cmd_train(args):
     pred = logits.argmax(axis=1)
     acc = float((pred == targets).mean())
     print(classification_report(pred, targets, num_classes=len(classes), class_names=classes))
-    print(f"test accuracy: {acc:.4f} ({int((pred == targets).sum())}/{len(targets)}) on {source}; "
+    print(f"test accuracy: {acc:.4f} ({int((pred == targets).sum())}/{len(targets)} held-out test images); "
           f"training took {total:.1f}s")
     _write_json(os.path.join(out, "history.json"), {"history": history, "test_accuracy": acc,
                                                      "data": source, "config": config["args"]})

@@ -100,6 +100,11 @@ def load_checkpoint(path) -> dict:
 # -----------------------------------------------------------------------------
 # Evaluation
 # -----------------------------------------------------------------------------
+def _count_correct(logits, y):
+    """How many rows' argmax equal the label; computed where the data lives, one number back."""
+    return int((logits.data.argmax(axis=1) == y.data).sum())
+
+
 def _batches(loader):
     for x, y in loader:
         yield (x if isinstance(x, Tensor) else Tensor(x)), (y if isinstance(y, Tensor) else Tensor(y))
@@ -131,7 +136,7 @@ def evaluate(model, loader, loss_fn=F.cross_entropy) -> dict:
                 out = model(x)
                 n = len(y)
                 total_loss += loss_fn(out, y).item() * n
-                correct += int((to_host(out.data).argmax(axis=1) == to_host(y.data)).sum())
+                correct += _count_correct(out, y)
                 count += n
     finally:
         model.train(was_training)
@@ -323,7 +328,7 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
                     scheduler.step()
                 n = len(y)
                 loss_sum += loss.item() * n
-                correct += int((to_host(out.data).argmax(axis=1) == to_host(y.data)).sum())
+                correct += _count_correct(out, y)
                 seen += n
                 batch_index += 1
                 now = elapsed + time.perf_counter() - t0
