@@ -37,10 +37,10 @@ prove inside the innermost loop:
   checks every index for a negative value — unless it can prove the index is
   not negative, which it can for a counter from ``range()``. So a kernel first
   takes a *view* of what one kernel tap sees at every output position,
-  ``seen = x[n, c, i*dh::sh, j*dw::sw]``, and then loops
-  ``seen[oy, ox]`` over ``range(oh)`` and ``range(ow)``. Computing
-  ``x[n, c, oy*sh + i*dh, ox*sw + j*dw]`` directly gives the same numbers
-  about three times slower.
+  ``seen = x[:, c, i*dh::sh, j*dw::sw]``, and then reads ``seen[n, oy, ox]``
+  with ``n, oy, ox`` counting over ``range(N)``, ``range(oh)``, ``range(ow)``.
+  Computing ``x[n, c, oy*sh + i*dh, ox*sw + j*dw]`` directly gives the same
+  numbers about three times slower.
 
 Two process settings matter as much as the loops (both measured in
 ``benchmarks/README.md``), so importing this module makes them:
@@ -60,14 +60,13 @@ Two process settings matter as much as the loops (both measured in
   time (im2col columns, activations, gradients). glibc hands big blocks back
   to the operating system on ``free``, and the next step gets them back one
   page fault per 4 KiB page, zero-filled by the kernel: about half of a step
-  of this backend went there. :func:`_keep_freed_memory` tells glibc to keep
-  freed memory for reuse (``mallopt``; Linux only; the process then holds on
-  to its peak memory). Set ``MINICNN_TUNE_MALLOC=0`` to leave malloc alone.
+  of this backend went there. ``minicnn/backend.py`` therefore tells glibc to
+  keep freed memory for reuse when a CPU backend is chosen (``mallopt``; Linux
+  only; the process then holds on to its peak memory). Set
+  ``MINICNN_TUNE_MALLOC=0`` to leave malloc alone.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
 import numbers
 import os
@@ -82,24 +81,6 @@ from numba import njit, prange  # noqa: E402
 NAME = "numba"
 
 
-def _keep_freed_memory():
-    """Ask glibc's malloc to reuse freed big blocks instead of returning them to
-    the OS (see "Memory" above). Returns True if the settings were applied."""
-    if os.environ.get("MINICNN_TUNE_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3          # from <malloc.h>
-        # blocks up to 32 MiB (glibc's maximum) come from the reusable heap, not mmap
-        ok = libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
-        # keep up to 1 GiB of freed heap instead of trimming it back to the OS
-        ok &= libc.mallopt(M_TRIM_THRESHOLD, 2**30)
-        return bool(ok)
-    except (OSError, AttributeError):                      # not glibc (musl, ...)
-        return False
-
-
-MALLOC_TUNED = _keep_freed_memory()
 
 _jit = njit(parallel=True, cache=True)
 
@@ -155,18 +136,19 @@ def _out_size(H, W, kh, kw, stride, padding, dilation):
 def _im2col_kernel(xp, cols, kh, kw, sh, sw, dh, dw, oh, ow):
     """cols[(c, i, j), (n, oy, ox)] = xp[n, c, i*dh + oy*sh, j*dw + ox*sw]   (xp: padded x).
 
-    Parallel over (row, image) pairs: each task fills its own oh*ow stretch
-    of one row of ``cols``, so no two threads write the same element.
+    Parallel over the C*kh*kw rows of ``cols``: each task fills one whole row,
+    so no two threads write the same element. (Splitting finer, into (row,
+    image) pieces, spends more time making views than copying: 1.4x slower.)
     """
     N, C = xp.shape[0], xp.shape[1]
-    for task in prange(C * kh * kw * N):
-        row, n = task // N, task % N                 # row = (c*kh + i)*kw + j
+    for row in prange(C * kh * kw):                   # row = (c*kh + i)*kw + j
         c, i, j = row // (kh * kw), row // kw % kh, row % kw
-        seen = xp[n, c, i * dh::sh, j * dw::sw]      # seen[oy, ox]: what tap (i, j) reads
-        out = cols[row, n * oh * ow:(n + 1) * oh * ow].reshape(oh, ow)
-        for oy in range(oh):
-            for ox in range(ow):
-                out[oy, ox] = seen[oy, ox]
+        seen = xp[:, c, i * dh::sh, j * dw::sw]       # seen[n, oy, ox]: what tap (i, j) reads
+        out = cols[row].reshape(N, oh, ow)
+        for n in range(N):
+            for oy in range(oh):
+                for ox in range(ow):
+                    out[n, oy, ox] = seen[n, oy, ox]
 
 
 def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
@@ -185,22 +167,23 @@ def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
 def _col2im_kernel(cols, dxp, kh, kw, sh, sw, dh, dw, oh, ow):
     """dxp[n, c, i*dh + oy*sh, j*dw + ox*sw] += cols[(c, i, j), (n, oy, ox)]   (dxp: padded dx).
 
-    Parallel over the N*C image planes: the rows of ``cols`` that feed plane
-    (n, c) are those of channel c, the columns those of image n, so each
-    thread adds only into its own plane — a race-free scatter-add. Within a
-    plane the taps are added in the order (i, j), as in the reference.
+    Parallel over the C channels: the rows of ``cols`` that add into channel c
+    are its own kh*kw rows and no other channel's, so each thread adds only
+    into its own channel — a race-free scatter-add. Within a channel the taps
+    are added in the order (i, j), as in the reference. (With a single input
+    channel this runs on one thread; the first layer rarely needs its dx.)
     """
     N, C = dxp.shape[0], dxp.shape[1]
-    for plane in prange(N * C):
-        n, c = plane // C, plane % C
+    for c in prange(C):
         for i in range(kh):
             for j in range(kw):
                 row = (c * kh + i) * kw + j
-                touched = dxp[n, c, i * dh::sh, j * dw::sw]    # the pixels tap (i, j) read
-                grad = cols[row, n * oh * ow:(n + 1) * oh * ow].reshape(oh, ow)
-                for oy in range(oh):
-                    for ox in range(ow):
-                        touched[oy, ox] += grad[oy, ox]
+                touched = dxp[:, c, i * dh::sh, j * dw::sw]   # the pixels tap (i, j) read
+                grad = cols[row].reshape(N, oh, ow)
+                for n in range(N):
+                    for oy in range(oh):
+                        for ox in range(ow):
+                            touched[n, oy, ox] += grad[n, oy, ox]
 
 
 def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):

@@ -33,8 +33,11 @@ the same errors on a CPU. It is for tests only and ``auto`` never picks it.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib
 import os
+import sys
 
 import numpy as np
 
@@ -61,6 +64,30 @@ class _Current:
 
 
 current = _Current()
+
+
+def keep_freed_memory():
+    """Ask glibc's malloc to keep freed big blocks for reuse (CPU backends).
+
+    A training step allocates and frees the same big arrays every time (im2col
+    columns, activations, gradients). By default glibc returns big blocks to
+    the operating system on ``free``, and the next step gets them back one page
+    fault per 4 KiB page: measured, that was half of a step on this project's
+    2-core machines (benchmarks/README.md). Linux/glibc only; set
+    ``MINICNN_TUNE_MALLOC=0`` to leave malloc alone. Returns True if applied.
+    """
+    if os.environ.get("MINICNN_TUNE_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3          # from <malloc.h>
+        # blocks up to 32 MiB (glibc's maximum) come from the reusable heap, not mmap
+        ok = libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
+        # keep up to 1 GiB of freed heap instead of trimming it back to the OS
+        ok &= libc.mallopt(M_TRIM_THRESHOLD, 2**30)
+        return bool(ok)
+    except (OSError, AttributeError):                      # not glibc (musl, ...)
+        return False
 
 
 def _load(name):
@@ -134,6 +161,8 @@ def set_backend(name: str) -> str:
     else:
         xp, kernels = _load(name)
     current.name, current.xp, current.kernels = name, xp, kernels
+    if name in ("numpy", "numba"):
+        keep_freed_memory()
     return name
 
 

@@ -144,3 +144,16 @@ def test_linear_by_hand():
     w = mc.tensor([[1.0, 0.0], [1.0, -1.0], [0.5, 0.5]], dtype="float64")
     b = mc.tensor([0.0, 1.0, -1.0], dtype="float64")
     np.testing.assert_allclose(F.linear(x, w, b).numpy(), [[1.0, 0.0, 0.5]])
+
+
+def test_relu_of_infinities_matches_pytorch(backend):
+    x = mc.tensor([-np.inf, -1.0, 0.0, 2.0, np.inf])
+    np.testing.assert_array_equal(F.relu(x).numpy(), [0, 0, 0, 2, np.inf])
+
+
+def test_cpu_backends_tune_malloc_unless_told_not_to(monkeypatch):
+    from minicnn.backend import keep_freed_memory
+    monkeypatch.setenv("MINICNN_TUNE_MALLOC", "0")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("MINICNN_TUNE_MALLOC")
+    assert keep_freed_memory() in (True, False)     # True on glibc Linux; never raises

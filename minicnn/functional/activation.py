@@ -30,7 +30,7 @@ class ReLU(Function):
 
     def forward(self, x):
         self.positive = x > 0
-        return x * self.positive
+        return current.xp.maximum(x, 0)      # not x * positive: -inf * 0 would be NaN
 
     def backward(self, gy):
         return gy * self.positive
