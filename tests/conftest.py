@@ -26,21 +26,35 @@ def _activate(name):
         raise
 
 
+def _switch_to(name):
+    """Activate backend ``name`` for one test, then restore the previous one."""
+    previous = mc.get_backend()
+    _activate(name)
+    yield name
+    mc.set_backend(previous)
+
+
 @pytest.fixture(params=ALL_BACKENDS)
 def backend(request):
-    """Run the test once per backend; restore the previous backend afterwards."""
-    previous = mc.get_backend()
-    _activate(request.param)
-    yield request.param
-    mc.set_backend(previous)
+    """Run the test once per backend (cupy skips where no GPU is usable)."""
+    yield from _switch_to(request.param)
 
 
 @pytest.fixture(params=CPU_BACKENDS)
 def cpu_backend(request):
-    previous = mc.get_backend()
-    _activate(request.param)
-    yield request.param
-    mc.set_backend(previous)
+    """Run the test once per CPU backend."""
+    yield from _switch_to(request.param)
+
+
+def quadrant_images(n=96, seed=0):
+    """A learnable toy task: 8x8 images whose class (0-3) is the brightest quadrant."""
+    rs = np.random.default_rng(seed)
+    x = rs.random((n, 8, 8)).astype(np.float32) * 0.5
+    y = rs.integers(0, 4, n)
+    for i, c in enumerate(y):
+        r, q = divmod(int(c), 2)
+        x[i, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 0.5
+    return x, y
 
 
 @pytest.fixture

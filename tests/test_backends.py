@@ -24,6 +24,7 @@ from minicnn.backend import current, to_device, to_host
 from minicnn.data import DataLoader
 from minicnn.kernels import simulated_device
 from minicnn.train import evaluate, fit, load_checkpoint, predict, save_checkpoint
+from conftest import quadrant_images
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -165,23 +166,12 @@ def _small_cnn():
                          nn.Flatten(), nn.Dropout(0.2), nn.Linear(64, 4))
 
 
-def _quadrants(n=96, seed=0):
-    """8x8 images whose class (0-3) is the brightest quadrant."""
-    rs = np.random.default_rng(seed)
-    x = rs.random((n, 8, 8)).astype(np.float32) * 0.5
-    y = rs.integers(0, 4, n)
-    for i, c in enumerate(y):
-        r, q = divmod(int(c), 2)
-        x[i, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 0.5
-    return x, y
-
-
 def test_a_training_step_copies_only_the_batch_and_the_dropout_mask(simulator):
     """On a GPU every copy is a synchronisation: a step must not make more than it needs."""
     mc.manual_seed(0)
     model = _small_cnn()
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    batches = iter(DataLoader(_quadrants(32), batch_size=16))
+    batches = iter(DataLoader(quadrant_images(32), batch_size=16))
     for _ in range(2):                                        # the first step creates the momentum
         simulator.transfers.clear()
         x, y = next(batches)
@@ -212,8 +202,8 @@ def test_fit_trains_through_the_dataloader_and_checkpoints_load_on_any_backend(b
     mc.manual_seed(0)
     model = _small_cnn()
     opt = optim.Adam(model.parameters(), lr=1e-2)
-    train = DataLoader(_quadrants(), batch_size=16, shuffle=True)
-    val = DataLoader(_quadrants(48, seed=1), batch_size=16)
+    train = DataLoader(quadrant_images(), batch_size=16, shuffle=True)
+    val = DataLoader(quadrant_images(48, seed=1), batch_size=16)
     history = fit(model, opt, train, epochs=4, val_loader=val, out_dir=tmp_path, progress=False,
                   log=lambda *_: None)
     assert history["val_acc"][-1] > 0.8                        # chance is 0.25
@@ -231,7 +221,7 @@ def test_fit_trains_through_the_dataloader_and_checkpoints_load_on_any_backend(b
         fresh = _small_cnn()
         fresh.load_state_dict(state["model"])
         assert all(isinstance(p.data, current.xp.ndarray) for p in fresh.parameters())
-        again, _ = predict(fresh, DataLoader(_quadrants(48, seed=1), batch_size=16))
+        again, _ = predict(fresh, DataLoader(quadrant_images(48, seed=1), batch_size=16))
         np.testing.assert_allclose(again, logits, rtol=1e-4, atol=1e-5)
         resumed = optim.Adam(fresh.parameters(), lr=1e-2)
         resumed.load_state_dict(state["optimizer"])

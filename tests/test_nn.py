@@ -10,10 +10,8 @@ import minicnn.nn as nn
 
 
 def reference_cnn():
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(1600, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10))
+    from minicnn.models import ReferenceCNN
+    return ReferenceCNN()
 
 
 def test_named_parameters_use_pytorch_dotted_names_and_shapes():
@@ -93,7 +91,7 @@ def test_repr_reads_like_pytorch():
     assert "(0): Conv2d(1, 32, kernel_size=(3, 3), stride=(1, 1))" in text
     assert "(7): Linear(in_features=1600, out_features=128, bias=True)" in text
     assert "(9): Dropout(p=0.5)" in text
-    assert text.startswith("Sequential(\n") and text.endswith("\n)")
+    assert text.startswith("ReferenceCNN(\n") and text.endswith("\n)")      # the class name, as PyTorch
 
 
 def test_sequential_indexing_and_errors():

@@ -16,7 +16,7 @@ from minicnn.cli import main
 from minicnn.data import DataLoader
 from minicnn.train import EarlyStopping, evaluate, fit, load_checkpoint, save_checkpoint
 
-from conftest import full_data_dir
+from conftest import full_data_dir, quadrant_images
 
 
 # -- models -------------------------------------------------------------------------------
@@ -42,15 +42,7 @@ def test_basic_block_gradcheck(backend, stride, cin, cout):
 
 
 # -- checkpoints ----------------------------------------------------------------------------
-def _tiny_problem(n=96, seed=0):
-    """A learnable toy task: the class is the brightest quadrant of an 8x8 image."""
-    rs = np.random.default_rng(seed)
-    x = rs.random((n, 8, 8)).astype(np.float32) * 0.5
-    y = rs.integers(0, 4, n)
-    for i, c in enumerate(y):
-        r, q = divmod(int(c), 2)
-        x[i, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 0.5
-    return x, y
+_tiny_problem = quadrant_images
 
 
 def _tiny_model():
