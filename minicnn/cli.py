@@ -179,7 +179,7 @@ def cmd_train(args):
     _write_json(os.path.join(out, "history.json"), {"history": history, "test_accuracy": acc,
                                                      "data": source, "config": config["args"]})
     images = test_loader._arrays[0]
-    wrong = np.flatnonzero(pred != targets)[:25]
+    wrong = np.flatnonzero(pred != targets)        # all mistakes: the plot shows 25 of them
     written = [
         viz.plot_history(history, os.path.join(out, "curves.png")),
         viz.plot_confusion_matrix(confusion_matrix(pred, targets, len(classes)), classes,
@@ -228,7 +228,7 @@ def cmd_evaluate(args):
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out, exist_ok=True)
     images = test_loader._arrays[0]
-    wrong = np.flatnonzero(pred != targets)[:25]
+    wrong = np.flatnonzero(pred != targets)        # all mistakes: the plot shows 25 of them
     written = [viz.plot_confusion_matrix(confusion_matrix(pred, targets, len(classes)), classes,
                                          os.path.join(out, "eval_confusion_matrix.png")),
                viz.plot_roc_curves(roc_curves_ovr(probs, targets, len(classes)),
