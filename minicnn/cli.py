@@ -129,12 +129,43 @@ def _load_checkpoint(path):
 # -----------------------------------------------------------------------------
 # Commands
 # -----------------------------------------------------------------------------
-def cmd_train(args):
+class Run:
+    """Everything one training run is made of, built from the train options.
+
+    :func:`prepare_run` fills it in; feature plug-ins (see ``TRAIN_PLUGINS``)
+    may change it before ``fit`` is called: load weights into ``model``,
+    freeze parts of it, set ``param_groups``, replace ``train_step``, add
+    ``callbacks``. ``minicnn tune`` and ``minicnn lr-find`` build the same
+    Run from the same options.
+    """
+
+    def __init__(self, **fields):
+        self.train_step = None                 # None: train.standard_step
+        self.callbacks = []
+        self.param_groups = None               # None: one group with all parameters
+        self.__dict__.update(fields)
+
+
+# Modules that add options to `minicnn train` and adjust the Run. Each defines
+# ``add_train_arguments(parser)`` and may define ``configure_model(args, run)``
+# (after the model is built, before the optimizer) and
+# ``configure_training(args, run)`` (just before fit). Applied in this order.
+TRAIN_PLUGINS = ()
+
+# Modules that add a subcommand: each defines ``add_parser(subparsers)``,
+# which registers the command and its function (set_defaults(func=...)).
+COMMANDS = ()
+
+
+def _plugins(names):
+    import importlib
+    return [importlib.import_module(name) for name in names]
+
+
+def prepare_run(args) -> Run:
+    """Check the train options and build data, model, optimizer and schedule."""
     import minicnn as mc
-    from . import viz
-    from .metrics import classification_report, confusion_matrix
     from .models import get_model
-    from .train import EarlyStopping, fit, predict
 
     if args.epochs < 1:
         raise CLIError(f"--epochs must be >= 1, got {args.epochs}")
@@ -149,25 +180,58 @@ def cmd_train(args):
     train_loader, test_loader, source, classes = build_loaders(
         key, args.batch_size, args.augment, args.data_dir, not args.no_download,
         args.limit_train, args.limit_test)
-    n_train = len(train_loader._arrays[0])
-    n_test = len(test_loader._arrays[0])
-    print(f"data: {source} — {n_train} training / {n_test} test images")
     model = get_model(args.model, num_classes=len(classes))
-    optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
-    scheduler, per_batch = build_scheduler(args.schedule, optimizer, args.epochs, len(train_loader))
+    config = {"model_name": args.model, "num_classes": len(classes), "dataset": key, "classes": classes,
+              "normalization": NORMALIZATION[key],
+              "args": {k: v for k, v in vars(args).items() if k != "func"}}
+    run = Run(args=args, key=key, source=source, classes=classes, model=model, config=config,
+              train_loader=train_loader, val_loader=test_loader, test_loader=test_loader, out=args.out)
+    plugins = _plugins(TRAIN_PLUGINS)
+    for plugin in plugins:
+        if hasattr(plugin, "configure_model"):
+            plugin.configure_model(args, run)
+    params = run.param_groups if run.param_groups is not None else run.model.parameters()
+    run.optimizer = build_optimizer(args.optimizer, params, args.lr, args.weight_decay)
+    run.scheduler, run.per_batch = build_scheduler(args.schedule, run.optimizer, args.epochs,
+                                                   len(train_loader))
+    run.early_stopping = None
+    if args.early_stopping:
+        from .train import EarlyStopping
+        run.early_stopping = EarlyStopping(patience=args.early_stopping, monitor="val_loss")
+    for plugin in plugins:
+        if hasattr(plugin, "configure_training"):
+            plugin.configure_training(args, run)
+    return run
+
+
+def run_fit(run, progress=True, log=print):
+    """``train.fit`` on a prepared Run; returns the history."""
+    from .train import fit
+    return fit(run.model, run.optimizer, run.train_loader, run.args.epochs, val_loader=run.val_loader,
+               scheduler=run.scheduler, out_dir=run.out, early_stopping=run.early_stopping,
+               resume=run.args.resume, progress=progress, log=log,
+               step_scheduler_per_batch=run.per_batch, checkpoint_extra={"config": run.config},
+               train_step=run.train_step, callbacks=run.callbacks)
+
+
+def cmd_train(args):
+    import minicnn as mc
+    from . import viz
+    from .metrics import classification_report, confusion_matrix
+    from .train import predict
+
+    run = prepare_run(args)
+    model, classes, test_loader = run.model, run.classes, run.test_loader
+    n_train = len(run.train_loader._arrays[0])
+    n_test = len(test_loader._arrays[0])
+    print(f"data: {run.source} — {n_train} training / {n_test} test images")
     print(f"model: {args.model} ({model.num_parameters():,} parameters) | optimizer: {args.optimizer} "
           f"lr {args.lr:g} | schedule: {args.schedule} | augmentation: {'on' if args.augment else 'off'} "
           f"| backend: {mc.get_backend()} | seed {args.seed}")
     out = args.out
     os.makedirs(out, exist_ok=True)
-    config = {"model_name": args.model, "num_classes": len(classes), "dataset": key, "classes": classes,
-              "normalization": NORMALIZATION[key],
-              "args": {k: v for k, v in vars(args).items() if k != "func"}}
-    stopper = EarlyStopping(patience=args.early_stopping, monitor="val_loss") if args.early_stopping else None
     t0 = time.perf_counter()
-    history = fit(model, optimizer, train_loader, args.epochs, val_loader=test_loader, scheduler=scheduler,
-                  out_dir=out, early_stopping=stopper, resume=args.resume, progress=not args.no_progress,
-                  step_scheduler_per_batch=per_batch, checkpoint_extra={"config": config})
+    history = run_fit(run, progress=not args.no_progress)
     total = time.perf_counter() - t0
 
     logits, targets = predict(model, test_loader)
@@ -177,7 +241,7 @@ def cmd_train(args):
     print(f"test accuracy: {acc:.4f} ({int((pred == targets).sum())}/{len(targets)} held-out test images); "
           f"training took {total:.1f}s")
     _write_json(os.path.join(out, "history.json"), {"history": history, "test_accuracy": acc,
-                                                     "data": source, "config": config["args"]})
+                                                     "data": run.source, "config": run.config["args"]})
     images = test_loader._arrays[0]
     wrong = np.flatnonzero(pred != targets)        # all mistakes: the plot shows 25 of them
     written = [
@@ -310,12 +374,9 @@ def cmd_info(args):
 # -----------------------------------------------------------------------------
 # Argument parsing
 # -----------------------------------------------------------------------------
-def make_parser():
+def add_train_arguments(t):
+    """The options of `minicnn train` (also accepted by `tune` and `lr-find`)."""
     from .models import MODELS
-    p = argparse.ArgumentParser(prog="minicnn", description="minicnn: train and inspect CNNs built from scratch.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train a model (default: the reference CNN on the embedded digits)")
     t.add_argument("--dataset", default="digits",
                    help="digits (embedded, no network) | mnist | fashion-mnist (default: digits)")
     t.add_argument("--model", default="reference", choices=sorted(MODELS))
@@ -336,6 +397,17 @@ def make_parser():
     t.add_argument("--limit-train", type=int, default=None, metavar="N", help="use the first N training images")
     t.add_argument("--limit-test", type=int, default=None, metavar="N", help="use the first N test images")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for plugin in _plugins(TRAIN_PLUGINS):
+        plugin.add_train_arguments(t)
+    return t
+
+
+def make_parser():
+    p = argparse.ArgumentParser(prog="minicnn", description="minicnn: train and inspect CNNs built from scratch.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (default: the reference CNN on the embedded digits)")
+    add_train_arguments(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="metrics table and plots for a checkpoint")
@@ -354,6 +426,8 @@ def make_parser():
 
     i = sub.add_parser("info", help="backend, versions, threads")
     i.set_defaults(func=cmd_info)
+    for command in _plugins(COMMANDS):
+        command.add_parser(sub)
     return p
 
 

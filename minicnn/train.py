@@ -249,10 +249,44 @@ def _epoch_iterator(loader, order, start):
     return iter(loader)
 
 
+def standard_step(model, optimizer, x, y, loss_fn):
+    """One ordinary training step; returns ``(loss, logits)``.
+
+    ``forward -> loss -> zero_grad -> backward -> optimizer.step``. Techniques
+    that change what a step does (a teacher's soft targets, an adversary's
+    perturbation, a gradient all-reduce across processes) are written as a
+    function with this signature in their own module and handed to ``fit`` as
+    ``train_step``; the loop itself stays the same.
+    """
+    out = model(x)
+    loss = loss_fn(out, y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss, out
+
+
+class Callback:
+    """Hooks into ``fit`` at epoch boundaries; override what you need.
+
+    ``on_epoch_begin(epoch, model)`` runs before the epoch's first batch
+    (``epoch`` counts from 0); ``on_epoch_end(epoch, model, logs)`` after
+    validation, with ``logs`` this epoch's entry of the history. Used e.g. by
+    quantization-aware training (freeze BN / observers after an epoch) and by
+    the distributed sampler (``set_epoch``).
+    """
+
+    def on_epoch_begin(self, epoch, model):
+        pass
+
+    def on_epoch_end(self, epoch, model, logs):
+        pass
+
+
 def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
         loss_fn=F.cross_entropy, out_dir=None, early_stopping=None, resume=None,
         progress=True, log=print, step_scheduler_per_batch=False, max_batches_per_epoch=None,
-        checkpoint_extra=None):
+        checkpoint_extra=None, train_step=None, callbacks=()):
     """Train ``model``; return the history (a dict of per-epoch lists).
 
     Args:
@@ -270,7 +304,13 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
         max_batches_per_epoch: cap the batches per epoch (quick demos and tests).
         checkpoint_extra: a dict stored in every checkpoint (e.g. the model's name,
             so ``minicnn evaluate`` can rebuild it).
+        train_step: ``step(model, optimizer, x, y, loss_fn) -> (loss, logits)``;
+            default :func:`standard_step`. Distillation, adversarial training and
+            data-parallel training plug in here (each in its own module).
+        callbacks: :class:`Callback` objects called at epoch boundaries.
     """
+    train_step = standard_step if train_step is None else train_step
+    callbacks = list(callbacks or ())
     if epochs < 1:
         raise ValueError(f"fit: epochs must be >= 1, got {epochs}")
     history = {"epoch": [], "train_loss": [], "train_acc": [], "val_loss": [], "val_acc": [], "lr": [],
@@ -311,6 +351,8 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
         if max_batches_per_epoch is not None:
             n_batches = min(n_batches, max_batches_per_epoch)
         loss_sum, correct, seen, elapsed = (0.0, 0, 0, 0.0) if partial is None else partial
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch, model)
         bar = _Progress(n_batches, f"epoch {epoch + 1}/{epochs}", progress, initial=start_batch)
         batch_index = start_batch
         t0 = time.perf_counter()
@@ -319,11 +361,7 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
             for x, y in _epoch_iterator(train_loader, order, start_batch):
                 if batch_index >= n_batches:
                     break
-                out = model(x)
-                loss = loss_fn(out, y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+                loss, out = train_step(model, optimizer, x, y, loss_fn)
                 if scheduler is not None and step_scheduler_per_batch:
                     scheduler.step()
                 n = len(y)
@@ -366,6 +404,9 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
                + (f" | val loss {val['loss']:.4f} acc {val['accuracy']:.4f}" if val else "")
                + f" | lr {lr:.2e} | {epoch_time:.1f}s, {seen / epoch_time:.0f} img/s")
         log(msg)
+        logs = {k: v[-1] for k, v in history.items() if v}
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, model, logs)
 
         if scheduler is not None and not step_scheduler_per_batch:
             if type(scheduler).__name__ == "ReduceLROnPlateau":

@@ -10,6 +10,22 @@ A :class:`Module` registers, as attributes are assigned,
 From that bookkeeping come ``parameters()``, ``named_parameters()`` with
 PyTorch's dotted names (``features.0.weight``), ``state_dict()`` /
 ``load_state_dict()``, ``train()`` / ``eval()`` and a readable ``repr``.
+
+Hooks
+-----
+Calling a module (``module(x)``) runs, in order::
+
+    for hook in forward_pre_hooks:  inputs = hook(module, inputs) or inputs
+    output = module.forward(*inputs)
+    for hook in forward_hooks:      output = hook(module, inputs, output) or output
+
+so code outside a layer can look at (or replace) what flows through it
+without editing the layer: ``mc.summary`` records output shapes this way,
+pruning recomputes ``weight = weight_orig * weight_mask`` in a pre-hook, and
+Grad-CAM keeps the last conv layer's activations. Each ``register_*`` returns
+a handle whose ``.remove()`` takes the hook out again. Hooks fire wherever the
+module is *called* — inside ``Sequential`` and inside any custom ``forward``
+that calls its submodules — but not if code calls ``module.forward`` directly.
 """
 from __future__ import annotations
 
@@ -32,10 +48,32 @@ class Parameter(Tensor):
         return "Parameter containing:\n" + super().__repr__()
 
 
+class RemovableHandle:
+    """Returned by ``register_forward_hook`` / ``register_forward_pre_hook``: ``.remove()`` it."""
+
+    _next_id = 0
+
+    def __init__(self, hooks_dict):
+        self._hooks = hooks_dict
+        self.id = RemovableHandle._next_id
+        RemovableHandle._next_id += 1
+
+    def remove(self):
+        self._hooks.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
 class Module:
     """Base class of every layer and model. Subclasses define ``forward``."""
 
     def __init__(self):
+        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
+        object.__setattr__(self, "_forward_hooks", OrderedDict())
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_non_persistent", set())
@@ -149,9 +187,13 @@ class Module:
 
     # -- modes and housekeeping ----------------------------------------------
     def train(self, mode=True):
-        """Training mode (dropout active, batch norm uses batch statistics)."""
+        """Training mode (dropout active, batch norm uses batch statistics).
+
+        A BatchNorm frozen by ``nn.utils.freeze(..., bn_eval=True)`` stays in
+        eval mode (its running statistics must not move).
+        """
         for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+            object.__setattr__(m, "training", bool(mode) and not m.__dict__.get("_frozen_eval", False))
         return self
 
     def eval(self):
@@ -161,6 +203,17 @@ class Module:
     def zero_grad(self):
         for p in self.parameters():
             p.grad = None
+
+    def requires_grad_(self, requires_grad=True):
+        """Set ``requires_grad`` on every parameter (``False`` freezes them); returns self.
+
+        A frozen parameter gets no ``.grad`` and optimizers leave it unchanged.
+        BatchNorm's running statistics are buffers and still update in training
+        mode: use ``nn.utils.freeze(module)`` to pin those too.
+        """
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
 
     def apply(self, fn):
         """Call ``fn(module)`` on every descendant, then on self (as PyTorch)."""
@@ -246,9 +299,41 @@ class Module:
                                    dtype=t.data.dtype).reshape(t.shape).copy()
         return {"missing_keys": missing, "unexpected_keys": unexpected}
 
-    # -- calling -----------------------------------------------------------
+    # -- calling and hooks -------------------------------------------------
+    def register_forward_pre_hook(self, hook):
+        """``hook(module, inputs)`` runs before ``forward``; it may return new inputs.
+
+        ``inputs`` is the tuple of positional arguments; a returned non-tuple
+        value is wrapped into a 1-tuple (as PyTorch). Returns a handle with ``.remove()``.
+        """
+        if not callable(hook):
+            raise TypeError(f"register_forward_pre_hook: expected a callable, got {type(hook).__name__}")
+        handle = RemovableHandle(self._forward_pre_hooks)
+        self._forward_pre_hooks[handle.id] = hook
+        return handle
+
+    def register_forward_hook(self, hook):
+        """``hook(module, inputs, output)`` runs after ``forward``; it may return a new output.
+
+        Returns a handle with ``.remove()``.
+        """
+        if not callable(hook):
+            raise TypeError(f"register_forward_hook: expected a callable, got {type(hook).__name__}")
+        handle = RemovableHandle(self._forward_hooks)
+        self._forward_hooks[handle.id] = hook
+        return handle
+
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        for hook in list(self._forward_pre_hooks.values()):
+            result = hook(self, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+        output = self.forward(*args, **kwargs)
+        for hook in list(self._forward_hooks.values()):
+            result = hook(self, args, output)
+            if result is not None:
+                output = result
+        return output
 
     def extra_repr(self) -> str:
         """One line of settings shown inside ``Name(...)`` (override in layers)."""

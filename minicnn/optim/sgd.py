@@ -40,7 +40,7 @@ class SGD(Optimizer):
     State per parameter: ``momentum_buffer`` (when momentum != 0).
     """
 
-    def __init__(self, params, lr, momentum=0, dampening=0, nesterov=False, weight_decay=0):
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, nesterov=False, weight_decay=0):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                         weight_decay=weight_decay)
         super().__init__(params, defaults)

@@ -50,8 +50,8 @@ from __future__ import annotations
 import math
 import numbers
 
-from ..backend import current
-from ..tensor import Tensor
+from ...backend import current
+from ...tensor import Tensor
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "l1_penalty", "l2_penalty"]
 

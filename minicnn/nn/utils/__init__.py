@@ -1,0 +1,11 @@
+"""``nn.utils``: helpers that act on a whole model, as ``torch.nn.utils``.
+
+* :mod:`.clip` — gradient clipping (``clip_grad_norm_``, ``clip_grad_value_``)
+  and the L1 / L2 weight penalties.
+* :mod:`.freeze` — freezing a part of a model for transfer learning
+  (``freeze`` / ``unfreeze``), BatchNorm statistics included.
+"""
+from .clip import clip_grad_norm_, clip_grad_value_, l1_penalty, l2_penalty
+from .freeze import freeze, unfreeze
+
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "l1_penalty", "l2_penalty", "freeze", "unfreeze"]
