@@ -42,11 +42,19 @@ def _dataset_key(name):
 
 
 def build_loaders(dataset, batch_size, augment=False, data_dir=None, download=True,
-                  limit_train=None, limit_test=None, eval_batch_size=256):
-    """(train_loader, test_loader, source text, class names) for a dataset name."""
-    from .data import DataLoader, get_dataset
+                  limit_train=None, limit_test=None, eval_batch_size=256, val_split=0.0, seed=0):
+    """(train_loader, val_loader, test_loader, source text, class names) for a dataset name.
+
+    ``val_split`` (a fraction in [0, 1)) of the training images — stratified by
+    class, chosen by ``seed`` — becomes the validation set; the rest trains.
+    With ``val_split=0`` there is no validation set (``val_loader`` is None).
+    The test split is never used for validation.
+    """
+    from .data import DataLoader, get_dataset, stratified_split
     from .data.transforms import Compose, Normalize, RandomAffine
     key = _dataset_key(dataset)
+    if not (0.0 <= val_split < 1.0):
+        raise CLIError(f"--val-split must be in [0, 1), got {val_split}")
     train = get_dataset(key, train=True, root=data_dir, download=download)
     test = get_dataset(key, train=False, root=data_dir, download=download)
     mean, std = NORMALIZATION[key]
@@ -58,11 +66,20 @@ def build_loaders(dataset, batch_size, augment=False, data_dir=None, download=Tr
         train_arrays = tuple(a[:limit_train] for a in train_arrays)
     if limit_test:
         test_arrays = tuple(a[:limit_test] for a in test_arrays)
+    val_loader = None
+    if val_split > 0:
+        train_idx, val_idx = stratified_split(train_arrays[1], val_split, seed=seed)
+        if len(train_idx) == 0 or len(val_idx) == 0:
+            raise CLIError(f"--val-split {val_split} leaves {len(train_idx)} training and "
+                           f"{len(val_idx)} validation images; use more data or another fraction")
+        val_arrays = tuple(a[val_idx] for a in train_arrays)
+        train_arrays = tuple(a[train_idx] for a in train_arrays)
+        val_loader = DataLoader(val_arrays, batch_size=eval_batch_size, shuffle=False, transform=normalize)
     train_loader = DataLoader(train_arrays, batch_size=batch_size, shuffle=True, transform=train_tf)
     test_loader = DataLoader(test_arrays, batch_size=eval_batch_size, shuffle=False, transform=normalize)
     classes = list(getattr(train, "classes", [str(i) for i in range(10)]))
     source = getattr(train, "source", key)
-    return train_loader, test_loader, source, classes
+    return train_loader, val_loader, test_loader, source, classes
 
 
 def build_optimizer(name, params, lr, weight_decay=0.0):
@@ -177,15 +194,15 @@ def prepare_run(args) -> Run:
         raise CLIError(f"--resume: checkpoint not found: {args.resume}")
     mc.manual_seed(args.seed)
     key = _dataset_key(args.dataset)
-    train_loader, test_loader, source, classes = build_loaders(
+    train_loader, val_loader, test_loader, source, classes = build_loaders(
         key, args.batch_size, args.augment, args.data_dir, not args.no_download,
-        args.limit_train, args.limit_test)
+        args.limit_train, args.limit_test, val_split=args.val_split, seed=args.seed)
     model = get_model(args.model, num_classes=len(classes))
     config = {"model_name": args.model, "num_classes": len(classes), "dataset": key, "classes": classes,
               "normalization": NORMALIZATION[key],
               "args": {k: v for k, v in vars(args).items() if k != "func"}}
     run = Run(args=args, key=key, source=source, classes=classes, model=model, config=config,
-              train_loader=train_loader, val_loader=test_loader, test_loader=test_loader, out=args.out)
+              train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, out=args.out)
     plugins = _plugins(TRAIN_PLUGINS)
     for plugin in plugins:
         if hasattr(plugin, "configure_model"):
@@ -224,7 +241,9 @@ def cmd_train(args):
     model, classes, test_loader = run.model, run.classes, run.test_loader
     n_train = len(run.train_loader._arrays[0])
     n_test = len(test_loader._arrays[0])
-    print(f"data: {run.source} — {n_train} training / {n_test} test images")
+    n_val = 0 if run.val_loader is None else len(run.val_loader._arrays[0])
+    print(f"data: {run.source} — {n_train} training / {n_val} validation "
+          f"({args.val_split:g} of the training images, stratified) / {n_test} test images")
     print(f"model: {args.model} ({model.num_parameters():,} parameters) | optimizer: {args.optimizer} "
           f"lr {args.lr:g} | schedule: {args.schedule} | augmentation: {'on' if args.augment else 'off'} "
           f"| backend: {mc.get_backend()} | seed {args.seed}")
@@ -279,7 +298,7 @@ def cmd_evaluate(args):
     state = _load_checkpoint(args.checkpoint)
     model, config = _model_from_checkpoint(state)
     key = config.get("dataset", "digits") if args.dataset is None else _dataset_key(args.dataset)
-    _, test_loader, source, classes = build_loaders(key, 64, data_dir=args.data_dir,
+    _, _, test_loader, source, classes = build_loaders(key, 64, data_dir=args.data_dir,
                                                     download=not args.no_download, limit_test=args.limit_test)
     logits, targets = predict(model, test_loader)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -396,6 +415,10 @@ def add_train_arguments(t):
     t.add_argument("--no-download", action="store_true", help="never download; fail if files are missing")
     t.add_argument("--limit-train", type=int, default=None, metavar="N", help="use the first N training images")
     t.add_argument("--limit-test", type=int, default=None, metavar="N", help="use the first N test images")
+    t.add_argument("--val-split", type=float, default=0.1, metavar="FRACTION",
+                   help="fraction of the training images held out (stratified, seeded) for validation: "
+                        "best checkpoint, early stopping and plateau schedules use it; the test set is "
+                        "evaluated once, after training (default 0.1; 0 = no validation)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     for plugin in _plugins(TRAIN_PLUGINS):
         plugin.add_train_arguments(t)

@@ -235,7 +235,7 @@ def test_reference_cnn_on_a_real_mnist_subset_reaches_95_5_percent_within_budget
     minicnn measured 96.40 %.)"""
     from minicnn.cli import build_loaders
     mc.manual_seed(0)
-    train, test, source, _ = build_loaders("mnist", 64, data_dir=full_data_dir(), download=False,
+    train, _, test, source, _ = build_loaders("mnist", 64, data_dir=full_data_dir(), download=False,
                                            limit_train=12_000, limit_test=2_000)
     model = models.ReferenceCNN()
     t0 = time.perf_counter()

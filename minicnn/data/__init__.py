@@ -24,11 +24,12 @@ from .download import (CHECKSUMS, MIRRORS, ChecksumError, DownloadError, downloa
                        download_file, md5_of_content)
 from .idx import DataError, read_idx, read_idx_images, read_idx_labels, write_idx
 from .loader import DataLoader
+from .split import stratified_split
 
 __all__ = [
     "ArrayDataset", "CHECKSUMS", "ChecksumError", "DataError", "DataLoader", "DownloadError",
     "EmbeddedDigits", "FashionMNIST", "MIRRORS", "MNIST", "atomic_write", "cache_dir",
     "download_dataset", "download_file", "get_dataset", "load_embedded_digits",
     "load_fashion_mnist_arrays", "load_idx_arrays", "load_mnist_arrays", "md5_of_content",
-    "read_idx", "read_idx_images", "read_idx_labels", "transforms", "write_idx",
+    "read_idx", "read_idx_images", "read_idx_labels", "stratified_split", "transforms", "write_idx",
 ]
