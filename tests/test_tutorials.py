@@ -14,9 +14,13 @@ import pytest
 TUTORIALS = sorted((pathlib.Path(__file__).parent.parent / "tutorials").glob("*.ipynb"))
 
 
-def test_the_numbered_set_is_complete():
+def test_the_numbered_set_is_complete_and_listed():
     numbers = [p.name[:2] for p in TUTORIALS]
-    assert numbers == [f"{i:02d}" for i in range(10)], f"expected tutorials 00..09, found {numbers}"
+    assert numbers == [f"{i:02d}" for i in range(len(numbers))], \
+        f"expected tutorials numbered 00..{len(numbers) - 1:02d} without gaps or repeats, found {numbers}"
+    index = (pathlib.Path(__file__).parent.parent / "tutorials" / "README.md").read_text()
+    missing = [p.name for p in TUTORIALS if f"({p.name})" not in index]
+    assert not missing, f"tutorials/README.md does not link {missing}"
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
