@@ -333,6 +333,9 @@ def cmd_evaluate(args):
     return 0
 
 
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
 def load_image_28x28(path):
     """A PNG/JPEG as a (28, 28) float array in [0, 1], white digit on black like MNIST."""
     if not os.path.isfile(path):
@@ -340,6 +343,9 @@ def load_image_28x28(path):
     try:
         from PIL import Image
         with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:       # checked before decoding anything
+                raise CLIError(f"image {path} is {img.width}x{img.height} pixels; predict takes images "
+                               f"of at most {MAX_IMAGE_PIXELS:,} pixels (it scales them to 28x28)")
             img = img.convert("L")
             if img.size != (28, 28):
                 img = img.resize((28, 28), Image.BILINEAR)

@@ -231,11 +231,13 @@ def load_file(path, allow_plain=False):
                               f"(no {FORMAT_KEY!r} entry in its metadata; mc.load reads it)")
     try:
         info = json.loads(meta[FORMAT_KEY])
+        if not isinstance(info, dict):
+            raise TypeError("not an object")
         keys = info["keys"]
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise TypeError("keys")
         version = info["format_version"]
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"{path} is a safetensors file but not one minicnn wrote "
                               f"(no valid {FORMAT_KEY!r} metadata: {type(e).__name__})") from None
     if version != FORMAT_VERSION:
@@ -247,9 +249,12 @@ def load_file(path, allow_plain=False):
             raise CheckpointError(f"{path}: the metadata lacks the entry {key!r}")
         try:
             node = json.loads(meta[key])
-        except ValueError as e:
-            raise CheckpointError(f"{path}: the metadata entry {key!r} is not valid JSON ({e})") from None
-        state[key] = _decode(node, tensors, f"{path} [{key}]")
+            state[key] = _decode(node, tensors, f"{path} [{key}]")
+        except (ValueError, RecursionError) as e:          # CheckpointError is a ValueError
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"{path}: the metadata entry {key!r} is not valid "
+                                  f"({type(e).__name__}: {str(e)[:80]})") from None
     return state, info
 
 
@@ -258,7 +263,7 @@ def _metadata(raw, path):
     n = int.from_bytes(raw[:8], "little")
     try:
         header = json.loads(raw[8:8 + n])
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: unreadable safetensors header ({e})") from None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or FORMAT_KEY not in meta:
