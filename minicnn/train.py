@@ -357,10 +357,19 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
         checkpoint_extra=None, train_step=None, callbacks=(), nan_policy="stop"):
     """Train ``model``; return the history (a dict of per-epoch lists).
 
+    Three data sets, three jobs. ``train_loader`` fits the weights.
+    ``val_loader`` — images held out from the *training* split (e.g. with
+    :func:`minicnn.data.stratified_split`), never trained on — is measured after
+    every epoch and is what every choice here looks at: ``best.ckpt``, early
+    stopping, ReduceLROnPlateau. The *test* set is not an argument: evaluate it
+    once, after ``fit`` returns (``evaluate(model, test_loader)``). A test set
+    that also chose the best epoch would report an optimistic accuracy.
+
     Args:
         train_loader: yields (x, y) batches. If it has ``epoch_order()`` and
             ``batches(order, start)`` (minicnn's DataLoader does), a resumed run
             replays exactly the same batches.
+        val_loader: the validation set (None: no validation, no ``best.ckpt``).
         scheduler: stepped once per epoch (or per batch with
             ``step_scheduler_per_batch``, for warm-up schedules counted in steps);
             ReduceLROnPlateau gets the validation loss.
