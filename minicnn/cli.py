@@ -180,6 +180,15 @@ def _plugins(names):
     return [importlib.import_module(name) for name in names]
 
 
+def _plain(value):
+    """An option's value as checkpoint metadata can hold it (JSON); paths and the like as text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
 def prepare_run(args) -> Run:
     """Check the train options and build data, model, optimizer and schedule."""
     import minicnn as mc
@@ -201,7 +210,7 @@ def prepare_run(args) -> Run:
     model = get_model(args.model, num_classes=len(classes))
     config = {"model_name": args.model, "num_classes": len(classes), "dataset": key, "classes": classes,
               "normalization": NORMALIZATION[key],
-              "args": {k: v for k, v in vars(args).items() if k != "func"}}
+              "args": {k: _plain(v) for k, v in vars(args).items() if k != "func"}}
     run = Run(args=args, key=key, source=source, classes=classes, model=model, config=config,
               train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, out=args.out)
     plugins = _plugins(TRAIN_PLUGINS)
