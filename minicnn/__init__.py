@@ -12,6 +12,8 @@ from .backend import BackendError, get_backend, set_backend
 from .functional.shape import cat, concatenate, stack
 from .gradcheck import GradcheckError, gradcheck
 from .rng import manual_seed
+from .serialization import load, save
+from .anomaly import detect_anomaly
 from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
 
 from . import functional  # noqa: E402  (after tensor: functional builds on it)
@@ -38,5 +40,5 @@ float32, float64 = _np.float32, _np.float64
 __all__ = [
     "BackendError", "Function", "GradcheckError", "Tensor", "cat", "concatenate", "enable_grad",
     "data", "functional", "get_backend", "gradcheck", "is_grad_enabled", "manual_seed", "models", "nn",
-    "no_grad", "optim", "set_backend", "stack", "tensor", "train",
+    "no_grad", "optim", "set_backend", "stack", "tensor", "train", "save", "load", "detect_anomaly",
 ]

@@ -8,6 +8,7 @@
 
 Bad arguments and missing files end in a one-line error (exit status 2),
 never a traceback (set MINICNN_DEBUG=1 to see the traceback of an error).
+A training run whose loss becomes NaN/Inf stops with a diagnosis (exit status 3).
 """
 from __future__ import annotations
 
@@ -179,6 +180,15 @@ def _plugins(names):
     return [importlib.import_module(name) for name in names]
 
 
+def _plain(value):
+    """An option's value as checkpoint metadata can hold it (JSON); paths and the like as text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
 def prepare_run(args) -> Run:
     """Check the train options and build data, model, optimizer and schedule."""
     import minicnn as mc
@@ -200,7 +210,7 @@ def prepare_run(args) -> Run:
     model = get_model(args.model, num_classes=len(classes))
     config = {"model_name": args.model, "num_classes": len(classes), "dataset": key, "classes": classes,
               "normalization": NORMALIZATION[key],
-              "args": {k: v for k, v in vars(args).items() if k != "func"}}
+              "args": {k: _plain(v) for k, v in vars(args).items() if k != "func"}}
     run = Run(args=args, key=key, source=source, classes=classes, model=model, config=config,
               train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, out=args.out)
     plugins = _plugins(TRAIN_PLUGINS)
@@ -228,7 +238,8 @@ def run_fit(run, progress=True, log=print):
                scheduler=run.scheduler, out_dir=run.out, early_stopping=run.early_stopping,
                resume=run.args.resume, progress=progress, log=log,
                step_scheduler_per_batch=run.per_batch, checkpoint_extra={"config": run.config},
-               train_step=run.train_step, callbacks=run.callbacks)
+               train_step=run.train_step, callbacks=run.callbacks,
+               nan_policy=getattr(run.args, "nan_policy", "stop"))
 
 
 def cmd_train(args):
@@ -248,10 +259,14 @@ def cmd_train(args):
           f"lr {args.lr:g} | schedule: {args.schedule} | augmentation: {'on' if args.augment else 'off'} "
           f"| backend: {mc.get_backend()} | seed {args.seed}")
     out = args.out
-    os.makedirs(out, exist_ok=True)
-    t0 = time.perf_counter()
-    history = run_fit(run, progress=not args.no_progress)
-    total = time.perf_counter() - t0
+    from .runlock import RunLockError, run_lock
+    try:
+        with run_lock(out):                        # one run per folder: never interleave checkpoints
+            t0 = time.perf_counter()
+            history = run_fit(run, progress=not args.no_progress)
+            total = time.perf_counter() - t0
+    except RunLockError as e:
+        raise CLIError(str(e)) from None
 
     logits, targets = predict(model, test_loader)
     pred = logits.argmax(axis=1)
@@ -327,6 +342,9 @@ def cmd_evaluate(args):
     return 0
 
 
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
 def load_image_28x28(path):
     """A PNG/JPEG as a (28, 28) float array in [0, 1], white digit on black like MNIST."""
     if not os.path.isfile(path):
@@ -334,6 +352,9 @@ def load_image_28x28(path):
     try:
         from PIL import Image
         with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:       # checked before decoding anything
+                raise CLIError(f"image {path} is {img.width}x{img.height} pixels; predict takes images "
+                               f"of at most {MAX_IMAGE_PIXELS:,} pixels (it scales them to 28x28)")
             img = img.convert("L")
             if img.size != (28, 28):
                 img = img.resize((28, 28), Image.BILINEAR)
@@ -420,6 +441,9 @@ def add_train_arguments(t):
                         "best checkpoint, early stopping and plateau schedules use it; the test set is "
                         "evaluated once, after training (default 0.1; 0 = no validation)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--nan-policy", default="stop", choices=("stop", "skip-batch", "ignore"),
+                   help="a NaN/Inf training loss: stop with a diagnosis (default; exit status 3), "
+                        "skip that batch's update, or ignore it")
     for plugin in _plugins(TRAIN_PLUGINS):
         plugin.add_train_arguments(t)
     return t
@@ -466,6 +490,10 @@ def main(argv=None):
         print(f"minicnn: error: {e}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, OSError, KeyError, TypeError, RuntimeError) as e:
+        from .train import NonFiniteLossError
+        if isinstance(e, NonFiniteLossError):
+            print(f"minicnn: {e}", file=sys.stderr)    # the whole diagnosis: where, and what to try
+            return 3
         if os.environ.get("MINICNN_DEBUG"):
             raise                                  # the full traceback, for developers
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

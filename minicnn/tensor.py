@@ -34,6 +34,7 @@ from .backend import current, to_device, to_host
 # Gradient mode
 # ----------------------------------------------------------------------------
 _grad_enabled = True
+_anomaly = None          # set by mc.detect_anomaly(): checks every Function's results
 
 
 def is_grad_enabled() -> bool:
@@ -252,6 +253,8 @@ class Tensor:
             input_grads = fn.backward(g)
             if not isinstance(input_grads, tuple):
                 input_grads = (input_grads,)
+            if _anomaly is not None:
+                _anomaly.backward(fn, input_grads)
             if len(input_grads) != len(fn.inputs):
                 raise RuntimeError(f"{type(fn).__name__}.backward returned {len(input_grads)} "
                                    f"gradients for {len(fn.inputs)} inputs")
@@ -437,6 +440,8 @@ class Function:
         if not isinstance(data, current.xp.ndarray):   # NumPy turns full reductions into scalars
             data = current.xp.asarray(data)
         out.data = data
+        if _anomaly is not None:
+            _anomaly.forward(fn, inputs, data)
         out.grad, out._retain_grad = None, False
         out.requires_grad = requires_grad
         if requires_grad:

@@ -12,14 +12,20 @@ is interrupted (even mid-epoch, by Ctrl-C) and resumed ends with exactly the
 same weights as one that never stopped. They are written atomically (a temp
 file, then ``os.replace``): a crash mid-write never leaves a half checkpoint.
 
-Checkpoints are Python pickles of NumPy arrays and plain values: load only
-files you trust (as with ``torch.load``).
+Checkpoints are safetensors files (see :mod:`minicnn.serialization`): the
+arrays as tensors named by role (``model.conv1.weight``,
+``optimizer.state.0.exp_avg``, ...), everything else as JSON metadata.
+Loading one never runs code, and PyTorch reads the weights with
+``safetensors.torch.load_file`` (strip the ``model.`` prefix).
+
+Training stops at the first non-finite loss (``nan_policy="stop"``), before
+anything is written over the last good checkpoints.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-import pickle
 import signal
 import threading
 import time
@@ -28,10 +34,12 @@ import numpy as np
 
 from . import functional as F
 from . import rng
+from . import serialization
 from .backend import get_backend, to_host
 from .tensor import Tensor, no_grad
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = serialization.FORMAT_VERSION   # 1 was pickle; 2 is safetensors
+CheckpointError = serialization.CheckpointError
 
 
 # -----------------------------------------------------------------------------
@@ -51,10 +59,11 @@ def _host_tree(obj):
 
 
 def save_checkpoint(path, model, optimizer=None, scheduler=None, **extra):
-    """Write a checkpoint atomically; returns the path.
+    """Write a checkpoint atomically as a safetensors file; returns the path.
 
     Everything is copied to host NumPy first, so a checkpoint made on a GPU
-    loads on a CPU and back.
+    loads on a CPU and back. ``extra`` holds plain values (epoch, history,
+    config, sample order, ...): dicts, lists, tuples, arrays, numbers, strings.
     """
     state = {
         "version": CHECKPOINT_VERSION,
@@ -66,34 +75,20 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, **extra):
         "backend": get_backend(),
         **_host_tree(extra),
     }
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return serialization.save_file(state, path, kind="checkpoint")
 
 
 def load_checkpoint(path) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (a dict)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            state = pickle.load(f)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable minicnn checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or "model" not in state or "version" not in state:
-        raise ValueError(f"{path} is not a minicnn checkpoint (no model state inside)")
+    """Read a checkpoint written by :func:`save_checkpoint` (a dict); never runs code.
+
+    A pickle (an old minicnn checkpoint, a ``torch.save`` file) or any other
+    file raises :class:`CheckpointError` (a ``ValueError``) saying what it is.
+    """
+    state, info = serialization.load_file(path)
+    if info.get("kind") != "checkpoint" or not isinstance(state.get("model"), dict) \
+            or "version" not in state:
+        raise CheckpointError(f"{os.fspath(path)} is a minicnn safetensors file but not a training "
+                              "checkpoint (no model state inside; load it with mc.load)")
     return state
 
 
@@ -187,6 +182,79 @@ class EarlyStopping:
     def load_state_dict(self, state):
         for k, v in state.items():
             setattr(self, k, v)
+
+
+# -----------------------------------------------------------------------------
+# The non-finite guard
+# -----------------------------------------------------------------------------
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+NAN_POLICIES = ("stop", "skip-batch", "ignore")
+
+
+class _NonFiniteGuard:
+    """What ``fit`` does when a batch's loss is NaN/Inf (``nan_policy``).
+
+    * ``"stop"`` (default): raise :class:`NonFiniteLossError` at once, saying
+      where (epoch, step, learning rate, the last finite loss) and what to try.
+      Nothing is saved, so ``last.ckpt`` / ``best.ckpt`` keep the last finite epoch.
+    * ``"skip-batch"``: undo that batch's update (weights, BatchNorm statistics,
+      optimizer state are copied before every step — a cost paid only under
+      this policy) and go on with the next batch.
+    * ``"ignore"``: train on (the old behaviour), with one warning.
+    """
+
+    def __init__(self, policy, model, optimizer, log, out_dir):
+        if policy not in NAN_POLICIES:
+            raise ValueError(f"fit: nan_policy must be one of {NAN_POLICIES}, got {policy!r}")
+        self.policy, self.model, self.optimizer, self.log, self.out_dir = policy, model, optimizer, log, out_dir
+        self.last_finite, self.skipped, self.warned, self._saved = None, 0, False, None
+
+    def before_step(self):
+        if self.policy == "skip-batch":
+            self._saved = (_host_tree(self.model.state_dict()), self.optimizer.state_dict())
+
+    def skip(self, value, epoch, batch, completed_epochs):
+        """True if this batch (0-based ``batch``) must not count; raises under "stop"."""
+        if math.isfinite(value):
+            self.last_finite = (value, epoch, batch)
+            return False
+        lr = self.optimizer.param_groups[0]["lr"]
+        where = f"epoch {epoch + 1}, step {batch + 1}, learning rate {lr:.3g}"
+        if self.policy == "ignore":
+            if not self.warned:
+                self.log(f"warning: the loss is {value} at {where}; training on (--nan-policy ignore)")
+                self.warned = True
+            return False
+        if self.policy == "skip-batch":
+            self.model.load_state_dict(self._saved[0])
+            self.optimizer.load_state_dict(self._saved[1])
+            self.skipped += 1
+            self.log(f"skipped a batch whose loss was {value} ({where}; {self.skipped} skipped so far)")
+            return True
+        raise NonFiniteLossError(self.message(value, where, completed_epochs))
+
+    def message(self, value, where, completed_epochs):
+        if self.last_finite is None:
+            last = "no finite loss was seen in this run"
+        else:
+            v, e, b = self.last_finite
+            last = f"the last finite loss was {v:.6g} (epoch {e + 1}, step {b + 1})"
+        if not self.out_dir:
+            saved = "no checkpoints are written in this run (no out_dir)"
+        elif completed_epochs:
+            saved = (f"the checkpoints in {self.out_dir} were left as they were after epoch "
+                     f"{completed_epochs}, the last finite one")
+        else:
+            saved = f"no checkpoint was written to {self.out_dir} (no epoch finished)"
+        return (f"training stopped: the loss became {value} at {where}; {last}.\n"
+                f"{saved[0].upper()}{saved[1:]}.\n"
+                "Things to try: a lower learning rate (--lr, e.g. 10x lower); gradient clipping "
+                "(nn.utils.clip_grad_norm_); a warm-up (--schedule warmup-cosine); check the data for "
+                "NaN/Inf and its normalisation; find the operation with `with mc.detect_anomaly():`; "
+                "or --nan-policy skip-batch to skip such batches.")
 
 
 # -----------------------------------------------------------------------------
@@ -286,13 +354,22 @@ class Callback:
 def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
         loss_fn=F.cross_entropy, out_dir=None, early_stopping=None, resume=None,
         progress=True, log=print, step_scheduler_per_batch=False, max_batches_per_epoch=None,
-        checkpoint_extra=None, train_step=None, callbacks=()):
+        checkpoint_extra=None, train_step=None, callbacks=(), nan_policy="stop"):
     """Train ``model``; return the history (a dict of per-epoch lists).
+
+    Three data sets, three jobs. ``train_loader`` fits the weights.
+    ``val_loader`` — images held out from the *training* split (e.g. with
+    :func:`minicnn.data.stratified_split`), never trained on — is measured after
+    every epoch and is what every choice here looks at: ``best.ckpt``, early
+    stopping, ReduceLROnPlateau. The *test* set is not an argument: evaluate it
+    once, after ``fit`` returns (``evaluate(model, test_loader)``). A test set
+    that also chose the best epoch would report an optimistic accuracy.
 
     Args:
         train_loader: yields (x, y) batches. If it has ``epoch_order()`` and
             ``batches(order, start)`` (minicnn's DataLoader does), a resumed run
             replays exactly the same batches.
+        val_loader: the validation set (None: no validation, no ``best.ckpt``).
         scheduler: stepped once per epoch (or per batch with
             ``step_scheduler_per_batch``, for warm-up schedules counted in steps);
             ReduceLROnPlateau gets the validation loss.
@@ -308,6 +385,10 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
             default :func:`standard_step`. Distillation, adversarial training and
             data-parallel training plug in here (each in its own module).
         callbacks: :class:`Callback` objects called at epoch boundaries.
+        nan_policy: what a NaN/Inf training loss does: ``"stop"`` (raise
+            :class:`NonFiniteLossError` naming epoch, step, learning rate and the
+            last finite loss; checkpoints stay at the last finite epoch),
+            ``"skip-batch"`` (undo that update and go on) or ``"ignore"``.
     """
     train_step = standard_step if train_step is None else train_step
     callbacks = list(callbacks or ())
@@ -337,6 +418,7 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
     ckpt = (lambda name: os.path.join(out_dir, name)) if out_dir else None
     best_acc = max([a for a in history["val_acc"] if a is not None], default=-1.0)
     model.train()
+    guard = _NonFiniteGuard(nan_policy, model, optimizer, log, out_dir)
 
     def state_for(epoch, batch, order, partial):
         return dict(epoch=epoch, batch=batch, order=order, partial=partial, history=history,
@@ -361,11 +443,16 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
             for x, y in _epoch_iterator(train_loader, order, start_batch):
                 if batch_index >= n_batches:
                     break
+                guard.before_step()
                 loss, out = train_step(model, optimizer, x, y, loss_fn)
+                loss_value = loss.item()                 # one host scalar per step, checked here
+                if guard.skip(loss_value, epoch, batch_index, len(history["epoch"])):
+                    batch_index += 1
+                    continue
                 if scheduler is not None and step_scheduler_per_batch:
                     scheduler.step()
                 n = len(y)
-                loss_sum += loss.item() * n
+                loss_sum += loss_value * n
                 correct += _count_correct(out, y)
                 seen += n
                 batch_index += 1
@@ -387,6 +474,9 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
         bar.close()
         start_batch = 0
         epoch_time = elapsed + time.perf_counter() - t0
+        if seen == 0 and guard.skipped:
+            raise NonFiniteLossError(f"training stopped: every batch of epoch {epoch + 1} had a "
+                                     "non-finite loss and was skipped; lower the learning rate")
         if seen == 0:
             raise ValueError("fit: the training loader produced no batches")
 

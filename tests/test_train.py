@@ -70,8 +70,13 @@ def test_checkpoint_round_trip_and_atomic_write(tmp_path, monkeypatch):
     assert state["epoch"] == 3 and state["note"] == "hi" and set(state["model"]) == set(model.state_dict())
     assert all(isinstance(v, np.ndarray) for v in state["model"].values())     # host arrays
     # a crash while writing leaves the previous checkpoint intact and no temp file
-    import pickle
-    monkeypatch.setattr(pickle, "dump", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    import safetensors.numpy
+
+    def half_write_then_fail(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+    monkeypatch.setattr(safetensors.numpy, "save_file", half_write_then_fail)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tmp_path / "a.ckpt", model, opt, sched, epoch=4)
     monkeypatch.undo()
@@ -82,8 +87,8 @@ def test_checkpoint_round_trip_and_atomic_write(tmp_path, monkeypatch):
 def test_load_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.ckpt")
-    (tmp_path / "junk.ckpt").write_bytes(b"not a pickle")
-    with pytest.raises(ValueError, match="not a readable minicnn checkpoint"):
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a safetensors checkpoint"):
         load_checkpoint(tmp_path / "junk.ckpt")
 
 

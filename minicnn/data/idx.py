@@ -29,6 +29,7 @@ and what was found.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import struct
@@ -51,6 +52,9 @@ IDX_DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
+#: The most a gzip file may decompress to (MNIST's largest file is 47 MB): a
+#: few kilobytes of crafted gzip can otherwise expand to gigabytes in memory.
+MAX_DECOMPRESSED_BYTES = 1 << 30
 
 
 class DataError(ValueError):
@@ -80,10 +84,23 @@ def read_bytes(path) -> bytes:
     if raw[:2] != _GZIP_MAGIC:
         return raw
     try:
-        return gzip.decompress(raw)
+        chunks, size = [], 0
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:
+            # in 1 MiB pieces (read(n) would reserve n bytes at once), stopping past the limit
+            while size <= MAX_DECOMPRESSED_BYTES:
+                chunk = g.read(1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        data = b"".join(chunks)
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
         raise DataError(f"{path}: corrupted gzip data ({e}); delete the file and "
                         "download or copy it again") from e
+    if len(data) > MAX_DECOMPRESSED_BYTES:
+        raise DataError(f"{path}: decompresses to more than {MAX_DECOMPRESSED_BYTES:,} bytes, far more "
+                        "than any MNIST-style IDX file; refusing it (a gzip bomb?)")
+    return data
 
 
 def parse_idx(buf: bytes, name: str = "<bytes>", expected_magic: int | None = None) -> np.ndarray:
