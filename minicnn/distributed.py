@@ -580,5 +580,5 @@ def convert_sync_batchnorm(model):
     for name, child in list(model.named_children()):
         new = convert_sync_batchnorm(child)
         if new is not child:
-            setattr(model, name, new)
+            model._modules[name] = new           # in place: keeps the children's order
     return model
