@@ -95,7 +95,23 @@ def init():
     _world.initialized = True
     if _world.size > 1:
         sys.excepthook = _abort_on_uncaught
+        if get_backend() == "cupy":
+            _select_gpu()
     return _world.rank, _world.size
+
+
+def _select_gpu():
+    """One GPU per rank: rank k on a machine uses GPU k mod (GPUs visible).
+
+    Arrays made before :func:`init` live on the default GPU, so call ``init()``
+    before building the model — or, as clusters usually do (Slurm's
+    ``--gpus-per-task=1``), let each rank see just its own GPU.
+    """
+    import cupy
+    n = cupy.cuda.runtime.getDeviceCount()
+    local_rank = _world.comm.Split_type(_world.MPI.COMM_TYPE_SHARED).Get_rank()
+    if n > 1:
+        cupy.cuda.Device(local_rank % n).use()
 
 
 def get_rank() -> int:

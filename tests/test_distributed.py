@@ -284,3 +284,31 @@ def test_cli_distributed_in_one_process(tmp_path, capsys):
     assert cli.main(["train", "--scale-lr", "linear", "--limit-train", "64", "--out", str(out)]) == 2
     assert cli.main(["info"]) == 0
     assert "world size 1" in capsys.readouterr().out
+
+
+def _gpu_count():
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:
+        return 0
+
+
+@needs_mpi
+@pytest.mark.parametrize("mode", ["host", "nccl"])
+def test_gpu_allreduce_matches_one_process(mode, tmp_path, reference_weights):
+    """The cupy backend's device all-reduce (NCCL needs a GPU per rank; host staging works on one)."""
+    from safetensors.numpy import load_file
+    gpus = _gpu_count()
+    if gpus == 0:
+        pytest.skip("needs CuPy and a CUDA GPU (the cupy backend); the GPU all-reduce path is untested here")
+    if mode == "nccl" and gpus < 2:
+        pytest.skip("NCCL needs one GPU per rank; this machine has 1")
+    env = dict(_env(), MINICNN_BACKEND="cupy", MINICNN_DIST_GPU=mode)
+    r = subprocess.run(_mpi_cmd(2) + [sys.executable, WORKER, "equivalence", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    weights = load_file(str(tmp_path / "weights_2.safetensors"))
+    for kind in ("plain", "bn"):
+        for name, value in reference_weights[kind].items():
+            assert np.abs(weights[f"{kind}.{name}"] - value).max() < 1e-10, f"{kind} {name} on the GPU"
