@@ -20,7 +20,12 @@ What the plug-in changes in the Run (everything else is the ordinary `train`):
 * the validation loader is sharded too and its metrics are all-reduced;
 * ``train_step`` all-reduces the gradients between backward and step;
 * ranks > 0 print nothing and write nothing (no out_dir): rank 0 alone writes
-  checkpoints, plots and history. Every rank reads the checkpoint on --resume.
+  checkpoints, plots and history. Every rank reads the checkpoint on --resume;
+  resuming from an end-of-epoch checkpoint (last.ckpt, best.ckpt) is exact.
+  A Ctrl-C checkpoint (interrupted.ckpt) resumes with each rank's own shard,
+  but its dropout/augmentation streams restart at the epoch's beginning.
+* the training loss and accuracy in the history and the progress bar are
+  rank 0's shard's (the validation metrics are the whole validation set's).
 """
 from __future__ import annotations
 
@@ -81,3 +86,22 @@ def configure_training(args, run):
     run.train_step = dist.make_train_step(ddp)
     run.callbacks.append(dist.SamplerEpochCallback(run.train_loader.sampler, seed=args.seed))
     run.evaluate_fn = lambda model, loader, loss_fn: dist.evaluate(model, loader, loss_fn, ddp=ddp)
+    if args.resume:
+        _resume_mid_epoch(args, run)
+
+
+def _resume_mid_epoch(args, run):
+    """A checkpoint written mid-epoch (interrupted.ckpt) holds rank 0's shard order: give each
+    rank its own. End-of-epoch checkpoints (last.ckpt, best.ckpt) need nothing and resume exactly."""
+    from ..train import load_checkpoint
+    state = load_checkpoint(args.resume)
+    if not state.get("batch") or state.get("order") is None:
+        return
+    sampler = run.train_loader.sampler
+    sampler.set_epoch(state["epoch"])
+    state["order"] = run.train_loader.epoch_order()
+    args.resume = state                     # fit accepts a loaded checkpoint
+    _say(run, f"resuming mid-epoch (epoch {state['epoch'] + 1}, batch {state['batch']}): each rank takes "
+              "its own shard again; dropout/augmentation streams restart from (seed, rank, epoch), so "
+              "this resume is deterministic but not bit-identical to an uninterrupted run (end-of-epoch "
+              "checkpoints are)")
