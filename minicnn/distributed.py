@@ -122,6 +122,13 @@ def get_world_size() -> int:
     return init()[1]
 
 
+def local_size() -> int:
+    """How many ranks of the job run on this machine (they share its cores)."""
+    if get_world_size() == 1:
+        return 1
+    return _world.comm.Split_type(_world.MPI.COMM_TYPE_SHARED).Get_size()
+
+
 def is_main_process() -> bool:
     """True on rank 0, the one rank that prints and writes files."""
     return get_rank() == 0

@@ -67,11 +67,25 @@ def configure_model(args, run):
         lr_text = f"--scale-lr linear: lr {lr:g} x {world} = {args.lr:g}"
     else:
         lr_text = f"lr {lr:g} unchanged (--scale-lr none)"
+    threads = _share_cores(world)
     run.config["world_size"] = world
     run.config["lr_used"] = args.lr
     _say(run, f"distributed: {world} rank(s) | {dist.mpi_library()} | global batch {world} x "
               f"{args.batch_size} = {world * args.batch_size} | {len(run.train_loader)} steps per epoch "
-              f"| {lr_text} | BatchNorm -> SyncBatchNorm")
+              f"| {lr_text} | BatchNorm -> SyncBatchNorm" + threads)
+
+
+def _share_cores(world):
+    """Ranks on one machine split its cores: N ranks x all cores each would oversubscribe them."""
+    import os
+    from ..backend import get_backend
+    from .. import distributed as dist
+    if world == 1 or get_backend() != "numba" or "NUMBA_NUM_THREADS" in os.environ:
+        return ""
+    import numba
+    n = max(1, (os.cpu_count() or 1) // dist.local_size())
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    return f" | {numba.get_num_threads()} Numba thread(s) per rank (set NUMBA_NUM_THREADS to choose)"
 
 
 def configure_training(args, run):
