@@ -82,6 +82,44 @@ def train_tiny(bn, sync=True, global_batch=GLOBAL_BATCH, steps=STEPS, lr=0.1, ch
     return {k: mc.backend.to_host(v.data).copy() for k, v in model.state_dict().items()}
 
 
+class AsFloat64(nn.Module):
+    """DataLoader batches are float32; the comparison wants float64 from the first layer on."""
+
+    def forward(self, x):
+        return mc.tensor(x.data.astype(np.float64), dtype="float64")
+
+
+def fit_tiny(distributed):
+    """Two epochs of train.fit (float32 batches, float64 model with BatchNorm), validation each epoch.
+
+    distributed=True: DDP step, SyncBatchNorm, sharded loaders, all-reduced validation (the
+    --distributed plug-in's recipe); False: the ordinary fit with the whole batch of 12.
+    """
+    from minicnn.data import DataLoader
+    from minicnn.train import fit
+    rank, world = dist.init()
+    x, y = tiny_data(96 + 20)
+    xt, yt, xv, yv = x[:96].astype(np.float32), y[:96], x[96:].astype(np.float32), y[96:]
+    model = nn.Sequential(AsFloat64(), tiny_model(bn=True))
+    opt_params = list(model.parameters())
+    sampler = dist.DistributedSampler(96, shuffle=True, seed=0)
+    kwargs = dict(callbacks=[dist.SamplerEpochCallback(sampler)])
+    if distributed:
+        dist.convert_sync_batchnorm(model)
+        ddp = dist.DistributedDataParallel(model)
+        train = DataLoader((xt, yt), batch_size=GLOBAL_BATCH // world, sampler=sampler)
+        val = dist.shard_loader(DataLoader((xv, yv), batch_size=8), eval=True)
+        kwargs.update(train_step=dist.make_train_step(ddp),
+                      evaluate_fn=lambda m, loader, loss_fn: dist.evaluate(m, loader, loss_fn, ddp=ddp))
+    else:
+        train = DataLoader((xt, yt), batch_size=GLOBAL_BATCH, sampler=sampler)
+        val = DataLoader((xv, yv), batch_size=8)
+    history = fit(model, optim.SGD(opt_params, lr=0.1), train, 2, val_loader=val, progress=False,
+                  log=lambda *a, **k: None, **kwargs)
+    weights = {k: mc.backend.to_host(v.data).copy() for k, v in model.state_dict().items()}
+    return weights, history
+
+
 def syncbn_direct(C=3):
     """SyncBatchNorm on each rank's slice of a global batch == BatchNorm on the whole batch."""
     rank, world = dist.init()
@@ -138,12 +176,16 @@ def main_equivalence(out_dir):
     checks = {}
     plain = train_tiny(bn=False, checks=checks)
     bn = train_tiny(bn=True, checks=checks)
+    fitted, history = fit_tiny(distributed=True)
     checks["world"] = world
+    checks["fit_val_loss"] = history["val_loss"]
+    checks["fit_val_acc"] = history["val_acc"]
     checks["syncbn"] = syncbn_direct()
     if world > 1:
         checks["mismatch"] = mismatch_checks()
     if rank == 0:
-        save_file({f"plain.{k}": v for k, v in plain.items()} | {f"bn.{k}": v for k, v in bn.items()},
+        save_file({f"plain.{k}": v for k, v in plain.items()} | {f"bn.{k}": v for k, v in bn.items()}
+                  | {f"fit.{k}": v for k, v in fitted.items()},
                   os.path.join(out_dir, f"weights_{world}.safetensors"))
         with open(os.path.join(out_dir, f"checks_{world}.json"), "w") as f:
             json.dump(checks, f)
