@@ -128,7 +128,8 @@ def syncbn_direct(C=3):
     x = rs.standard_normal((N, C, 4, 4)) * 3 + 1
     w = rs.standard_normal((N, C, 4, 4))               # the loss: sum(y * w)
     ref = nn.BatchNorm2d(C).double()
-    ref.weight.data, ref.bias.data = rs.standard_normal(C), rs.standard_normal(C)
+    dev = mc.backend.to_device
+    ref.weight.data, ref.bias.data = dev(rs.standard_normal(C)), dev(rs.standard_normal(C))
     xt = mc.tensor(x, requires_grad=True, dtype="float64")
     y_ref = ref(xt)
     (y_ref * mc.tensor(w, dtype="float64")).sum().backward()

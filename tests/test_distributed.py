@@ -74,10 +74,13 @@ def reference_weights():
 
 
 @needs_mpi
-@pytest.mark.parametrize("n", [1, 2, 3])
-def test_n_ranks_match_one_process(n, tmp_path, reference_weights):
+@pytest.mark.parametrize("n, backend", [(1, "numpy"), (2, "numpy"), (3, "numpy"), (2, "simulator")])
+def test_n_ranks_match_one_process(n, backend, tmp_path, reference_weights):
+    """numpy: MPI on host buffers; simulator (a pretend GPU): the device-array path, staged via the host."""
     from safetensors.numpy import load_file
-    r = _run(_mpi_cmd(n) + [sys.executable, WORKER, "equivalence", str(tmp_path)])
+    env = dict(_env(), MINICNN_BACKEND=backend)
+    r = subprocess.run(_mpi_cmd(n) + [sys.executable, WORKER, "equivalence", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     weights = load_file(str(tmp_path / f"weights_{n}.safetensors"))
     checks = json.loads((tmp_path / f"checks_{n}.json").read_text())
