@@ -60,6 +60,10 @@ from .backend import current, get_backend, to_device, to_host
 from .tensor import Tensor, no_grad
 
 
+# Set by mpiexec / mpirun (MPICH, Open MPI, MVAPICH; srun with PMI) to the number of processes started.
+_LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
 class _World:
     """The MPI world as this process sees it (filled in by :func:`init`)."""
 
@@ -87,7 +91,12 @@ def init():
         return _world.rank, _world.size
     try:
         from mpi4py import MPI
-    except ImportError:
+    except Exception as e:                  # not installed, or no MPI library to load
+        launched = max(int(os.environ.get(k, "1") or 1) for k in _LAUNCHER_SIZE_VARS)
+        if launched > 1:                    # N copies that each think they are alone: refuse
+            raise RuntimeError(f"started by an MPI launcher with {launched} processes, but mpi4py cannot "
+                               f"be used ({type(e).__name__}: {e}); pip install 'minicnn[distributed]'") \
+                from None
         MPI = None
     if MPI is not None:
         _world.MPI, _world.comm = MPI, MPI.COMM_WORLD
@@ -138,8 +147,8 @@ def mpi_library() -> str:
     """One line naming the MPI library mpi4py is linked to (or why there is none)."""
     try:
         from mpi4py import MPI
-    except ImportError as e:
-        return f"mpi4py not installed ({e}); pip install 'minicnn[distributed]'"
+    except Exception as e:
+        return f"mpi4py unavailable ({type(e).__name__}: {e}); pip install 'minicnn[distributed]'"
     import mpi4py
     return f"mpi4py {mpi4py.__version__}, {' '.join(MPI.Get_library_version().splitlines()[0].split())}"
 

@@ -323,3 +323,16 @@ def test_gpu_allreduce_matches_one_process(mode, tmp_path, reference_weights):
     for kind in ("plain", "bn"):
         for name, value in reference_weights[kind].items():
             assert np.abs(weights[f"{kind}.{name}"] - value).max() < 1e-10, f"{kind} {name} on the GPU"
+
+
+def test_launched_by_mpirun_without_mpi4py_is_an_error(monkeypatch):
+    """N copies that each believe they are alone would train N unrelated models: refuse clearly."""
+    monkeypatch.setattr(dist, "_world", dist._World())
+    monkeypatch.setitem(sys.modules, "mpi4py", None)          # import mpi4py now fails
+    monkeypatch.setenv("PMI_SIZE", "2")
+    with pytest.raises(RuntimeError, match="MPI launcher with 2 processes, but mpi4py cannot be used"):
+        dist.init()
+    monkeypatch.setattr(dist, "_world", dist._World())
+    monkeypatch.delenv("PMI_SIZE")
+    assert dist.init() == (0, 1)                               # alone and without MPI: a world of one
+    assert "mpi4py unavailable" in dist.mpi_library()
