@@ -182,6 +182,13 @@ def main_equivalence(out_dir):
     checks["fit_val_loss"] = history["val_loss"]
     checks["fit_val_acc"] = history["val_acc"]
     checks["syncbn"] = syncbn_direct()
+    dist.seed_per_rank(0, epoch=3)                     # dropout streams: one per rank, repeatable
+    mask = F.dropout(mc.tensor(np.ones(64)), 0.5).numpy()
+    dist.seed_per_rank(0, epoch=3)
+    again = F.dropout(mc.tensor(np.ones(64)), 0.5).numpy()
+    masks = dist._world.comm.allgather(mask) if world > 1 else [mask]
+    checks["dropout_repeatable"] = bool(np.array_equal(mask, again))
+    checks["dropout_distinct_ranks"] = len({m.tobytes() for m in masks}) == world
     if world > 1:
         checks["mismatch"] = mismatch_checks()
     if rank == 0:

@@ -102,6 +102,7 @@ def test_n_ranks_match_one_process(n, backend, tmp_path, reference_weights):
     moved = np.abs(ref["0.weight"] - init["0.weight"]).max()
     assert moved > 1e-3                          # the 10 steps did train (not a vacuous comparison)
     assert checks["grads_identical"] is True       # bit-identical gradients after sync, every step
+    assert checks["dropout_repeatable"] and checks["dropout_distinct_ranks"]   # (seed, rank, epoch) streams
     if n > 1:
         assert checks["params_identical"] is True  # same state hash on every rank after every step
     for what, err in checks["syncbn"].items():     # SyncBN on slices == BN on the whole batch
