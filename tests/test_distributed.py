@@ -337,3 +337,25 @@ def test_launched_by_mpirun_without_mpi4py_is_an_error(monkeypatch):
     monkeypatch.delenv("PMI_SIZE")
     assert dist.init() == (0, 1)                               # alone and without MPI: a world of one
     assert "mpi4py unavailable" in dist.mpi_library()
+
+
+def test_mid_epoch_checkpoint_gets_this_ranks_shard(tmp_path):
+    """interrupted.ckpt holds rank 0's order; on resume each rank must take its own shard again."""
+    import argparse
+    from minicnn.cli import Run
+    from minicnn.commands import distributed as plugin
+    from minicnn.train import save_checkpoint
+    model = mpi_worker.tiny_model(bn=False)
+    path = save_checkpoint(tmp_path / "interrupted.ckpt", model, epoch=1, batch=2,
+                           order=np.arange(10)[::-1].copy(), partial=(0.0, 0, 0, 0.0))
+    x, y = np.zeros((30, 6, 6), np.float32), np.arange(30) % 3
+    loader = dist.shard_loader(DataLoader((x, y), batch_size=4), shuffle=True, seed=5)
+    args = argparse.Namespace(resume=path)
+    plugin._resume_mid_epoch(args, Run(train_loader=loader, main_process=False))
+    expected = dist.DistributedSampler(30, shuffle=True, seed=5)
+    expected.set_epoch(1)
+    assert isinstance(args.resume, dict) and args.resume["batch"] == 2
+    assert list(args.resume["order"]) == list(expected)         # this rank's shard of epoch 1
+    args = argparse.Namespace(resume=save_checkpoint(tmp_path / "last.ckpt", model, epoch=1, batch=0))
+    plugin._resume_mid_epoch(args, Run(train_loader=loader, main_process=False))
+    assert args.resume == str(tmp_path / "last.ckpt")            # end of epoch: nothing to change
