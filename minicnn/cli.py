@@ -161,6 +161,8 @@ class Run:
         self.train_step = None                 # None: train.standard_step
         self.callbacks = []
         self.param_groups = None               # None: one group with all parameters
+        self.evaluate_fn = None                # None: train.evaluate
+        self.main_process = True               # False on the ranks > 0 of a distributed run: write nothing
         self.__dict__.update(fields)
 
 
@@ -168,7 +170,7 @@ class Run:
 # ``add_train_arguments(parser)`` and may define ``configure_model(args, run)``
 # (after the model is built, before the optimizer) and
 # ``configure_training(args, run)`` (just before fit). Applied in this order.
-TRAIN_PLUGINS = ()
+TRAIN_PLUGINS = ("minicnn.commands.distributed",)
 
 # Modules that add a subcommand: each defines ``add_parser(subparsers)``,
 # which registers the command and its function (set_defaults(func=...)).
@@ -238,7 +240,7 @@ def run_fit(run, progress=True, log=print):
                scheduler=run.scheduler, out_dir=run.out, early_stopping=run.early_stopping,
                resume=run.args.resume, progress=progress, log=log,
                step_scheduler_per_batch=run.per_batch, checkpoint_extra={"config": run.config},
-               train_step=run.train_step, callbacks=run.callbacks,
+               train_step=run.train_step, callbacks=run.callbacks, evaluate_fn=run.evaluate_fn,
                nan_policy=getattr(run.args, "nan_policy", "stop"))
 
 
@@ -249,6 +251,9 @@ def cmd_train(args):
     from .train import predict
 
     run = prepare_run(args)
+    if not run.main_process:                   # ranks > 0 of `mpirun ... --distributed`: train, stay silent
+        run_fit(run, progress=False, log=lambda *a, **k: None)
+        return 0
     model, classes, test_loader = run.model, run.classes, run.test_loader
     n_train = len(run.train_loader._arrays[0])
     n_test = len(test_loader._arrays[0])
@@ -406,6 +411,9 @@ def cmd_info(args):
               f"(NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS', 'unset')}; cores: {os.cpu_count()})")
     except ImportError:
         print("numba: not installed")
+    from . import distributed
+    print(f"MPI: {distributed.mpi_library()} | world size {distributed.get_world_size()}, "
+          f"this is rank {distributed.get_rank()}")
     data_dir = os.environ.get("MINICNN_DATA_DIR")
     print(f"MINICNN_DATA_DIR: {data_dir or 'unset'}")
     return 0
@@ -478,6 +486,15 @@ def make_parser():
     return p
 
 
+def _failed(status, message):
+    """The exit status of a failed command; in a multi-rank MPI job, abort every rank instead
+    (the others may be waiting in a collective for this one)."""
+    dist = sys.modules.get("minicnn.distributed")
+    if dist is not None and dist._world.size > 1:
+        dist.abort(message, status)
+    return status
+
+
 def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -485,20 +502,20 @@ def main(argv=None):
         return args.func(args)
     except KeyboardInterrupt:
         print("minicnn: interrupted", file=sys.stderr)
-        return 130
+        return _failed(130, "interrupted")
     except CLIError as e:
         print(f"minicnn: error: {e}", file=sys.stderr)
-        return 2
+        return _failed(2, str(e))
     except (ValueError, FileNotFoundError, OSError, KeyError, TypeError, RuntimeError) as e:
         from .train import NonFiniteLossError
         if isinstance(e, NonFiniteLossError):
             print(f"minicnn: {e}", file=sys.stderr)    # the whole diagnosis: where, and what to try
-            return 3
+            return _failed(3, str(e).strip().splitlines()[0])
         if os.environ.get("MINICNN_DEBUG"):
             raise                                  # the full traceback, for developers
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"minicnn: error: {message}", file=sys.stderr)
-        return 2
+        return _failed(2, f"{type(e).__name__}: {message}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -354,7 +354,7 @@ class Callback:
 def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
         loss_fn=F.cross_entropy, out_dir=None, early_stopping=None, resume=None,
         progress=True, log=print, step_scheduler_per_batch=False, max_batches_per_epoch=None,
-        checkpoint_extra=None, train_step=None, callbacks=(), nan_policy="stop"):
+        checkpoint_extra=None, train_step=None, callbacks=(), evaluate_fn=None, nan_policy="stop"):
     """Train ``model``; return the history (a dict of per-epoch lists).
 
     Three data sets, three jobs. ``train_loader`` fits the weights.
@@ -384,7 +384,11 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
         train_step: ``step(model, optimizer, x, y, loss_fn) -> (loss, logits)``;
             default :func:`standard_step`. Distillation, adversarial training and
             data-parallel training plug in here (each in its own module).
-        callbacks: :class:`Callback` objects called at epoch boundaries.
+        callbacks: :class:`Callback` objects called at epoch boundaries
+            (``on_epoch_begin`` before the epoch's sample order is drawn).
+        evaluate_fn: ``fn(model, val_loader, loss_fn) -> {"loss", "accuracy", ...}``
+            for validation; default :func:`evaluate` (data-parallel training
+            passes one that all-reduces the metrics over the ranks).
         nan_policy: what a NaN/Inf training loss does: ``"stop"`` (raise
             :class:`NonFiniteLossError` naming epoch, step, learning rate and the
             last finite loss; checkpoints stay at the last finite epoch),
@@ -426,6 +430,8 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
                     **(checkpoint_extra or {}))
 
     for epoch in range(start_epoch, epochs):
+        for cb in callbacks:                      # first: a sampler's set_epoch decides this epoch's order
+            cb.on_epoch_begin(epoch, model)
         if start_batch == 0 or order is None:
             order = train_loader.epoch_order() if has_orders else None
             partial = None
@@ -433,8 +439,6 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
         if max_batches_per_epoch is not None:
             n_batches = min(n_batches, max_batches_per_epoch)
         loss_sum, correct, seen, elapsed = (0.0, 0, 0, 0.0) if partial is None else partial
-        for cb in callbacks:
-            cb.on_epoch_begin(epoch, model)
         bar = _Progress(n_batches, f"epoch {epoch + 1}/{epochs}", progress, initial=start_batch)
         batch_index = start_batch
         t0 = time.perf_counter()
@@ -487,7 +491,7 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
         history["lr"].append(lr)
         history["epoch_time"].append(epoch_time)
         history["images_per_s"].append(seen / epoch_time)
-        val = evaluate(model, val_loader, loss_fn) if val_loader is not None else None
+        val = (evaluate_fn or evaluate)(model, val_loader, loss_fn) if val_loader is not None else None
         history["val_loss"].append(val["loss"] if val else None)
         history["val_acc"].append(val["accuracy"] if val else None)
         msg = (f"epoch {epoch + 1}/{epochs}: train loss {loss_sum / seen:.4f} acc {correct / seen:.4f}"

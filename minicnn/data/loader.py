@@ -52,6 +52,9 @@ class DataLoader:
         drop_last: drop the final batch when it is smaller than ``batch_size``.
         transform: a batch transform, called on the float32 ``(B, C, H, W)``
             host array of each batch (``batch_transform`` is another name for it).
+        sampler: an iterable of sample indices with ``len()`` that decides each
+            epoch's order instead of ``shuffle`` (e.g. a
+            :class:`minicnn.distributed.DistributedSampler`: this rank's shard).
 
     Yields:
         ``x``: float32 Tensor ``(B, C, H, W)``; ``y``: int64 Tensor ``(B,)``;
@@ -59,7 +62,7 @@ class DataLoader:
     """
 
     def __init__(self, dataset, batch_size=64, shuffle=False, drop_last=False,
-                 transform=None, batch_transform=None):
+                 transform=None, batch_transform=None, sampler=None):
         if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) \
                 or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -70,7 +73,11 @@ class DataLoader:
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable, got {transform!r}")
 
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: give shuffle=True or a sampler, not both (the sampler decides "
+                             "the order)")
         self.dataset = dataset
+        self.sampler = sampler
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -104,7 +111,7 @@ class DataLoader:
 
     def __len__(self):
         """Number of batches per epoch: ``N // B`` with drop_last, else ``ceil(N / B)``."""
-        n = len(self._arrays[0]) if self._arrays is not None else len(self.dataset)
+        n = self._num_samples()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
@@ -115,8 +122,15 @@ class DataLoader:
 
         Drawn from the framework's generator, so ``mc.manual_seed`` fixes it.
         """
-        n = len(self._arrays[0]) if self._arrays is not None else len(self.dataset)
+        if self.sampler is not None:
+            return np.fromiter(iter(self.sampler), dtype=np.int64, count=len(self.sampler))
+        n = self._num_samples()
         return _rng.generator().permutation(n) if self.shuffle else np.arange(n)
+
+    def _num_samples(self):
+        if self.sampler is not None:
+            return len(self.sampler)
+        return len(self._arrays[0]) if self._arrays is not None else len(self.dataset)
 
     def batches(self, order, start=0):
         """Yield the batches of an epoch with sample ``order``, from batch ``start`` on.

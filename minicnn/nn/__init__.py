@@ -6,10 +6,11 @@ from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2
                      LeakyReLU, Linear, LogSoftmax, MaxPool2d, Mish, MSELoss, NLLLoss, ReLU,
                      Sigmoid, SiLU, SmoothL1Loss, Softmax, Tanh)
 from .module import Module, Parameter
+from .sync_batchnorm import SyncBatchNorm
 
 __all__ = [
     "init", "utils", "Module", "Parameter", "Sequential", "ModuleList", "Linear", "Conv2d", "MaxPool2d",
     "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "Flatten",
     "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "Mish", "GELU", "Softmax",
-    "LogSoftmax", "CrossEntropyLoss", "NLLLoss", "MSELoss", "SmoothL1Loss", "BCEWithLogitsLoss",
+    "LogSoftmax", "SyncBatchNorm", "CrossEntropyLoss", "NLLLoss", "MSELoss", "SmoothL1Loss", "BCEWithLogitsLoss",
 ]
