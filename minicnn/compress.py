@@ -540,8 +540,8 @@ def load_sparse(path):
     return state, json.loads(meta.get("metadata", "{}"))
 
 
-def dense_bytes(model):
-    """Bytes of the same tensors stored dense in a safetensors file (for comparison)."""
+def dense_bytes(model, metadata=None):
+    """Bytes of the same tensors (and metadata) stored dense in a safetensors file, for comparison."""
     from safetensors.numpy import save
     arrays = {k: np.array(v, order="C").reshape(-1) if np.ndim(v) == 0 else np.array(v, order="C")
               for k, v in prune.effective_parameters(model)}
@@ -550,5 +550,6 @@ def dense_bytes(model):
             if b is not None and name not in m._non_persistent and not name.endswith("_mask"):
                 arrays[f"{prefix}.{name}" if prefix else name] = np.array(to_host(b.data)).reshape(-1) \
                     if b.ndim == 0 else np.array(to_host(b.data))
-    return len(save(arrays))
+    meta = {"metadata": json.dumps(metadata or {}, default=_json_default)}
+    return len(save(arrays, metadata=meta))
 

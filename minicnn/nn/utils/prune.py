@@ -476,7 +476,7 @@ class SparsityReport:
                 "weight_zeros": self.weight_zeros, "weight_total": self.weight_total}
 
     def __str__(self):
-        width = max([len("parameter")] + [len(r[0]) for r in self.rows])
+        width = max([len("weights (conv + linear)")] + [len(r[0]) for r in self.rows])
         lines = [f"{'parameter':<{width}}  {'zeros':>9}  {'total':>9}  sparsity",
                  "-" * (width + 33)]
         for name, z, n, _ in self.rows:
