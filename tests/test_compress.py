@@ -20,7 +20,7 @@ def _randomize_bn(model, rs):
             m.bias.data[...] = rs.standard_normal(n)
 
 
-@pytest.mark.parametrize("name", ["reference", "reference-bn", "lenet5"])
+@pytest.mark.parametrize("name", ["reference", "reference-bn", "lenet5", "tiny"])
 def test_shrink_is_exact_with_fewer_parameters(cpu_backend, name):
     rs = np.random.default_rng(0)
     model = models.get_model(name).double()
