@@ -38,7 +38,6 @@ import numpy as np
 
 from ...backend import current, to_host
 from ...tensor import Tensor
-from ..module import Parameter
 
 __all__ = ["BasePruningMethod", "PruningContainer", "Identity", "L1Unstructured", "RandomUnstructured",
            "LnStructured", "CustomFromMask", "identity", "l1_unstructured", "random_unstructured",
