@@ -66,8 +66,10 @@ def main(argv=None):
     if not args.data_dir:
         sys.exit("set MINICNN_DATA_DIR (or --data-dir) to the folder holding mnist/")
     train, val, test, source = loaders(args.data_dir)
+    teacher_name = "reference-bn"
     if args.teacher:
-        teacher, _ = _model_from_checkpoint(load_checkpoint(args.teacher))
+        teacher, cfg = _model_from_checkpoint(load_checkpoint(args.teacher))
+        teacher_name = cfg.get("model_name", "?")
     else:
         t0 = time.perf_counter()
         teacher, _ = train_model("reference-bn", train, val, args.teacher_epochs, 0,
@@ -75,12 +77,12 @@ def main(argv=None):
         print(f"teacher trained in {time.perf_counter() - t0:.0f}s", flush=True)
     out = {"source": source, "args": vars(args), "runs": []}
     t_acc = accuracy(teacher, test)
-    out["teacher"] = {"test_acc": t_acc, "val_acc": accuracy(teacher, val),
+    out["teacher"] = {"model": teacher_name, "test_acc": t_acc, "val_acc": accuracy(teacher, val),
                       "parameters": teacher.num_parameters()}
     ref_params = models.ReferenceCNN().num_parameters()
     s_params = models.get_model(args.student).num_parameters()
     out["student_parameters"], out["reference_parameters"] = s_params, ref_params
-    print(f"teacher reference-bn: test {t_acc:.4f} ({'meets' if t_acc >= 0.993 else 'BELOW'} the 99.3 % target); "
+    print(f"teacher {teacher_name}: test {t_acc:.4f} ({'meets' if t_acc >= 0.993 else 'BELOW'} the 99.3 % target); "
           f"student {args.student}: {s_params:,} parameters = {s_params / ref_params:.1%} of the reference",
           flush=True)
     write_json(args.json, out)
