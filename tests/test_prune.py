@@ -195,3 +195,26 @@ def test_other_errors():
     assert not prune.is_pruned(m)                               # failed calls changed nothing
     with pytest.raises(TypeError, match="unstructured"):
         prune.global_unstructured([(m, "weight")], prune.LnStructured, amount=0.5, n=2, dim=0)
+
+
+@needs_torch
+def test_fixed_mask_matches_torch():
+    """A random mask drawn once, applied with custom_from_mask after l1 pruning, as torch composes it."""
+    m, t = _pair("linear", 6)
+    fixed = (np.random.default_rng(9).random(m.weight.shape) > 0.4).astype(np.float32)
+    prune.l1_unstructured(m, "weight", 0.3)
+    tprune.l1_unstructured(t, "weight", 0.3)
+    prune.custom_from_mask(m, "weight", fixed)
+    tprune.custom_from_mask(t, "weight", torch.from_numpy(fixed))
+    np.testing.assert_array_equal(_mask(m), t.weight_mask.numpy())
+
+
+def test_global_hand_worked():
+    """One threshold over two layers: the 3 smallest |w| of all 6 weights go, wherever they are."""
+    a, b = nn.Linear(2, 1, bias=False), nn.Linear(4, 1, bias=False)
+    a.weight.data[...] = [[0.1, 5.0]]
+    b.weight.data[...] = [[0.2, 0.3, 4.0, -0.05]]
+    prune.global_unstructured([(a, "weight"), (b, "weight")], prune.L1Unstructured, amount=0.5)
+    np.testing.assert_array_equal(a.weight_mask.numpy(), [[0, 1]])
+    np.testing.assert_array_equal(b.weight_mask.numpy(), [[0, 1, 1, 0]])   # 0.1, -0.05, 0.2 go
+    assert prune.sparsity(nn.Sequential(a, b)).global_sparsity == 0.5
