@@ -128,7 +128,11 @@ def _model_from_checkpoint(state):
     config = state.get("config") or {}
     if "model_name" not in config:
         raise CLIError("the checkpoint has no model configuration (was it written by `minicnn train`?)")
-    model = get_model(config["model_name"], num_classes=config.get("num_classes", 10))
+    if "architecture" in config:        # shrunk by `minicnn prune --shrink`: its own channel counts
+        from .compress import model_from_architecture
+        model = model_from_architecture(config["architecture"])
+    else:
+        model = get_model(config["model_name"], num_classes=config.get("num_classes", 10))
     model.load_state_dict(state["model"])
     model.eval()
     return model, config
@@ -170,11 +174,11 @@ class Run:
 # ``add_train_arguments(parser)`` and may define ``configure_model(args, run)``
 # (after the model is built, before the optimizer) and
 # ``configure_training(args, run)`` (just before fit). Applied in this order.
-TRAIN_PLUGINS = ("minicnn.commands.distributed",)
+TRAIN_PLUGINS = ("minicnn.commands.distill", "minicnn.commands.distributed")
 
 # Modules that add a subcommand: each defines ``add_parser(subparsers)``,
 # which registers the command and its function (set_defaults(func=...)).
-COMMANDS = ()
+COMMANDS = ("minicnn.commands.prune",)
 
 
 def _plugins(names):

@@ -96,6 +96,10 @@ def configure_training(args, run):
     if run.train_step is not None:
         raise CLIError("--distributed cannot yet be combined with another option that replaces the "
                        "training step")
+    if getattr(args, "nan_policy", "stop") != "stop":
+        # each rank sees only its own loss: one rank skipping a batch while the others step would
+        # desynchronise the replicas; with "stop", the rank that sees NaN aborts the whole job
+        raise CLIError(f"--distributed supports only --nan-policy stop, got {args.nan_policy!r}")
     ddp = run.ddp
     run.train_step = dist.make_train_step(ddp)
     run.callbacks.append(dist.SamplerEpochCallback(run.train_loader.sampler, seed=args.seed))
