@@ -35,7 +35,7 @@ def _atomic_save(tensors, path, metadata):
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
+        save_file({k: np.array(v, order="C", copy=True) for k, v in tensors.items()}, tmp,  # keeps 0-d arrays 0-d
                   metadata={k: json.dumps(v) for k, v in metadata.items()})
         os.replace(tmp, path)
     finally:
