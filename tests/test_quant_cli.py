@@ -10,7 +10,7 @@ from minicnn.cli import main
 from minicnn.train import save_checkpoint
 
 
-def test_quantize_then_evaluate_predict_and_export(cpu_backend, tmp_path, capsys):
+def test_quantize_then_evaluate_predict_and_export(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     mc.manual_seed(0)
     model = models.get_model("reference-bn").eval()
@@ -19,7 +19,7 @@ def test_quantize_then_evaluate_predict_and_export(cpu_backend, tmp_path, capsys
     ckpt = save_checkpoint(tmp_path / "f.ckpt", model, config=config, epoch=1)
     out = tmp_path / "q"
     assert main(["quantize", str(ckpt), "--out", str(out), "--limit-train", "300", "--limit-test", "100",
-                 "--calibration", "64", "--observer", "percentile", "--requant", "fixed"]) == 0
+                 "--calibration", "64", "--observer", "percentile", "--requant", "fixed", "--repeats", "1"]) == 0
     report = json.load(open(out / "quantize.json"))
     assert report["bytes"]["fp32"] / report["bytes"]["int8"] > 3.5
     assert abs(report["bytes"]["fp32"] / report["bytes"]["fp16"] - 2) < 0.1

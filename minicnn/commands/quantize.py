@@ -38,6 +38,7 @@ def add_parser(subparsers):
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--no-progress", action="store_true")
+    q.add_argument("--repeats", type=int, default=5, help="timed batches of each model (median)")
     q.set_defaults(func=cmd_quantize)
 
 
@@ -106,7 +107,7 @@ def cmd_quantize(args):
     acc = {"fp32": _accuracy(model, test_loader), "int8": _accuracy(qmodel, test_loader),
            "fp16": _accuracy(quant.half_weights(model), test_loader)}
     x = mc.tensor(next(iter(test_loader))[0][:128])
-    t_f, t_q = _time_batch(model, qmodel, x)
+    t_f, t_q = _time_batch(model, qmodel, x, max(1, args.repeats))
     print(f"data: {source} | {how} | backend {mc.get_backend()}")
     print(f"{'':8}{'test accuracy':>14}{'bytes on disk':>15}")
     for k in ("fp32", "fp16", "int8"):
