@@ -420,6 +420,8 @@ def run_onnxruntime(path, x, optimize=True):
         import onnxruntime as ort
     except ImportError as e:
         raise ImportError("running ONNX files needs onnxruntime: pip install 'minicnn[export]'") from e
+    if isinstance(x, Tensor):
+        x = x.numpy()
     opts = ort.SessionOptions()
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

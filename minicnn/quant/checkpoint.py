@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from ..backend import to_device, to_host
+from ..backend import to_host
 
 INT8 = "minicnn-int8"
 FP16 = "minicnn-fp16"
@@ -137,5 +137,4 @@ def load_quantized(path):
     return {"module": QuantizedModel(steps), "config": config, "format": INT8}
 
 
-__all__ = ["save_quantized", "save_fp16", "load_quantized", "is_quantized_checkpoint", "half_weights",
-           "to_device"]
+__all__ = ["save_quantized", "save_fp16", "load_quantized", "is_quantized_checkpoint", "half_weights"]

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
-
 from .. import functional as F
 from .. import nn
 from ..tensor import Tensor, no_grad
@@ -312,4 +310,4 @@ class QATSchedule(Callback):
 
 
 __all__ = ["FakeQuantize", "QuantStub", "QuantLayer", "QuantPrepared", "prepare", "prepare_qat",
-           "calibrate", "freeze_bn_stats", "freeze_observers", "QATSchedule", "np"]
+           "calibrate", "freeze_bn_stats", "freeze_observers", "QATSchedule"]
