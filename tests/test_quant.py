@@ -325,3 +325,17 @@ def test_errors_name_the_layer(cpu_backend):
         quant.calibrate(p, [])
     with pytest.raises(quant.QuantError, match="QuantStub.*seen no data"):
         quant.convert(p)
+
+
+def test_qat_observers_ignore_evaluation_batches(cpu_backend):
+    qat = quant.prepare_qat(_trained_like("reference"))
+    x = mc.tensor(_images(8))
+    qat(x)                                            # a training-mode forward: observed
+    before = [f.calculate_qparams() for f in qat.fake_quant_modules()]
+    qat.eval()
+    with mc.no_grad():
+        qat(mc.tensor(_images(8, seed=5) * 10))       # very different images, in eval mode
+    after = [f.calculate_qparams() for f in qat.fake_quant_modules()]
+    for (s0, z0), (s1, z1) in zip(before, after):
+        np.testing.assert_array_equal(s0, s1)
+        np.testing.assert_array_equal(z0, z1)

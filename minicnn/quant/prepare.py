@@ -44,7 +44,8 @@ class FakeQuantize(nn.Module):
 
     ``observer_enabled`` / ``fake_quant_enabled`` switch the two halves
     (``enable_observer()``, ``disable_observer()``, ...): calibration observes
-    only, QAT does both, and a frozen observer keeps its qparams.
+    only, QAT does both (observing in training mode only), and a frozen
+    observer keeps its qparams.
     """
 
     def __init__(self, observer):
@@ -71,7 +72,9 @@ class FakeQuantize(nn.Module):
         return self.observer.calculate_qparams()
 
     def forward(self, x):
-        if self.observer_enabled:
+        # calibration (fake quant off) observes what it is shown; QAT observes training batches
+        # only, so evaluating on validation images never moves the scales
+        if self.observer_enabled and (self.training or not self.fake_quant_enabled):
             self.observer(x.detach())
         if not self.fake_quant_enabled:
             return x
