@@ -57,17 +57,39 @@ def main(argv=None):
         row["fp32"] = accuracy(model, test_loader)
         row["fp16"] = accuracy(quant.half_weights(model), test_loader)
         print(f"{name}: fp32 {row['fp32']:.4f} fp16 {row['fp16']:.4f}", flush=True)
-        qmodel = None
-        for per_channel in (False, True):
-            for observer in ("minmax", "percentile"):
-                for n in (int(v) for v in args.calibrations.split(",")):
-                    mc.manual_seed(0)
-                    prepared = quant.prepare(model, observer=observer, per_channel=per_channel)
-                    quant.calibrate(prepared, train_loader, max_images=n)
-                    qmodel = quant.convert(prepared)
-                    key = f"ptq/{'per-channel' if per_channel else 'per-tensor'}/{observer}/{n}"
-                    row[key] = accuracy(qmodel, test_loader)
-                    print(f"  {key}: {row[key]:.4f}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+        def save_partial():
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out + ".tmp", "w") as f:
+                json.dump({"backend": mc.get_backend(), "results": results + [row], "partial": True}, f, indent=1)
+            os.replace(args.out + ".tmp", args.out)
+
+        def ptq(per_channel, observer, n):
+            mc.manual_seed(0)
+            prepared = quant.prepare(model, observer=observer, per_channel=per_channel)
+            quant.calibrate(prepared, train_loader, max_images=n)
+            qmodel = quant.convert(prepared)
+            key = f"ptq/{'per-channel' if per_channel else 'per-tensor'}/{observer}/{n}"
+            row[key] = accuracy(qmodel, test_loader)
+            print(f"  {key}: {row[key]:.4f}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+            save_partial()
+            return qmodel
+
+        def qat():
+            mc.manual_seed(0)
+            prepared = quant.prepare_qat(model)
+            batches = None if args.qat_train_images is None else max(1, args.qat_train_images // 64)
+            fit(prepared, mc.optim.Adam(prepared.parameters(), lr=args.qat_lr), train_loader, 1, progress=False,
+                log=lambda *a: None, max_batches_per_epoch=batches, callbacks=[quant.QATSchedule(1, 2)])
+            row["qat/per-channel/1-epoch"] = accuracy(quant.convert(prepared), test_loader)
+            row["qat_train_images"] = min(args.qat_train_images or 10 ** 9, len(train_loader._arrays[0]))
+            print(f"  QAT 1 epoch ({row['qat_train_images']} images): {row['qat/per-channel/1-epoch']:.4f} "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+            save_partial()
+
+        # most informative first (a run cut short still answers the main questions)
+        calibrations = [int(v) for v in args.calibrations.split(",")]
+        qmodel = ptq(True, "minmax", calibrations[-1])
         with tempfile.TemporaryDirectory() as d:
             from safetensors.numpy import save_file
             from minicnn.backend import to_host
@@ -76,20 +98,20 @@ def main(argv=None):
             quant.save_fp16(os.path.join(d, "fp16"), model, config)
             quant.save_quantized(os.path.join(d, "int8"), qmodel, config)
             row["bytes"] = {k: os.path.getsize(os.path.join(d, k)) for k in ("fp32", "fp16", "int8")}
-        mc.manual_seed(0)
-        qat = quant.prepare_qat(model)
-        batches = None if args.qat_train_images is None else max(1, args.qat_train_images // 64)
-        fit(qat, mc.optim.Adam(qat.parameters(), lr=args.qat_lr), train_loader, 1, progress=False,
-            log=lambda *a: None, max_batches_per_epoch=batches, callbacks=[quant.QATSchedule(1, 2)])
-        row["qat/per-channel/1-epoch"] = accuracy(quant.convert(qat), test_loader)
-        row["qat_train_images"] = args.qat_train_images or len(train_loader._arrays[0])
-        print(f"  QAT 1 epoch ({row['qat_train_images']} images): {row['qat/per-channel/1-epoch']:.4f}", flush=True)
+        ptq(False, "minmax", calibrations[-1])
+        ptq(True, "percentile", calibrations[-1])
+        ptq(False, "percentile", calibrations[-1])
+        qat()
+        for n in calibrations[:-1]:
+            for per_channel in (True, False):
+                for observer in ("minmax", "percentile"):
+                    ptq(per_channel, observer, n)
         results.append(row)
-    keys = [k for k in results[0] if k.startswith(("fp", "ptq", "qat/"))]
+    keys = sorted({k for r in results for k in r if k.startswith(("fp", "ptq", "qat/"))})
     print("\n| configuration | " + " | ".join(r["model"] for r in results) + " |")
     print("|---|" + "---|" * len(results))
     for k in keys:
-        print(f"| {k} | " + " | ".join(f"{100 * r[k]:.2f}" for r in results) + " |")
+        print(f"| {k} | " + " | ".join(f"{100 * r[k]:.2f}" if k in r else "-" for r in results) + " |")
     for r in results:
         b = r["bytes"]
         print(f"{r['model']}: bytes fp32 {b['fp32']:,}  fp16 {b['fp16']:,}  int8 {b['int8']:,} "
