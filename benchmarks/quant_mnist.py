@@ -40,6 +40,8 @@ def main(argv=None):
     p.add_argument("--qat-train-images", type=int, default=None)
     p.add_argument("--qat-lr", type=float, default=1e-4)
     p.add_argument("--calibrations", default="100,1000")
+    p.add_argument("--quick", action="store_true",
+                   help="only per-channel and per-tensor MinMax PTQ at the largest calibration (no QAT)")
     p.add_argument("--limit-train", type=int, default=None, help="smoke runs only")
     p.add_argument("--limit-test", type=int, default=None, help="smoke runs only")
     p.add_argument("--out", default="benchmarks/results/quant_mnist.json")
@@ -99,6 +101,9 @@ def main(argv=None):
             quant.save_quantized(os.path.join(d, "int8"), qmodel, config)
             row["bytes"] = {k: os.path.getsize(os.path.join(d, k)) for k in ("fp32", "fp16", "int8")}
         ptq(False, "minmax", calibrations[-1])
+        if args.quick:
+            results.append(row)
+            continue
         ptq(True, "percentile", calibrations[-1])
         ptq(False, "percentile", calibrations[-1])
         qat()
