@@ -16,6 +16,7 @@ Each module provides::
     avg_pool2d_backward(gy, x_shape, kh, kw, stride, padding, count_include_pad) -> dx
     scatter_add(dst, index, values) -> None       (dst[index] += values, repeats add up)
     erf(x) -> y
+    qgemm_u8s8(w_q, cols, x_zero_point) -> acc   (int8 x uint8 -> exact int32, for int8 inference)
 
 Arrays in and out live where the backend keeps them (host memory for numpy
 and numba, device memory for cupy and the simulator). Kernels take and return

@@ -479,3 +479,20 @@ def erf(x):
     if x.dtype not in _FLOAT_TYPES:
         raise TypeError(f"erf: x must be float32 or float64, got {x.dtype}")
     return cupyx.scipy.special.erf(x).astype(x.dtype, copy=False)
+
+
+# -----------------------------------------------------------------------------
+# Integer matrix product (int8 inference)
+# -----------------------------------------------------------------------------
+def qgemm_u8s8(w_q, cols, x_zero_point):
+    """acc[m, l] = sum_k w_q[m, k] * (cols[k, l] - x_zero_point), exactly, in int32 (see numpy_ref).
+
+    CuPy's integer matmul (its own kernel; cuBLAS has no int8 GEMM through
+    CuPy's API): int32 operands, exact integer sums.
+    """
+    w_q = _device_array(w_q, "qgemm_u8s8: w_q", 2, (np.int8,))
+    cols = _device_array(cols, "qgemm_u8s8: cols", 2, (np.uint8,))
+    if w_q.shape[1] != cols.shape[0]:
+        raise ValueError(f"qgemm_u8s8: shapes {w_q.shape} and {cols.shape} do not multiply")
+    x = cols.astype(cupy.int32) - cupy.int32(x_zero_point)
+    return cupy.matmul(w_q.astype(cupy.int32), x).astype(cupy.int32)

@@ -191,3 +191,23 @@ def erf(x):
     """The error function (for the exact GELU); SciPy's, elementwise."""
     from scipy.special import erf as _erf
     return _erf(x).astype(x.dtype, copy=False)
+
+
+# -----------------------------------------------------------------------------
+# Integer matrix product (int8 inference)
+# -----------------------------------------------------------------------------
+def qgemm_u8s8(w_q, cols, x_zero_point):
+    """acc[m, l] = sum_k w_q[m, k] * (cols[k, l] - x_zero_point), exactly, in int32.
+
+    ``w_q`` (M, K) int8 weights (symmetric: their zero point is 0), ``cols``
+    (K, L) uint8 activation codes with zero point ``x_zero_point``. Each term
+    is at most 128 * 255 in size, so K up to 65,000 taps cannot overflow int32.
+    Written as int64 products summed by NumPy (exact integers; NumPy has no
+    integer BLAS, so this is the slow, obviously-right version).
+    """
+    if w_q.dtype != np.int8 or cols.dtype != np.uint8:
+        raise TypeError(f"qgemm_u8s8: expected int8 weights and uint8 columns, got {w_q.dtype} and {cols.dtype}")
+    if w_q.ndim != 2 or cols.ndim != 2 or w_q.shape[1] != cols.shape[0]:
+        raise ValueError(f"qgemm_u8s8: shapes {w_q.shape} and {cols.shape} do not multiply")
+    x = cols.astype(np.int64) - int(x_zero_point)            # (K, L), the centred codes
+    return (w_q.astype(np.int64) @ x).astype(np.int32)       # (M, L)

@@ -405,6 +405,7 @@ max_pool2d_backward = _device_kernel(numpy_ref.max_pool2d_backward)
 avg_pool2d_forward = _device_kernel(numpy_ref.avg_pool2d_forward)
 avg_pool2d_backward = _device_kernel(numpy_ref.avg_pool2d_backward)
 erf = _device_kernel(numpy_ref.erf)
+qgemm_u8s8 = _device_kernel(numpy_ref.qgemm_u8s8)
 
 
 def scatter_add(dst, index, values):

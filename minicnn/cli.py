@@ -125,6 +125,8 @@ def build_scheduler(name, optimizer, epochs, steps_per_epoch):
 
 def _model_from_checkpoint(state):
     from .models import get_model
+    if "module" in state:                     # an int8 / FP16 file (minicnn.quant.checkpoint)
+        return state["module"], state["config"]
     config = state.get("config") or {}
     if "model_name" not in config:
         raise CLIError("the checkpoint has no model configuration (was it written by `minicnn train`?)")
@@ -139,8 +141,11 @@ def _model_from_checkpoint(state):
 
 
 def _load_checkpoint(path):
+    from .quant.checkpoint import is_quantized_checkpoint, load_quantized
     from .train import load_checkpoint
     try:
+        if is_quantized_checkpoint(path):
+            return load_quantized(path)
         return load_checkpoint(path)
     except FileNotFoundError as e:
         raise CLIError(str(e)) from None
@@ -178,7 +183,7 @@ TRAIN_PLUGINS = ("minicnn.commands.distill", "minicnn.commands.distributed")
 
 # Modules that add a subcommand: each defines ``add_parser(subparsers)``,
 # which registers the command and its function (set_defaults(func=...)).
-COMMANDS = ("minicnn.commands.prune",)
+COMMANDS = ("minicnn.commands.prune", "minicnn.commands.quantize", "minicnn.commands.export")
 
 
 def _plugins(names):
@@ -339,10 +344,11 @@ def cmd_evaluate(args):
     written = [viz.plot_confusion_matrix(confusion_matrix(pred, targets, len(classes)), classes,
                                          os.path.join(out, "eval_confusion_matrix.png")),
                viz.plot_roc_curves(roc_curves_ovr(probs, targets, len(classes)),
-                                   os.path.join(out, "eval_roc.png"), class_names=classes),
-               viz.plot_filters(_first_conv(model).weight, os.path.join(out, "eval_filters.png"))]
-    x0 = next(iter(test_loader))[0][:1]
-    written.append(viz.plot_feature_maps(model, x0, os.path.join(out, "eval_feature_maps.png")))
+                                   os.path.join(out, "eval_roc.png"), class_names=classes)]
+    if "module" not in state:                 # float layers to show (an int8 model has none)
+        written.append(viz.plot_filters(_first_conv(model).weight, os.path.join(out, "eval_filters.png")))
+        x0 = next(iter(test_loader))[0][:1]
+        written.append(viz.plot_feature_maps(model, x0, os.path.join(out, "eval_feature_maps.png")))
     if len(wrong):
         written.append(viz.plot_misclassified(images[wrong], targets[wrong], pred[wrong],
                                               os.path.join(out, "eval_misclassified.png"),

@@ -15,6 +15,7 @@ from .loss import (binary_cross_entropy_with_logits, cross_entropy, mse_loss, nl
 from .math import abs, clip, exp, log, matmul, maximum, sqrt  # noqa: A004
 from .norm import batch_norm
 from .pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
+from .quant import fake_quantize_per_channel_affine, fake_quantize_per_tensor_affine
 from .reductions import max, mean, sum  # noqa: A004
 from .shape import cat, concatenate, flatten, reshape, stack, transpose
 from .unfold import unfold
@@ -26,4 +27,5 @@ __all__ = [
     "abs", "clip", "exp", "log", "matmul", "maximum", "sqrt", "batch_norm", "adaptive_avg_pool2d",
     "avg_pool2d", "max_pool2d", "max", "mean", "sum", "cat", "concatenate", "flatten", "reshape",
     "stack", "transpose", "unfold",
+    "fake_quantize_per_tensor_affine", "fake_quantize_per_channel_affine",
 ]
