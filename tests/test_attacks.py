@@ -78,8 +78,11 @@ def _torch_twin(model):
     tm.load_state_dict({f"{int(k.split('.')[0]) - 1}.{k.split('.')[1]}": torch.tensor(v)
                         for k, v in sd.items() if not k.startswith("0.")})
 
-    def forward(x):                     # the same Normalize(0.3, 0.2) in front
-        return tm((x - 0.3) / 0.2)
+    mean, std = float(model[0].mean.numpy()[0]), float(model[0].std.numpy()[0])   # float32-rounded 0.3, 0.2
+
+    def forward(x):                     # the same Normalize in front
+        return tm((x - mean) / std)
+    forward.module = tm
     return torch, forward
 
 
