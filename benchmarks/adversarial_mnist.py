@@ -96,8 +96,10 @@ def _accuracy(model, x, y):
 
 
 def _restart_accuracy(net, images, labels, eps, restarts, steps, seed):
-    """Accuracy under the worst of `restarts` PGD runs, attacking only what is still unbroken."""
+    """Accuracy after each of `restarts` PGD runs (a list: worst case over the first r + 1 restarts),
+    attacking only the images that the previous restarts did not fool."""
     alive = np.arange(len(labels))
+    curve = []
     for r in range(restarts):
         if len(alive) == 0:
             break
@@ -111,7 +113,8 @@ def _restart_accuracy(net, images, labels, eps, restarts, steps, seed):
                 ok = to_host(net(adv).data.argmax(axis=1)) == labels[idx]
             keep.append(idx[ok])
         alive = np.concatenate(keep)
-    return len(alive) / len(labels)
+        curve.append(len(alive) / len(labels))
+    return curve + [curve[-1]] * (restarts - len(curve))
 
 
 def cmd_eval(args):
@@ -135,18 +138,18 @@ def cmd_eval(args):
         n, nr = args.n_attack, args.n_restarts
         loader = _pixel_loader(images[:n], labels[:n])
         t0 = time.perf_counter()
-        fg = attacks.robust_accuracy(net, loader, "fgsm", EPS)
         mc.manual_seed(args.seed)
-        pg = attacks.robust_accuracy(net, loader, "pgd", EPS, steps=40)
-        row.update(clean_subset=fg.clean, n_attack=n, fgsm=fg.accuracy, pgd40=pg.accuracy,
-                   noise=pg.noise, warnings=pg.warnings)
-        log(f"{kind}: FGSM {fg.accuracy} PGD-40 {pg.accuracy} ({time.perf_counter() - t0:.0f}s)")
+        pg = attacks.robust_accuracy(net, loader, "pgd", EPS, steps=40)       # + FGSM and noise (sanity check)
+        row.update(clean_subset=pg.clean, n_attack=n, fgsm=pg.fgsm, pgd40=pg.accuracy,
+                   noise=pg.noise, warnings=pg.warnings, time_pgd40_s=time.perf_counter() - t0)
+        log(f"{kind}: FGSM {pg.fgsm} PGD-40 {pg.accuracy} ({time.perf_counter() - t0:.0f}s)")
         t0 = time.perf_counter()
-        row["pgd40_10restarts"] = [_restart_accuracy(net, images[:nr], labels[:nr], e, 10, 40, args.seed)
-                                   for e in EPS]
-        row["pgd40_1restart_on_restart_subset"] = [_restart_accuracy(net, images[:nr], labels[:nr], e, 1, 40,
-                                                                     args.seed) for e in EPS]
+        curves = [_restart_accuracy(net, images[:nr], labels[:nr], e, 10, 40, args.seed) for e in EPS]
+        row["pgd40_10restarts"] = [c[-1] for c in curves]
+        row["pgd40_1restart_on_restart_subset"] = [c[0] for c in curves]
+        row["restart_curves"] = curves
         row["n_restarts"] = nr
+        row["time_restarts_s"] = time.perf_counter() - t0
         log(f"{kind}: PGD-40 x10 on {nr}: {row['pgd40_10restarts']} ({time.perf_counter() - t0:.0f}s)")
         results[kind] = row
         with open(os.path.join(args.out, "robustness.json"), "w") as f:

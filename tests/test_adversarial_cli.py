@@ -1,6 +1,5 @@
 """The command line (`train --adversarial`, `attack`, `explain`) and the robustness / attribution plots."""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -58,8 +58,6 @@ def pixel_model(state):
 def cmd_attack(args):
     import json
 
-    import numpy as np
-
     import minicnn as mc
     from .. import attacks, cli, viz
     from ..data import DataLoader
