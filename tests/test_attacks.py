@@ -302,3 +302,22 @@ def test_adversarial_training_buys_robustness(cpu_backend):
         accs[name] = attacks.robust_accuracy(m, test, "pgd", [0.2], steps=10, seed=0, sanity_check=False)
     assert accs["pgd"].clean > 0.9
     assert accs["pgd"].accuracy[0] > accs["plain"].accuracy[0] + 0.2, (accs["plain"], accs["pgd"])
+
+
+# -----------------------------------------------------------------------------
+# nn.Normalize: the layer that puts the model's input in pixel units
+# -----------------------------------------------------------------------------
+def test_normalize_layer(cpu_backend):
+    layer = nn.Normalize([0.5, 0.25, 0.1], [0.5, 2.0, 0.25]).double()
+    assert list(layer.parameters()) == [] and set(layer.state_dict()) == {"mean", "std"}
+    x = np.random.default_rng(0).random((2, 3, 4, 5))
+    expected = (x - np.array([0.5, 0.25, 0.1]).reshape(1, 3, 1, 1)) / np.array([0.5, 2.0, 0.25]).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(layer(mc.tensor(x, dtype="float64")).numpy(), expected, atol=1e-7)
+    assert mc.gradcheck(lambda t: layer(t), [mc.tensor(x, requires_grad=True, dtype="float64")])
+    wrapped = models.get_model("reference", normalize=(0.1307, 0.3081))
+    assert isinstance(wrapped[0], nn.Normalize) and isinstance(wrapped[1], models.ReferenceCNN)
+    assert "0.mean" in wrapped.state_dict() and "1.0.weight" in wrapped.state_dict()
+    with pytest.raises(ValueError, match="std must be positive"):
+        nn.Normalize(0.1, 0.0)
+    with pytest.raises(ValueError, match=r"expected input \(N, 3, H, W\)"):
+        layer(mc.tensor(np.zeros((2, 1, 4, 4))))
