@@ -65,6 +65,7 @@ def cmd_train(args):
         train.fit(model, opt, tl, args.clean_epochs, val_loader=vl, out_dir=out_u, progress=False, log=log,
                   checkpoint_extra={"config": _config(args, "undefended")})
         timings["undefended_s"] = time.perf_counter() - t0
+        timings["clean_epochs"] = args.clean_epochs
         log(f"undefended trained in {timings['undefended_s']:.0f}s")
     state = train.load_checkpoint(os.path.join(out_u, "last.ckpt"))
     model = models.get_model("reference")
@@ -82,7 +83,7 @@ def cmd_train(args):
     timings["pgd_s"] = time.perf_counter() - t0
     log(f"adversarial training took {timings['pgd_s']:.0f}s")
     with open(os.path.join(args.out, "train_times.json"), "a") as f:
-        f.write(json.dumps({**timings, "clean_epochs": args.clean_epochs, "adv_epochs": args.adv_epochs,
+        f.write(json.dumps({**timings, "adv_epochs": args.adv_epochs, "max_batches": args.max_batches,
                             "pgd_steps": args.pgd_steps, "backend": mc.get_backend()}) + "\n")
 
 
