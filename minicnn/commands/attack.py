@@ -67,14 +67,14 @@ def cmd_attack(args):
     state = cli._load_checkpoint(args.checkpoint)
     net, config = pixel_model(state)
     key = config.get("dataset", "digits") if args.dataset is None else cli._dataset_key(args.dataset)
-    _, _, test_loader, source, classes = cli.build_loaders(key, 64, data_dir=args.data_dir,
+    _, _, test_loader, _, classes = cli.build_loaders(key, 64, data_dir=args.data_dir,
                                                           download=not args.no_download, limit_test=args.limit_test)
     images, labels = test_loader._arrays
     loader = DataLoader((images, labels), batch_size=args.batch_size)          # pixel units: no Normalize
     mc.manual_seed(args.seed)
     kwargs = {} if args.method == "fgsm" else dict(steps=args.steps, alpha=args.alpha, restarts=args.restarts)
     what = "FGSM" if args.method == "fgsm" else f"PGD-{args.steps} ({args.restarts} restart{'s' * (args.restarts > 1)})"
-    print(f"checkpoint: {args.checkpoint} | data: {source}, {len(labels)} test images | attack: {what}, "
+    print(f"checkpoint: {args.checkpoint} | data: {key} test split, {len(labels)} images | attack: {what}, "
           f"eps in pixel units [0, 1]")
     res = attacks.robust_accuracy(net, loader, args.method, eps, **kwargs)
     header = f"{'eps':>6}  {what:>22}"
@@ -91,7 +91,7 @@ def cmd_attack(args):
         print(f"warning: {w}")
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out, exist_ok=True)
-    written = [res.plot(os.path.join(out, "robust_accuracy.png"), title=f"{what} on {source}")]
+    written = [res.plot(os.path.join(out, "robust_accuracy.png"), title=f"{what} on {key} ({len(labels)} test images)")]
     x, y = next(iter(DataLoader((images[:8], labels[:8]), batch_size=8)))
     e_show = eps[len(eps) // 2] if len(eps) > 1 else eps[0]
     adv = attacks.fgsm(net, x, y, e_show) if args.method == "fgsm" else \
