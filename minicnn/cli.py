@@ -179,11 +179,12 @@ class Run:
 # ``add_train_arguments(parser)`` and may define ``configure_model(args, run)``
 # (after the model is built, before the optimizer) and
 # ``configure_training(args, run)`` (just before fit). Applied in this order.
-TRAIN_PLUGINS = ("minicnn.commands.distill", "minicnn.commands.distributed")
+TRAIN_PLUGINS = ("minicnn.commands.distill", "minicnn.commands.adversarial", "minicnn.commands.distributed")
 
 # Modules that add a subcommand: each defines ``add_parser(subparsers)``,
 # which registers the command and its function (set_defaults(func=...)).
-COMMANDS = ("minicnn.commands.prune", "minicnn.commands.quantize", "minicnn.commands.export")
+COMMANDS = ("minicnn.commands.prune", "minicnn.commands.quantize", "minicnn.commands.export",
+            "minicnn.commands.attack", "minicnn.commands.explain")
 
 
 def _plugins(names):

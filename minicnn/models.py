@@ -136,10 +136,27 @@ MODELS = {
 }
 
 
-def get_model(name, num_classes=10, in_channels=1) -> nn.Module:
-    """Build a model by name: one of ``MODELS``."""
+def get_model(name, num_classes=10, in_channels=1, normalize=None) -> nn.Module:
+    """Build a model by name: one of ``MODELS``.
+
+    ``normalize=(mean, std)`` puts an :class:`nn.Normalize` in front (see
+    :func:`with_normalize`), so the model takes pixel units [0, 1].
+    """
     try:
         cls = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}") from None
-    return cls(num_classes=num_classes, in_channels=in_channels)
+    model = cls(num_classes=num_classes, in_channels=in_channels)
+    return model if normalize is None else with_normalize(model, *normalize)
+
+
+def with_normalize(model, mean, std) -> nn.Sequential:
+    """``nn.Sequential(nn.Normalize(mean, std), model)``: the same network, fed pixel units [0, 1].
+
+    Attacks (``minicnn.attacks``) and attributions (``minicnn.explain``) want
+    the model's input in pixel units, so that ε and baselines have one
+    meaning. A model trained on normalised data (as ``minicnn train`` does,
+    with ``config["normalization"]`` in its checkpoint) is wrapped like this
+    after loading; its own state dict is unchanged (``wrapped[1]`` is it).
+    """
+    return nn.Sequential(nn.Normalize(mean, std), model)

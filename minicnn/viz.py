@@ -9,6 +9,9 @@ Every function draws one figure, writes it to ``path`` and returns ``path``:
 * :func:`plot_filters`            the first conv layer's filters, one small image each
 * :func:`plot_feature_maps`       what each conv / activation / pool layer makes of one image
 * :func:`plot_roc_curves`         one-vs-rest ROC curves with their AUC
+* :func:`plot_robust_accuracy`    accuracy vs the attack's ε (with the gradient-masking baselines)
+* :func:`plot_adversarial_gallery` clean / perturbation / adversarial images with predictions
+* :func:`plot_attributions`       attribution maps (saliency, IG, Grad-CAM, ...) overlaid on the image
 
 Two choices worth knowing about:
 
@@ -45,6 +48,7 @@ from .tensor import Tensor, no_grad
 __all__ = [
     "plot_history", "plot_confusion_matrix", "plot_misclassified", "plot_images",
     "plot_filters", "plot_feature_maps", "plot_roc_curves",
+    "plot_robust_accuracy", "plot_adversarial_gallery", "plot_attributions",
 ]
 
 # Layer types whose outputs plot_feature_maps shows by default (matched by
@@ -541,4 +545,115 @@ def plot_roc_curves(fpr_tpr_by_class: Mapping, path, class_names=None,
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize="small" if len(areas) <= 10 else "x-small")
     ax.set_title(title or f"ROC curves, one vs rest (macro AUC = {np.mean(areas):.3f})")
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------
+# Robustness and attributions (minicnn.attacks, minicnn.explain)
+# ----------------------------------------------------------------------------
+def plot_robust_accuracy(result, path, title: str | None = None) -> str:
+    """Accuracy against the attack's ε (pixel units), one curve per result.
+
+    ``result``: an ``attacks.RobustAccuracy`` (its FGSM and random-noise
+    sanity baselines are drawn too, dashed), a dict ``{label: RobustAccuracy}``
+    to compare models or attacks, or a dict with keys ``eps`` and ``accuracy``.
+    """
+    results = result if isinstance(result, Mapping) and "eps" not in result else {None: result}
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    for label, r in results.items():
+        get = (lambda k: r.get(k)) if isinstance(r, Mapping) else (lambda k: getattr(r, k, None))
+        eps, acc = get("eps"), get("accuracy")
+        if eps is None or acc is None or len(eps) != len(acc) or not len(eps):
+            raise ValueError("plot_robust_accuracy: expected a RobustAccuracy or a dict with equally long "
+                             "'eps' and 'accuracy'")
+        name = get("name") or get("attack") or "attack"
+        line, = ax.plot(eps, acc, "o-", label=f"{label}: {name}" if label else name)
+        for key, style in (("fgsm", "s--"), ("noise", "^:")):
+            base = get(key)
+            if base is not None and name != key:
+                ax.plot(eps, base, style, color=line.get_color(), alpha=0.6,
+                        label=f"{label + ': ' if label else ''}{'FGSM' if key == 'fgsm' else 'random ±ε noise'}")
+    ax.set_xlabel("ε (L∞ radius, pixel units: images in [0, 1])")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "robust accuracy vs ε")
+    return _save(fig, path)
+
+
+def plot_adversarial_gallery(clean, adversarial, true, pred_clean, pred_adv, path, class_names=None,
+                             max_images: int = 8, title: str | None = None) -> str:
+    """Rows of clean image / perturbation (×10 contrast, centred grey) / adversarial image with predictions.
+
+    ``clean`` and ``adversarial`` (N, C, H, W) in pixel units; the labels (N,).
+    The perturbation column shows ``adv − clean`` mapped so that 0 is mid grey.
+    """
+    c, a = _image_batch(clean, "clean"), _image_batch(adversarial, "adversarial")
+    if c.shape != a.shape:
+        raise ValueError(f"clean and adversarial images differ in shape: {c.shape} vs {a.shape}")
+    n = min(len(c), max_images)
+    true = _label_vector(true, "true", len(c)).astype(int)
+    pc = _label_vector(pred_clean, "pred_clean", len(c)).astype(int)
+    pa = _label_vector(pred_adv, "pred_adv", len(c)).astype(int)
+    fig = Figure(figsize=(1.7 * n, 5.6), layout="constrained")
+    axes = fig.subplots(3, n, squeeze=False)
+    delta = a - c
+    scale = max(float(np.abs(delta).max()), 1e-12)
+    for j in range(n):
+        for row, img in enumerate((c[j], 0.5 + 0.5 * delta[j] / scale, a[j])):
+            ax = axes[row, j]
+            shown = np.clip(img, 0, 1)
+            ax.imshow(shown[0] if shown.shape[0] == 1 else shown.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, j].set_title(f"true {_class_name(class_names, true[j])}\npred {_class_name(class_names, pc[j])}",
+                             fontsize=8)
+        axes[1, j].set_title(f"‖δ‖∞ = {np.abs(delta[j]).max():.3f}", fontsize=8)
+        axes[2, j].set_title(f"pred {_class_name(class_names, pa[j])}", fontsize=8,
+                             color="darkred" if pa[j] != true[j] else "darkgreen")
+    axes[0, 0].set_ylabel("clean")
+    axes[1, 0].set_ylabel("perturbation")
+    axes[2, 0].set_ylabel("adversarial")
+    fig.suptitle(title or "adversarial examples", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_attributions(image, maps, path, title: str | None = None, alpha: float = 0.55) -> str:
+    """One image and its attribution maps side by side, each overlaid on the image.
+
+    ``image`` (C, H, W) or (H, W); ``maps`` a dict ``{method: map}`` with maps
+    (H, W), (C, H, W) (summed over channels) or a smaller (h, w) map such as
+    Grad-CAM's (upsampled bilinearly). Each map is min-max scaled on its own.
+    """
+    img = _host(image).astype(np.float64)
+    img = img[None] if img.ndim == 2 else img
+    if img.ndim != 3:
+        raise ValueError(f"plot_attributions: image must be (C, H, W) or (H, W), got shape {img.shape}")
+    if not isinstance(maps, Mapping) or not maps:
+        raise ValueError("plot_attributions: maps must be a non-empty dict {method: map}")
+    H, W = img.shape[1:]
+    grey = _rescale(img.mean(axis=0))
+    fig = Figure(figsize=(2.2 * (len(maps) + 1), 2.6), layout="constrained")
+    axes = fig.subplots(1, len(maps) + 1, squeeze=False)[0]
+    axes[0].imshow(grey, cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title("image", fontsize=9)
+    for ax, (name, m) in zip(axes[1:], maps.items()):
+        m = _host(m).astype(np.float64)
+        m = m.sum(axis=0) if m.ndim == 3 else m
+        if m.ndim != 2:
+            raise ValueError(f"plot_attributions: map {name!r} must be (H, W) or (C, H, W), got shape {m.shape}")
+        if m.shape != (H, W):
+            from .explain import upsample
+            m = upsample(m, (H, W))
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(_rescale(m), cmap="jet", alpha=alpha, vmin=0, vmax=1)
+        ax.set_title(name, fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -313,3 +313,49 @@ class SmoothL1Loss(Module):
 class BCEWithLogitsLoss(NLLLoss):
     def forward(self, x, target):
         return F.binary_cross_entropy_with_logits(x, target, self.reduction)
+
+
+class Normalize(Module):
+    """Per-channel standardisation inside the model: ``y[:, c] = (x[:, c] - mean[c]) / std[c]``.
+
+    No parameters; ``mean`` and ``std`` are buffers of shape (C,) (saved in
+    the state dict). Put it first in a model — ``nn.Sequential(nn.Normalize(m, s), net)``
+    or ``models.get_model(name, normalize=(m, s))`` — and the model takes
+    images in **pixel units [0, 1]**. That is the scale on which an attack's
+    ε and an attribution's baseline are meant: ε = 0.1 means "each pixel may
+    change by 0.1 of the full black-to-white range", whatever normalisation the
+    network was trained with. (Normalising in the data pipeline instead would
+    silently turn ε = 0.1 into 0.1 · std ≈ 0.03 of the pixel range on MNIST.)
+
+    Backward: ∂y/∂x[:, c] = 1 / std[c] (an affine map, built from the
+    framework's differentiable operations).
+    """
+
+    def __init__(self, mean, std):
+        super().__init__()
+        mean = np.atleast_1d(np.asarray(mean, dtype=np.float64))
+        std = np.atleast_1d(np.asarray(std, dtype=np.float64))
+        if mean.ndim != 1 or std.ndim != 1:
+            raise ValueError("Normalize: mean and std must be numbers or 1-D sequences (one value per "
+                             f"channel), got shapes {mean.shape} and {std.shape}")
+        if len(mean) != len(std) and 1 not in (len(mean), len(std)):
+            raise ValueError(f"Normalize: mean has {len(mean)} values and std {len(std)}; give one per "
+                             "channel (or one number for all)")
+        if np.any(std <= 0) or not np.all(np.isfinite(std)) or not np.all(np.isfinite(mean)):
+            raise ValueError(f"Normalize: std must be positive and finite, got {std.tolist()}")
+        n = max(len(mean), len(std))
+        self.register_buffer("mean", Tensor(np.broadcast_to(mean, (n,)).astype(np.float32)))
+        self.register_buffer("std", Tensor(np.broadcast_to(std, (n,)).astype(np.float32)))
+
+    def forward(self, x):
+        c = self.mean.shape[0]
+        if x.ndim != 4 or (c != 1 and x.shape[1] != c):
+            raise ValueError(f"Normalize: expected input (N, {c}, H, W), got shape {tuple(x.shape)}")
+        shape = (1, c, 1, 1)
+        mean = self.mean.data.reshape(shape).astype(x.dtype)
+        std = self.std.data.reshape(shape).astype(x.dtype)
+        return (x - Tensor(mean, dtype=x.dtype)) / Tensor(std, dtype=x.dtype)
+
+    def extra_repr(self):
+        fmt = lambda t: ", ".join(f"{v:.4g}" for v in t.numpy().tolist())  # noqa: E731
+        return f"mean=({fmt(self.mean)}), std=({fmt(self.std)})"
