@@ -22,7 +22,8 @@ The sweep stops early once ``smoothed_i > diverge * min(smoothed)``: the
 learning rate is so large that training has blown up. Three readings of the
 curve suggest a learning rate (all on the smoothed curve, over log lr):
 
-* ``steepest`` — where the loss falls fastest (most negative slope), before the minimum;
+* ``steepest`` — where the loss falls fastest (most negative slope), before the minimum
+  (the first tenth of the curve, where the average is still settling, is skipped);
 * ``minimum/10`` — a tenth of the lr at the lowest loss (the loss is lowest just
   before it explodes, so one order of magnitude back is a safe choice);
 * ``valley`` — fastai's default: the longest stretch where the loss keeps
@@ -71,12 +72,14 @@ def exponential_lrs(start_lr, end_lr, num_iter):
 
 
 def suggest_steepest(lrs, smoothed):
-    """The lr of the most negative slope d(loss)/d(log lr), up to the minimum of the curve."""
+    """The lr of the most negative slope d(loss)/d(log lr), between the first tenth of the
+    curve (where the moving average is still settling and its wiggles look steep) and its minimum."""
     stop = int(np.argmin(smoothed)) + 1
-    if stop < 2:
-        return float(lrs[0])
-    slope = np.gradient(np.asarray(smoothed[:stop]), np.log(np.asarray(lrs[:stop])))
-    return float(lrs[int(np.argmin(slope))])
+    skip = min(len(smoothed) // 10, max(stop - 2, 0))
+    if stop - skip < 2:
+        return float(lrs[min(skip, len(lrs) - 1)])
+    slope = np.gradient(np.asarray(smoothed[skip:stop]), np.log(np.asarray(lrs[skip:stop])))
+    return float(lrs[skip + int(np.argmin(slope))])
 
 
 def suggest_minimum(lrs, smoothed):
@@ -476,7 +479,10 @@ def open_storage(url, heartbeat_interval=5, grace_period=30):
     import optuna
     if url.startswith("journal:"):
         from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+        try:
+            from optuna.storages.journal import JournalFileBackend          # Optuna >= 4
+        except ImportError:                                                # Optuna 3.x
+            from optuna.storages import JournalFileStorage as JournalFileBackend
         path = url[len("journal:"):]
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
