@@ -1,13 +1,16 @@
 """Accuracy measurements of minicnn.tune (issue 16): lr_find suggestions, random vs TPE search.
 
-    python benchmarks/tune_measurements.py --out runs/tune_measurements        # ~1.5 h on 2 busy cores
-    python benchmarks/tune_measurements.py --only lr-find                      # ~10 min
-    python benchmarks/tune_measurements.py --only search --trials 20 --epochs 3
+    # what the README reports (LeNet-5 trials, 600 digits; ~1.5 h on 2 cores shared with 6 other jobs):
+    python benchmarks/tune_measurements.py --out runs/tune_measurements --search-model lenet5 --lr-find-limit-train 600
+    # the same with reference-CNN trials (adds dropout and kernel_size to the space) and lr-find on all digits:
+    python benchmarks/tune_measurements.py --out runs/tune_reference
+    python benchmarks/tune_measurements.py --only search --study-seeds 3 4   # more seeds into the same results.json
 
-Part 1 (lr-find): the learning-rate range test on the reference CNN with Adam
-and with plain SGD (the embedded digits, 3,600 training images after the
-validation split), then a 3-epoch run at the suggested lr and at the default
-lr (1e-3); best validation accuracy of each.
+Part 1 (lr-find): the learning-rate range test (default settings: 100 steps
+from 1e-7 to 10, batch 64) on the reference CNN with Adam and with plain SGD,
+then a 3-epoch run at the suggested (valley) lr and at the default lr (1e-3);
+best validation accuracy of each. On the embedded digits (3,600 training
+images after the validation split), or on the first --lr-find-limit-train.
 
 Part 2 (search): for each study seed in --study-seeds, a random-search study
 and a TPE study of --trials trials x --epochs epochs on a fixed subset of the

@@ -346,6 +346,19 @@ def test_without_optuna_tune_says_how_to_install_it(tmp_path, capsys, monkeypatc
     monkeypatch.setitem(sys.modules, "optuna", None)            # import optuna -> ImportError
     assert cli.main(["tune", *TINY, "--out", str(tmp_path), "--space", "lr=1e-3,1e-2"]) == 2
     assert 'pip install "minicnn[tune]"' in capsys.readouterr().err
+    model = small_net()                                         # lr_find needs nothing beyond minicnn
+    assert len(lr_find(model, optim.Adam(model.parameters()), quadrant_loader(), num_iter=5).lrs) == 5
+
+
+def test_lr_find_command_prints_suggestions_and_writes_the_plot(tmp_path, capsys):
+    assert cli.main(["lr-find", *TINY, "--model", "lenet5", "--num-iter", "12", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "lr_find.json").read_text())
+    assert "valley" in out and "<- suggestion" in out and len(saved["lrs"]) <= 12
+    assert saved["suggestion"] == saved["suggestions"]["valley"]
+    assert os.path.getsize(tmp_path / "lr_find.png") > 1000
+    assert cli.main(["lr-find", *TINY, "--start-lr", "1", "--end-lr", "0.1", "--out", str(tmp_path)]) == 2
+    assert "start_lr < end_lr" in capsys.readouterr().err
 
 
 def _cmd(folder, *extra):
