@@ -117,6 +117,23 @@ def part_search(args, results, path):
             print(key, results["search"][key]["best_val_acc"], flush=True)
 
 
+def part_test_once(args, results, path):
+    """After the search: retrain each study's best.json once and read its test accuracy (and the default's)."""
+    search = results["search"]
+    with open(os.path.join(args.out, "default", "history.json")) as f:
+        search["default_test_acc"] = json.load(f)["test_accuracy"]
+    for key, row in search.items():
+        if not isinstance(row, dict) or "test_acc" in row:
+            continue
+        folder = os.path.join(args.out, key)
+        minicnn("train", "--config", os.path.join(folder, "best.json"), "--out", os.path.join(folder, "best"))
+        with open(os.path.join(folder, "best", "history.json")) as f:
+            h = json.load(f)
+        row["test_acc"] = h["test_accuracy"]
+        row["retrained_best_val_acc"] = max(a for a in h["history"]["val_acc"] if a is not None)
+        save(path, results)
+
+
 def report(results):
     import numpy as np
     lines = []
@@ -132,16 +149,20 @@ def report(results):
     if "default" in search:
         lines.append("")
         lines.append(f"default configuration ({results['settings'].get('search_model', 'reference')}, adam, lr 1e-3, batch 64): best val acc {search['default']:.4f}")
-        lines.append("| sampler | best val acc per study seed | mean +- std | complete / pruned trials |")
-        lines.append("|---|---|---|---|")
+        if "default_test_acc" in search:
+            lines[-1] += f", test acc {search['default_test_acc']:.4f}"
+        lines.append("| sampler | best val acc per study seed | mean +- std | complete / pruned trials "
+                     "| test acc of each study's best (once) |")
+        lines.append("|---|---|---|---|---|")
         for sampler in ("random", "tpe"):
-            rows = [v for k, v in search.items() if k != "default" and v["sampler"] == sampler]
+            rows = [v for v in search.values() if isinstance(v, dict) and v["sampler"] == sampler]
             if not rows:
                 continue
             accs = np.array([r["best_val_acc"] for r in rows])
             lines.append(f"| {sampler} | {', '.join(f'{a:.4f}' for a in accs)} | {accs.mean():.4f} +- "
                          f"{accs.std(ddof=1) if len(accs) > 1 else 0:.4f} | "
-                         f"{sum(r['complete'] for r in rows)} / {sum(r['pruned'] for r in rows)} |")
+                         f"{sum(r['complete'] for r in rows)} / {sum(r['pruned'] for r in rows)} | "
+                         + ", ".join(f"{r['test_acc']:.3f}" for r in rows if "test_acc" in r) + " |")
     return "\n".join(lines)
 
 
@@ -168,6 +189,7 @@ def main():
         part_lr_find(args, results, path)
     if args.only in (None, "search"):
         part_search(args, results, path)
+        part_test_once(args, results, path)
     print(report(results))
 
 
