@@ -273,7 +273,7 @@ def load(folder, url=None):
 
 def test_a_study_completes_is_stored_and_continues(tmp_path, capsys):
     study = tune(tmp_path, "--trials", "4", "--sampler", "random", "--space", "lr=1e-4:1e-2:log",
-                 "--space", "dropout=0.2:0.6", capsys=capsys)
+                 "--space", "batch_size=16,32,64", "--model", "lenet5", capsys=capsys)
     out = capsys.readouterr().out
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
     assert all(0 <= t.value <= 1 and t.user_attrs["epochs_run"] == 1 for t in study.trials)
@@ -283,7 +283,7 @@ def test_a_study_completes_is_stored_and_continues(tmp_path, capsys):
         assert os.path.getsize(tmp_path / name) > 0, name
     first = [t.params for t in study.trials]
     study = tune(tmp_path, "--trials", "2", "--sampler", "random", "--space", "lr=1e-4:1e-2:log",
-                 "--space", "dropout=0.2:0.6", "--no-plots", capsys=capsys)
+                 "--space", "batch_size=16,32,64", *FAST, capsys=capsys)
     assert "4 trial(s) so far" in capsys.readouterr().out
     assert len(study.trials) == 6 and [t.params for t in study.trials[:4]] == first
     assert study.trials[4].params not in first                  # a re-run does not redraw old trials
