@@ -134,7 +134,8 @@ def _model_from_checkpoint(state):
         from .compress import model_from_architecture
         model = model_from_architecture(config["architecture"])
     else:
-        model = get_model(config["model_name"], num_classes=config.get("num_classes", 10))
+        model = get_model(config["model_name"], num_classes=config.get("num_classes", 10),
+                          **config.get("model_kwargs", {}))
     model.load_state_dict(state["model"])
     model.eval()
     return model, config
@@ -179,12 +180,13 @@ class Run:
 # ``add_train_arguments(parser)`` and may define ``configure_model(args, run)``
 # (after the model is built, before the optimizer) and
 # ``configure_training(args, run)`` (just before fit). Applied in this order.
-TRAIN_PLUGINS = ("minicnn.commands.distill", "minicnn.commands.adversarial", "minicnn.commands.distributed")
+TRAIN_PLUGINS = ("minicnn.commands.model_shape", "minicnn.commands.distill", "minicnn.commands.adversarial",
+                 "minicnn.commands.distributed")
 
 # Modules that add a subcommand: each defines ``add_parser(subparsers)``,
 # which registers the command and its function (set_defaults(func=...)).
 COMMANDS = ("minicnn.commands.prune", "minicnn.commands.quantize", "minicnn.commands.export",
-            "minicnn.commands.attack", "minicnn.commands.explain")
+            "minicnn.commands.attack", "minicnn.commands.explain", "minicnn.commands.tune")
 
 
 def _plugins(names):
@@ -463,6 +465,9 @@ def add_train_arguments(t):
     t.add_argument("--nan-policy", default="stop", choices=("stop", "skip-batch", "ignore"),
                    help="a NaN/Inf training loss: stop with a diagnosis (default; exit status 3), "
                         "skip that batch's update, or ignore it")
+    t.add_argument("--config", default=None, metavar="FILE.json",
+                   help="train options from a JSON file ({\"lr\": 0.003, ...}, or a `minicnn tune` "
+                        "best.json); options given on the command line win")
     for plugin in _plugins(TRAIN_PLUGINS):
         plugin.add_train_arguments(t)
     return t
@@ -506,9 +511,43 @@ def _failed(status, message):
     return status
 
 
+def load_config_file(path, parser):
+    """Train options from ``--config FILE``: ``{dest: value}``, or a tune best.json's "train_options"."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise CLIError(f"--config: file not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise CLIError(f"--config {path}: not readable JSON ({e})") from None
+    values = doc.get("train_options", doc) if isinstance(doc, dict) else None
+    if not isinstance(values, dict):
+        raise CLIError(f"--config {path}: expected a JSON object of train options")
+    dests = {a.dest for a in parser._actions}
+    unknown = sorted(set(values) - dests)
+    if unknown:
+        raise CLIError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
+    return {k: v for k, v in values.items() if k != "config"}
+
+
+def parse_args(parser, argv=None):
+    """Parse; with ``--config FILE``, the file's values become the defaults and the line is parsed again."""
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = sub.choices[args.command]
+        command.set_defaults(**load_config_file(args.config, command))
+        args = parser.parse_args(argv)
+    return args
+
+
 def main(argv=None):
     parser = make_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse_args(parser, argv)
+    except CLIError as e:
+        print(f"minicnn: error: {e}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -21,13 +21,20 @@ class ReferenceCNN(nn.Sequential):
 
     Shapes for a 28×28 input: (N,1,28,28) -> conv (N,32,26,26) -> pool (N,32,13,13)
     -> conv (N,64,11,11) -> pool (N,64,5,5) -> flatten (N,1600) -> (N,128) -> (N,10).
+
+    ``kernel_size`` (default 3) changes both convs; the spatial size
+    after them is ((28 - k + 1) // 2 - k + 1) // 2 (5 for k=3, 4 for k=5).
     """
 
-    def __init__(self, num_classes=10, in_channels=1, dropout=0.5):
+    def __init__(self, num_classes=10, in_channels=1, dropout=0.5, kernel_size=3):
+        k = int(kernel_size)
+        side = ((28 - k + 1) // 2 - k + 1) // 2
+        if k < 1 or side < 1:
+            raise ValueError(f"ReferenceCNN: kernel_size must be in 1..11 for 28x28 inputs, got {kernel_size}")
         super().__init__(
-            nn.Conv2d(in_channels, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 5 * 5, 128), nn.ReLU(), nn.Dropout(dropout),
+            nn.Conv2d(in_channels, 32, k), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, k), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * side * side, 128), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(128, num_classes))
 
 
@@ -136,17 +143,23 @@ MODELS = {
 }
 
 
-def get_model(name, num_classes=10, in_channels=1, normalize=None) -> nn.Module:
-    """Build a model by name: one of ``MODELS``.
+def get_model(name, num_classes=10, in_channels=1, normalize=None, **kwargs) -> nn.Module:
+    """Build a model by name: one of ``MODELS``; ``kwargs`` are its shape options (e.g. dropout).
 
     ``normalize=(mean, std)`` puts an :class:`nn.Normalize` in front (see
     :func:`with_normalize`), so the model takes pixel units [0, 1].
     """
+    import inspect
     try:
         cls = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}") from None
-    model = cls(num_classes=num_classes, in_channels=in_channels)
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "num_classes", "in_channels"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(f"model {name!r} has no option {', '.join(unknown)} "
+                         f"(it takes: {', '.join(sorted(accepted)) or 'none'})")
+    model = cls(num_classes=num_classes, in_channels=in_channels, **kwargs)
     return model if normalize is None else with_normalize(model, *normalize)
 
 
