@@ -173,6 +173,9 @@ def summary(model, input_size=(1, 1, 28, 28), dtype=None) -> Summary:
         dtype = params[0].dtype if params else np.float32
     dtype = np.dtype(dtype)
     names = {id(m): name for name, m in model.named_modules()}
+    leaf_model = not any(True for _ in model.children())
+    if leaf_model:                                  # a single layer: it is its own only row
+        names[id(model)] = type(model).__name__
     records, order = {}, []
 
     def pre_hook(module, inputs):              # call order: a container before its layers
@@ -189,7 +192,7 @@ def summary(model, input_size=(1, 1, 28, 28), dtype=None) -> Summary:
             r["output_shape"] = tuple(output.shape)
             r["out_bytes"] += int(np.prod(output.shape)) * np.dtype(output.dtype).itemsize
 
-    inner = [m for _, m in model.named_modules() if m is not model]
+    inner = [m for _, m in model.named_modules() if m is not model or leaf_model]
     handles = [m.register_forward_pre_hook(pre_hook) for m in inner] + \
               [m.register_forward_hook(hook) for m in inner]
     modes = [(m, m.training) for m in model.modules()]
