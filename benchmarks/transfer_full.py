@@ -139,7 +139,8 @@ def main(argv=None):
             accs = np.array([r["test_accuracy"] for r in results if r["labels"] == n and r["method"] == method])
             table[f"{n}/{method}"] = {"mean": float(accs.mean()), "std": float(accs.std(ddof=1)) if len(accs) > 1
                                       else 0.0, "n_seeds": len(accs)}
-            cells.append(f"{100 * accs.mean():.1f} ± {100 * (accs.std(ddof=1) if len(accs) > 1 else 0):.1f}")
+            cells.append(f"{100 * accs.mean():.1f} ± {100 * accs.std(ddof=1):.1f}" if len(accs) > 1
+                         else f"{100 * accs.mean():.1f}")          # one seed: no spread to show
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     log("\nFashion-MNIST test accuracy (%), mean ± std over seeds " + str(args.seeds)
         + f"; reference CNN pretrained on MNIST ({args.pretrain_epochs} epochs); {args.steps} steps of batch 32")
