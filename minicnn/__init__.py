@@ -21,6 +21,7 @@ from . import nn  # noqa: E402
 from . import optim  # noqa: E402
 from . import data  # noqa: E402
 from . import models, train  # noqa: E402
+from .summary import Summary, summary  # noqa: E402  (the function; the module is minicnn.summary's file)
 
 __version__ = "0.1.0"
 
@@ -40,5 +41,6 @@ float32, float64 = _np.float32, _np.float64
 __all__ = [
     "BackendError", "Function", "GradcheckError", "Tensor", "cat", "concatenate", "enable_grad",
     "data", "functional", "get_backend", "gradcheck", "is_grad_enabled", "manual_seed", "models", "nn",
-    "no_grad", "optim", "set_backend", "stack", "tensor", "train", "save", "load", "detect_anomaly",
+    "no_grad", "optim", "set_backend", "stack", "Summary", "summary", "tensor", "train", "save", "load",
+    "detect_anomaly",
 ]

@@ -180,8 +180,10 @@ class Run:
 # ``add_train_arguments(parser)`` and may define ``configure_model(args, run)``
 # (after the model is built, before the optimizer) and
 # ``configure_training(args, run)`` (just before fit). Applied in this order.
-TRAIN_PLUGINS = ("minicnn.commands.model_shape", "minicnn.commands.distill", "minicnn.commands.adversarial",
-                 "minicnn.commands.distributed")
+TRAIN_PLUGINS = ("minicnn.commands.model_shape",     # rebuilds the model with --dropout/--kernel-size: first
+                 "minicnn.commands.transfer",        # then --init-from loads weights into it, --freeze
+                 "minicnn.commands.distill", "minicnn.commands.adversarial",
+                 "minicnn.commands.distributed")     # last: wraps the model and the loaders
 
 # Modules that add a subcommand: each defines ``add_parser(subparsers)``,
 # which registers the command and its function (set_defaults(func=...)).
@@ -221,8 +223,13 @@ def prepare_run(args) -> Run:
     train_loader, val_loader, test_loader, source, classes = build_loaders(
         key, args.batch_size, args.augment, args.data_dir, not args.no_download,
         args.limit_train, args.limit_test, val_split=args.val_split, seed=args.seed)
-    model = get_model(args.model, num_classes=len(classes))
-    config = {"model_name": args.model, "num_classes": len(classes), "dataset": key, "classes": classes,
+    model_kwargs = {} if getattr(args, "width", 1.0) == 1.0 else {"width": args.width}
+    try:
+        model = get_model(args.model, num_classes=len(classes), **model_kwargs)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    config = {"model_name": args.model, "num_classes": len(classes), "model_kwargs": model_kwargs,
+              "dataset": key, "classes": classes,
               "normalization": NORMALIZATION[key],
               "args": {k: _plain(v) for k, v in vars(args).items() if k != "func"}}
     run = Run(args=args, key=key, source=source, classes=classes, model=model, config=config,
@@ -441,6 +448,8 @@ def add_train_arguments(t):
     t.add_argument("--dataset", default="digits",
                    help="digits (embedded, no network) | mnist | fashion-mnist (default: digits)")
     t.add_argument("--model", default="reference", choices=sorted(MODELS))
+    t.add_argument("--width", type=float, default=1.0, metavar="W",
+                   help="width multiplier of reference, reference-bn, mobilenet: channels x W (e.g. 0.25, 0.5, 2)")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)

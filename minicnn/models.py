@@ -5,14 +5,28 @@
 * :class:`ReferenceCNNBN` — the same with batch norm after every conv/linear.
 * :class:`LeNet5` — LeCun et al. (1998): 5×5 convs, tanh, average pooling.
 * :class:`TinyCNN` — a 14k-parameter reference (quarter width): a distillation student.
-* :class:`SmallResNet` — three stages of residual BasicBlocks (He et al., 2016).
+* :class:`SmallResNet` — three stages of residual BasicBlocks (He et al., 2016);
+  ``resnet-8`` / ``resnet-20`` are its CIFAR-style depths 6n+2, and
+  ``plain-8`` / ``plain-20`` the same networks without the shortcuts (the pair
+  that shows the degradation problem).
+* :class:`MobileNet` — depthwise-separable blocks with batch norm (Howard et
+  al., 2017), sized for 28×28 inputs.
 
-All are ordinary ``nn.Module``s; ``get_model(name)`` builds one by name.
+The reference CNNs and MobileNet take a ``width`` multiplier (every layer's
+channel count times ``width``; ``width=1`` is the network exactly as above).
+All are ordinary ``nn.Module``s; ``get_model(name, **kwargs)`` builds one by name.
 """
 from __future__ import annotations
 
 from . import functional as F
 from . import nn
+
+
+def _scaled(channels, width):
+    """``channels * width`` rounded, at least 1: the width multiplier of MobileNet."""
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    return max(1, int(round(channels * width)))
 
 
 class ReferenceCNN(nn.Sequential):
@@ -22,20 +36,23 @@ class ReferenceCNN(nn.Sequential):
     Shapes for a 28×28 input: (N,1,28,28) -> conv (N,32,26,26) -> pool (N,32,13,13)
     -> conv (N,64,11,11) -> pool (N,64,5,5) -> flatten (N,1600) -> (N,128) -> (N,10).
 
+    ``width`` multiplies the channel counts 32, 64 and the hidden 128 (so the
+    parameters grow roughly as width²); the layer indices and names stay the same.
     ``kernel_size`` (default 3) changes both convs; the spatial size
     after them is ((28 - k + 1) // 2 - k + 1) // 2 (5 for k=3, 4 for k=5).
     """
 
-    def __init__(self, num_classes=10, in_channels=1, dropout=0.5, kernel_size=3):
+    def __init__(self, num_classes=10, in_channels=1, dropout=0.5, width=1.0, kernel_size=3):
         k = int(kernel_size)
         side = ((28 - k + 1) // 2 - k + 1) // 2
         if k < 1 or side < 1:
             raise ValueError(f"ReferenceCNN: kernel_size must be in 1..11 for 28x28 inputs, got {kernel_size}")
+        c1, c2, h = _scaled(32, width), _scaled(64, width), _scaled(128, width)
         super().__init__(
-            nn.Conv2d(in_channels, 32, k), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, k), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * side * side, 128), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(128, num_classes))
+            nn.Conv2d(in_channels, c1, k), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, k), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(c2 * side * side, h), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(h, num_classes))
 
 
 class ReferenceCNNBN(nn.Sequential):
@@ -45,12 +62,13 @@ class ReferenceCNNBN(nn.Sequential):
     and its own beta plays the bias's role.
     """
 
-    def __init__(self, num_classes=10, in_channels=1, dropout=0.3):
+    def __init__(self, num_classes=10, in_channels=1, dropout=0.3, width=1.0):
+        c1, c2, h = _scaled(32, width), _scaled(64, width), _scaled(128, width)
         super().__init__(
-            nn.Conv2d(in_channels, 32, 3, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 5 * 5, 128, bias=False), nn.BatchNorm1d(128), nn.ReLU(),
-            nn.Dropout(dropout), nn.Linear(128, num_classes))
+            nn.Conv2d(in_channels, c1, 3, bias=False), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, bias=False), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(c2 * 5 * 5, h, bias=False), nn.BatchNorm1d(h), nn.ReLU(),
+            nn.Dropout(dropout), nn.Linear(h, num_classes))
 
 
 class LeNet5(nn.Sequential):
@@ -111,19 +129,46 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+class PlainBlock(nn.Module):
+    """A BasicBlock without its shortcut: ``out = relu(bn2(conv2(relu(bn1(conv1(x))))))``.
+
+    Stacking these gives He et al.'s "plain" network: the same convolutions as
+    the ResNet, so any difference in how well they train comes from the
+    shortcuts alone.
+    """
+
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x):
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
 class SmallResNet(nn.Module):
     """stem Conv(3×3,16)-BN-ReLU, then stages of BasicBlocks at 16, 32 and 64
     channels (the last two halve the resolution), global average pooling and a
-    linear classifier. 28×28 -> 28×28 -> 14×14 -> 7×7 -> 1×1."""
+    linear classifier. 28×28 -> 28×28 -> 14×14 -> 7×7 -> 1×1.
 
-    def __init__(self, num_classes=10, in_channels=1, blocks_per_stage=1, widths=(16, 32, 64)):
+    Depth (counting conv and linear layers on the main path) is
+    ``6 * blocks_per_stage + 2``: 1 block per stage is ResNet-8, 3 is ResNet-20.
+    ``residual=False`` uses :class:`PlainBlock` (no shortcuts): the plain net
+    of the same depth.
+    """
+
+    def __init__(self, num_classes=10, in_channels=1, blocks_per_stage=1, widths=(16, 32, 64),
+                 residual=True):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU())
         layers, c = [], widths[0]
         for i, w in enumerate(widths):
             for b in range(blocks_per_stage):
-                layers.append(BasicBlock(c, w, stride=2 if (i > 0 and b == 0) else 1))
+                block = BasicBlock if residual else PlainBlock
+                layers.append(block(c, w, stride=2 if (i > 0 and b == 0) else 1))
                 c = w
         self.stages = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -134,18 +179,60 @@ class SmallResNet(nn.Module):
         return self.fc(self.flatten(self.pool(self.stages(self.stem(x)))))
 
 
+class MobileNet(nn.Sequential):
+    """A small MobileNet (Howard et al., 2017) for 28×28 inputs::
+
+        stem  Conv(Cin,16,3,pad 1)-BN-ReLU                      28×28
+        DS(16,32)-BN-ReLU  DS(32,64,stride 2)-BN-ReLU           28×28 -> 14×14
+        DS(64,64)-BN-ReLU  DS(64,128,stride 2)-BN-ReLU          14×14 -> 7×7
+        DS(128,128)-BN-ReLU  AdaptiveAvgPool(1)-Flatten-Linear(128, classes)
+
+    DS is :class:`nn.DepthwiseSeparableConv2d` (3×3 depthwise, then 1×1
+    pointwise, no bias: BN follows). As in Xception, nothing sits between the
+    depthwise and the pointwise conv; MobileNet v1 puts a BN-ReLU there too.
+    ``width`` multiplies every channel count (MobileNet's alpha).
+    """
+
+    def __init__(self, num_classes=10, in_channels=1, width=1.0):
+        chans = [_scaled(c, width) for c in (16, 32, 64, 64, 128, 128)]
+        strides = (1, 2, 1, 2, 1)
+        layers = [nn.Conv2d(in_channels, chans[0], 3, padding=1, bias=False), nn.BatchNorm2d(chans[0]), nn.ReLU()]
+        for cin, cout, s in zip(chans[:-1], chans[1:], strides):
+            layers += [nn.DepthwiseSeparableConv2d(cin, cout, 3, stride=s, padding=1, bias=False),
+                       nn.BatchNorm2d(cout), nn.ReLU()]
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(chans[-1], num_classes)]
+        super().__init__(*layers)
+
+
+def _depth(blocks_per_stage, residual):
+    def build(num_classes=10, in_channels=1, **kwargs):
+        return SmallResNet(num_classes, in_channels, blocks_per_stage=blocks_per_stage,
+                           residual=residual, **kwargs)
+    kind = "ResNet" if residual else "plain net (no shortcuts)"
+    build.__doc__ = f"{kind} of depth {6 * blocks_per_stage + 2}: SmallResNet with {blocks_per_stage} block(s) per stage."
+    return build
+
+
 MODELS = {
     "reference": ReferenceCNN,
     "reference-bn": ReferenceCNNBN,
     "lenet5": LeNet5,
     "resnet": SmallResNet,
     "tiny": TinyCNN,
+    "resnet-8": _depth(1, True),
+    "resnet-20": _depth(3, True),
+    "plain-8": _depth(1, False),
+    "plain-20": _depth(3, False),
+    "mobilenet": MobileNet,
 }
 
 
 def get_model(name, num_classes=10, in_channels=1, normalize=None, **kwargs) -> nn.Module:
-    """Build a model by name: one of ``MODELS``; ``kwargs`` are its shape options (e.g. dropout).
+    """Build a model by name: one of ``MODELS``.
 
+    ``kwargs`` go to the model's constructor (its shape options), e.g.
+    ``get_model("reference", width=0.5)``; the CLI stores them in a checkpoint's
+    ``config["model_kwargs"]`` so that the same model can be rebuilt from it.
     ``normalize=(mean, std)`` puts an :class:`nn.Normalize` in front (see
     :func:`with_normalize`), so the model takes pixel units [0, 1].
     """
@@ -154,11 +241,13 @@ def get_model(name, num_classes=10, in_channels=1, normalize=None, **kwargs) -> 
         cls = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}") from None
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "num_classes", "in_channels"}
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        raise ValueError(f"model {name!r} has no option {', '.join(unknown)} "
-                         f"(it takes: {', '.join(sorted(accepted)) or 'none'})")
+    params = inspect.signature(cls).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        accepted = set(params) - {"num_classes", "in_channels"}
+        unknown = sorted(set(kwargs) - accepted)
+        if unknown:
+            raise ValueError(f"model {name!r} has no option {', '.join(unknown)} "
+                             f"(it takes: {', '.join(sorted(accepted)) or 'none'})")
     model = cls(num_classes=num_classes, in_channels=in_channels, **kwargs)
     return model if normalize is None else with_normalize(model, *normalize)
 

@@ -2,8 +2,9 @@
 from . import init, utils
 from .containers import ModuleList, Sequential
 from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d,
-                     BCEWithLogitsLoss, Conv2d, CrossEntropyLoss, Dropout, Flatten, Identity,
-                     LeakyReLU, Linear, LogSoftmax, MaxPool2d, Mish, MSELoss, NLLLoss, Normalize, ReLU,
+                     BCEWithLogitsLoss, Conv2d, CrossEntropyLoss, DepthwiseSeparableConv2d, Dropout, Flatten,
+                     Identity, LeakyReLU, Linear, LogSoftmax, MaxPool2d, Mish, MixedPool2d, MSELoss, NLLLoss,
+                     Normalize, ReLU,
                      Sigmoid, SiLU, SmoothL1Loss, Softmax, Tanh)
 from .module import Module, Parameter
 from .sync_batchnorm import SyncBatchNorm
@@ -13,5 +14,5 @@ __all__ = [
     "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "Flatten",
     "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "Mish", "GELU", "Softmax",
     "LogSoftmax", "SyncBatchNorm", "CrossEntropyLoss", "NLLLoss", "MSELoss", "SmoothL1Loss", "BCEWithLogitsLoss",
-    "Normalize",
+    "Normalize", "MixedPool2d", "DepthwiseSeparableConv2d",
 ]

@@ -359,3 +359,71 @@ class Normalize(Module):
     def extra_repr(self):
         fmt = lambda t: ", ".join(f"{v:.4g}" for v in t.numpy().tolist())  # noqa: E731
         return f"mean=({fmt(self.mean)}), std=({fmt(self.std)})"
+# -- architecture building blocks ---------------------------------------------------
+class MixedPool2d(Module):
+    """Mixed max-average pooling (Lee, Gallagher & Tu, 2016):
+
+        y = alpha * max_pool2d(x) + (1 - alpha) * avg_pool2d(x),   alpha in [0, 1]
+
+    alpha = 1 is max pooling, alpha = 0 average pooling. With ``learnable=True``
+    ``alpha`` is a scalar ``Parameter`` (shape ``()``) trained with the rest of
+    the network: dy/dalpha = max_pool2d(x) - avg_pool2d(x), and dy/dx is the
+    alpha-weighted sum of the two poolings' gradients — both come from autograd
+    over the existing ``F.max_pool2d`` / ``F.avg_pool2d`` / ``*`` / ``+``
+    Functions (so an exporter that knows those knows this layer). Otherwise
+    ``alpha`` is a buffer: saved with the model, never trained.
+
+    Kept in [0, 1] by projection: each forward first clips ``alpha``'s value
+    into [0, 1] (projected gradient descent — an optimizer step may overshoot,
+    the next forward puts it back on the boundary, where its gradient still
+    flows, so it can move inwards again).
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, alpha=0.5, learnable=True):
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"MixedPool2d: alpha must be in [0, 1], got {alpha}")
+        self.kernel_size, self.stride, self.padding = kernel_size, stride or kernel_size, padding
+        self.learnable = learnable
+        value = np.array(alpha, dtype=np.float32)
+        if learnable:
+            self.alpha = Parameter(value)
+        else:
+            self.register_buffer("alpha", Tensor(value))
+
+    def forward(self, x):
+        from ..backend import current
+        alpha = self.alpha
+        current.xp.clip(alpha.data, 0.0, 1.0, out=alpha.data)   # the projection onto [0, 1], in place
+        mx = F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        av = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+        return alpha * mx + (1.0 - alpha) * av
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"alpha={float(np.asarray(self.alpha.numpy())):.3f}, learnable={self.learnable}")
+
+
+class DepthwiseSeparableConv2d(Module):
+    """MobileNet's factorised convolution: a depthwise k×k conv (``groups=in_channels``:
+    each channel filtered on its own) then a 1×1 pointwise conv that mixes channels.
+
+    Submodules ``depthwise`` = Conv2d(Cin, Cin, k, stride, padding, groups=Cin) and
+    ``pointwise`` = Conv2d(Cin, Cout, 1). Costs per output pixel, against a
+    standard k×k conv's Cin·Cout·k² multiply-accumulates:
+
+        depthwise Cin·k²  +  pointwise Cin·Cout   =  a fraction 1/Cout + 1/k² of it
+
+    (the same ratio for the weights). Nothing sits between the two convs here;
+    a model adds BatchNorm / ReLU after the block (or between, by using the
+    two convs itself).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        super().__init__()
+        self.depthwise = Conv2d(in_channels, in_channels, kernel_size, stride=stride, padding=padding,
+                                groups=in_channels, bias=bias)
+        self.pointwise = Conv2d(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x):
+        return self.pointwise(self.depthwise(x))
