@@ -496,3 +496,49 @@ def qgemm_u8s8(w_q, cols, x_zero_point):
         raise ValueError(f"qgemm_u8s8: shapes {w_q.shape} and {cols.shape} do not multiply")
     x = cols.astype(cupy.int32) - cupy.int32(x_zero_point)
     return cupy.matmul(w_q.astype(cupy.int32), x).astype(cupy.int32)
+
+
+# -----------------------------------------------------------------------------
+# Multi-GPU communication, for minicnn.distributed (GPU only: no CPU counterpart)
+# -----------------------------------------------------------------------------
+def use_device_for_rank(local_rank):
+    """One GPU per rank: rank k on a machine uses GPU k mod (number of visible GPUs)."""
+    n = cupy.cuda.runtime.getDeviceCount()
+    if n > 1:
+        cupy.cuda.Device(local_rank % n).use()
+    return n
+
+
+def nccl_available():
+    """Whether CuPy was built with NCCL (``cupy.cuda.nccl``)."""
+    try:
+        from cupy.cuda import nccl
+        return bool(nccl.available)
+    except Exception:
+        return False
+
+
+def nccl_unique_id():
+    from cupy.cuda import nccl
+    return nccl.get_unique_id()
+
+
+def nccl_communicator(world_size, unique_id, rank):
+    from cupy.cuda import nccl
+    return nccl.NcclCommunicator(world_size, unique_id, rank)
+
+
+def nccl_all_reduce_sum_(comm, buf):
+    """In-place sum of a float32/float64 device buffer over the NCCL communicator's ranks."""
+    from cupy.cuda import nccl
+    dtypes = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
+    if buf.dtype not in dtypes:
+        raise TypeError(f"nccl_all_reduce_sum_: expected float32 or float64, got {buf.dtype}")
+    stream = cupy.cuda.get_current_stream()
+    comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, dtypes[buf.dtype], nccl.NCCL_SUM, stream.ptr)
+    return buf
+
+
+def synchronize():
+    """Wait for the current stream's kernels (before another library reads device memory)."""
+    cupy.cuda.get_current_stream().synchronize()

@@ -116,11 +116,8 @@ def _select_gpu():
     before building the model — or, as clusters usually do (Slurm's
     ``--gpus-per-task=1``), let each rank see just its own GPU.
     """
-    import cupy
-    n = cupy.cuda.runtime.getDeviceCount()
     local_rank = _world.comm.Split_type(_world.MPI.COMM_TYPE_SHARED).Get_rank()
-    if n > 1:
-        cupy.cuda.Device(local_rank % n).use()
+    current.kernels.use_device_for_rank(local_rank)
 
 
 def get_rank() -> int:
@@ -211,41 +208,31 @@ def _gpu_mode():
     if mode not in ("auto", "nccl", "cuda-aware", "host"):
         raise ValueError(f"MINICNN_DIST_GPU must be auto, nccl, cuda-aware or host, got {mode!r}")
     if mode == "auto":
-        try:
-            from cupy.cuda import nccl  # noqa: F401
-            return "nccl" if nccl.available else "host"
-        except Exception:
-            return "host"
+        return "nccl" if current.kernels.nccl_available() else "host"
     return mode
 
 
 def _nccl_comm():
     """A NCCL communicator over the MPI world: rank 0 makes an id, MPI broadcasts it."""
     if _world.nccl is None:
-        from cupy.cuda import nccl
-        uid = nccl.get_unique_id() if _world.rank == 0 else None
+        uid = current.kernels.nccl_unique_id() if _world.rank == 0 else None
         uid = _world.comm.bcast(uid, root=0)
-        _world.nccl = nccl.NcclCommunicator(_world.size, uid, _world.rank)
+        _world.nccl = current.kernels.nccl_communicator(_world.size, uid, _world.rank)
     return _world.nccl
 
 
 def _all_reduce_device_(buf):
     """Sum a CuPy buffer over ranks on the GPU (NCCL / CUDA-aware MPI) or through the host."""
-    import cupy
     mode = _gpu_mode()
-    stream = cupy.cuda.get_current_stream()
     if mode == "nccl":
-        from cupy.cuda import nccl
-        dtypes = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
-        _nccl_comm().allReduce(buf.data.ptr, buf.data.ptr, buf.size, dtypes[buf.dtype],
-                               nccl.NCCL_SUM, stream.ptr)
+        current.kernels.nccl_all_reduce_sum_(_nccl_comm(), buf)
     elif mode == "cuda-aware":
-        stream.synchronize()                # MPI reads the memory directly: the kernels must be done
+        current.kernels.synchronize()       # MPI reads the memory directly: the kernels must be done
         _world.comm.Allreduce(_world.MPI.IN_PLACE, buf, op=_world.MPI.SUM)
     else:
-        host = cupy.asnumpy(buf)
+        host = np.ascontiguousarray(to_host(buf))
         _world.comm.Allreduce(_world.MPI.IN_PLACE, host, op=_world.MPI.SUM)
-        buf.set(host)
+        buf[...] = to_device(host)
 
 
 def all_reduce_numbers(values, average=False):
