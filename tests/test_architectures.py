@@ -88,7 +88,7 @@ def test_reference_width_1_is_unchanged_and_width_scales_channels():
     assert [p.shape for p in half.parameters()] == [(16, 1, 3, 3), (16,), (32, 16, 3, 3), (32,),
                                                      (64, 800), (64,), (10, 64), (10,)]
     assert models.get_model("mobilenet", width=0.25)[0].out_channels == 4
-    with pytest.raises(ValueError, match="'lenet5' does not take width"):
+    with pytest.raises(ValueError, match="'lenet5' has no option width"):
         models.get_model("lenet5", width=2)
 
 
@@ -241,6 +241,9 @@ def _torch_models(name, tnn):
         tnn.AvgPool2d(2), tnn.Flatten(), tnn.Linear(400, 120), tnn.Tanh(), tnn.Linear(120, 84), tnn.Tanh(),
         tnn.Linear(84, 10))
     return {"reference": ref, "reference-bn": lambda **k: ref(bn=True, **k), "lenet5": lenet,
+            "tiny": lambda: tnn.Sequential(
+                tnn.Conv2d(1, 8, 3), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Conv2d(8, 16, 3), tnn.ReLU(),
+                tnn.MaxPool2d(2), tnn.Flatten(), tnn.Linear(400, 32), tnn.ReLU(), tnn.Linear(32, 10)),
             "resnet": lambda: ResNet(1, True), "resnet-8": lambda: ResNet(1, True),
             "resnet-20": lambda: ResNet(3, True), "plain-8": lambda: ResNet(1, False),
             "plain-20": lambda: ResNet(3, False), "mobilenet": mobilenet}[name]

@@ -298,6 +298,13 @@ def test_cli_distributed_in_one_process(tmp_path, capsys):
     assert "world size 1" in capsys.readouterr().out
 
 
+def test_cli_distributed_refuses_a_nan_policy_that_would_desynchronise_ranks(tmp_path, capsys):
+    from minicnn import cli
+    args = TRAIN[2:] + ["--epochs", "1", "--out", str(tmp_path / "x"), "--nan-policy", "skip-batch"]
+    assert cli.main(args) == 2
+    assert "--distributed supports only --nan-policy stop, got 'skip-batch'" in capsys.readouterr().err
+
+
 def _gpu_count():
     try:
         import cupy
