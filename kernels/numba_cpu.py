@@ -274,6 +274,165 @@ def max_pool2d_backward(gy, argmax, x_shape, kh, kw, stride, padding):
 
 
 # -----------------------------------------------------------------------------
+# Fused: a convolution's bias + ReLU + max pooling, in one pass
+# -----------------------------------------------------------------------------
+@_jit
+def _bias_relu_max_pool_forward_kernel(y, bias, out, argmax, kh, kw, sh, sw):
+    """out[n, c, oy, ox] = relu(max over the window of y[c, n] + bias[c]); argmax = the
+    winning tap, or -1 where relu clipped the window (see numpy_ref).
+
+    One pass: every element of the (C, N, H, W) conv output is read once, and
+    only the pooled result is written, already in (N, C, oh, ow) order.
+    ``best`` starts at -inf and ``>`` is strict, exactly as in
+    ``_max_pool_forward_kernel``. Parallel over the C*N planes: each window
+    lies inside one plane, and each plane writes its own output plane.
+    """
+    C, N = y.shape[0], y.shape[1]
+    oh, ow = out.shape[2], out.shape[3]
+    for plane in prange(C * N):
+        c, n = plane // N, plane % N
+        image, b = y[c, n], bias[c]                   # (H, W), the channel's bias
+        pooled, winner = out[n, c], argmax[n, c]      # (oh, ow) each
+        for oy in range(oh):
+            for ox in range(ow):
+                best, tap = -np.inf, 0
+                for i in range(kh):
+                    row = image[oy * sh + i]
+                    for j in range(kw):
+                        v = row[ox * sw + j] + b
+                        if v > best:
+                            best, tap = v, i * kw + j
+                if best > 0:
+                    pooled[oy, ox], winner[oy, ox] = best, tap
+                else:                                 # relu(max) = 0: no gradient here
+                    pooled[oy, ox], winner[oy, ox] = 0, -1
+
+
+@_jit
+def _bias_relu_max_pool_2x2_forward_kernel(y, bias, out, argmax, minus_infinity):
+    """The same for 2x2 windows with stride 2, the four taps written out.
+
+    Nothing else changes — ``best`` starts at -inf and the taps are compared
+    in the order 0, 1, 2, 3 with a strict ``>`` — but with the tap loops
+    unrolled the compiler keeps ``best`` and ``tap`` in registers and turns
+    the comparisons into selects instead of branches: 5x faster than the
+    general kernel on the reference CNN's (32, N, 26, 26) conv output.
+    (``minus_infinity`` comes in as a scalar of y's dtype: a float64 ``-np.inf``
+    here would make every comparison a float64 one, 2.5x slower.)
+    """
+    C, N = y.shape[0], y.shape[1]
+    oh, ow = out.shape[2], out.shape[3]
+    for plane in prange(C * N):
+        c, n = plane // N, plane % N
+        image, b = y[c, n], bias[c]
+        pooled, winner = out[n, c], argmax[n, c]
+        for oy in range(oh):
+            top, bottom = image[2 * oy], image[2 * oy + 1]     # the window's two rows
+            pooled_row, winner_row = pooled[oy], winner[oy]
+            for ox in range(ow):
+                best, tap = minus_infinity, 0
+                v = top[2 * ox] + b
+                if v > best:
+                    best, tap = v, 0
+                v = top[2 * ox + 1] + b
+                if v > best:
+                    best, tap = v, 1
+                v = bottom[2 * ox] + b
+                if v > best:
+                    best, tap = v, 2
+                v = bottom[2 * ox + 1] + b
+                if v > best:
+                    best, tap = v, 3
+                positive = best > 0
+                pooled_row[ox] = best if positive else 0
+                winner_row[ox] = tap if positive else -1
+
+
+def bias_relu_max_pool2d_forward(y, bias, kh, kw, stride):
+    """``(out, argmax)`` = max_pool2d(relu(y + bias)) for y in (C, N, H, W) order (see numpy_ref)."""
+    y = _float_array(y, "bias_relu_max_pool2d: y", 4)
+    stride = _pair(stride, "stride")
+    C, N, H, W = y.shape
+    oh, ow = _out_size(H, W, kh, kw, stride, (0, 0), (1, 1))
+    # no bias: add zeros (x + 0.0 is x, up to the sign of a zero that relu clips anyway)
+    bias = np.zeros(C, dtype=y.dtype) if bias is None else _float_array(bias, "bias", 1)
+    out = np.empty((N, C, oh, ow), dtype=y.dtype)
+    argmax = np.empty((N, C, oh, ow), dtype=np.int8 if kh * kw <= 127 else np.int32)
+    bias = bias.astype(y.dtype, copy=False)
+    if (kh, kw) == (2, 2) and stride == (2, 2):       # the course's networks: 5x faster
+        _bias_relu_max_pool_2x2_forward_kernel(y, bias, out, argmax, y.dtype.type(-np.inf))
+    else:
+        _bias_relu_max_pool_forward_kernel(y, bias, out, argmax, kh, kw, *stride)
+    return out, argmax
+
+
+@_jit
+def _bias_relu_max_pool_backward_kernel(gout, argmax, dy, kw, sh, sw):
+    """dy[c, n, the pixel window (oy, ox)'s winner read] += gout[n, c, oy, ox], unless clipped.
+
+    Each (c, n) plane of dy is zeroed and then filled by its own windows only,
+    so the planes are independent: parallel over C*N.
+    """
+    C, N, H, W = dy.shape
+    oh, ow = gout.shape[2], gout.shape[3]
+    for plane in prange(C * N):
+        c, n = plane // N, plane % N
+        image, grad, winner = dy[c, n], gout[n, c], argmax[n, c]
+        for r in range(H):
+            for q in range(W):
+                image[r, q] = 0
+        for oy in range(oh):
+            for ox in range(ow):
+                t = winner[oy, ox]
+                if t >= 0:
+                    image[oy * sh + t // kw, ox * sw + t % kw] += grad[oy, ox]
+
+
+@_jit
+def _bias_relu_max_pool_2x2_backward_kernel(gout, argmax, dy):
+    """The same for 2x2 windows with stride 2: the windows tile the plane, so each
+    element of dy is written exactly once — gout where its tap won, else 0 — and
+    no separate zeroing pass is needed (only the odd last row and column, which
+    no window covers, are zeroed). 2.5x faster than the general kernel.
+    """
+    C, N, H, W = dy.shape
+    oh, ow = gout.shape[2], gout.shape[3]
+    for plane in prange(C * N):
+        c, n = plane // N, plane % N
+        image, grad, winner = dy[c, n], gout[n, c], argmax[n, c]
+        for oy in range(oh):
+            top, bottom = image[2 * oy], image[2 * oy + 1]
+            grad_row, winner_row = grad[oy], winner[oy]
+            for ox in range(ow):
+                g, t = grad_row[ox], winner_row[ox]
+                top[2 * ox] = g if t == 0 else 0
+                top[2 * ox + 1] = g if t == 1 else 0
+                bottom[2 * ox] = g if t == 2 else 0
+                bottom[2 * ox + 1] = g if t == 3 else 0
+            for q in range(2 * ow, W):                  # an odd width's last column
+                top[q], bottom[q] = 0, 0
+        for r in range(2 * oh, H):                      # an odd height's last row
+            for q in range(W):
+                image[r, q] = 0
+
+
+def bias_relu_max_pool2d_backward(gout, argmax, y_shape, kh, kw, stride):
+    """The gradient (C, N, H, W) with respect to y of :func:`bias_relu_max_pool2d_forward`."""
+    gout = _float_array(gout, "bias_relu_max_pool2d_backward: gout", 4)
+    argmax = np.ascontiguousarray(argmax)
+    if argmax.shape != gout.shape:
+        raise ValueError(f"bias_relu_max_pool2d_backward: argmax {argmax.shape} and gout "
+                         f"{gout.shape} differ")
+    stride = _pair(stride, "stride")
+    dy = np.empty(tuple(int(s) for s in y_shape), dtype=gout.dtype)
+    if (kh, kw) == (2, 2) and stride == (2, 2):
+        _bias_relu_max_pool_2x2_backward_kernel(gout, argmax, dy)
+    else:
+        _bias_relu_max_pool_backward_kernel(gout, argmax, dy, kw, *stride)
+    return dy
+
+
+# -----------------------------------------------------------------------------
 # Average pooling
 # -----------------------------------------------------------------------------
 @njit(inline="always")

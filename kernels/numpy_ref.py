@@ -134,6 +134,72 @@ def max_pool2d_backward(gy, argmax, x_shape, kh, kw, stride, padding):
 
 
 # -----------------------------------------------------------------------------
+# Fused: a convolution's bias + ReLU + max pooling, in one pass
+# -----------------------------------------------------------------------------
+def bias_relu_max_pool2d_forward(y, bias, kh, kw, stride):
+    """``out = max_pool2d(relu(y + bias))`` for a convolution's output ``y`` in (C, N, H, W) order.
+
+    Why fuse: the convolution's matrix product ``W @ cols`` comes out channel
+    first, (Cout, N*oh*ow) = (C, N, H, W). Run as separate layers, the
+    network would then add the bias, copy y into (N, C, H, W) order, write
+    relu(y), and only then pool it — four passes over the largest activation
+    in the network, each a full-size array. This kernel reads y once and
+    writes the pooled result, a quarter of the size (2x2 windows), straight
+    in (N, C, oh, ow) order.
+
+    Why it gives the same numbers: relu is monotone, so it commutes with max —
+    ``max(relu(a), relu(b)) == relu(max(a, b))`` exactly — and we pool first
+    and clip the small result. The bias is added before the comparison, as
+    the unfused layers do (two values can round to the same sum, and the tie
+    must be broken the same way).
+
+    Returns ``(out, argmax)``, both (N, C, oh, ow): ``argmax`` is the winning
+    tap ``i*kw + j`` of each window (the first on ties, as max_pool2d_forward),
+    or **-1 where relu clipped the window** (its max was <= 0, so no gradient
+    flows back through it). Windows do not pad (padding 0, dilation 1). A window
+    of NaNs gives 0 here (the unfused layers give -inf: NaN never wins a ``>``).
+    """
+    C, N, H, W = y.shape
+    sh, sw = stride
+    oh, ow = conv_out_size(H, kh, sh, 0), conv_out_size(W, kw, sw, 0)
+    z = y if bias is None else y + bias.reshape(C, 1, 1, 1)       # (C, N, H, W)
+    best = np.full((C, N, oh, ow), -np.inf, dtype=y.dtype)
+    argmax = np.zeros((C, N, oh, ow), dtype=np.int8 if kh * kw <= 127 else np.int32)
+    for i, j, rows, columns in _taps(kh, kw, stride, (1, 1), oh, ow):
+        window = z[:, :, rows, columns]            # (C, N, oh, ow): what tap (i, j) sees
+        better = window > best                     # strict: the first maximum keeps the win
+        np.fmax(best, window, out=best)
+        argmax += better * (i * kw + j - argmax)   # as in max_pool2d_forward
+    clipped = ~(best > 0)                          # relu(max) == 0 here: no gradient
+    argmax[clipped] = -1
+    out = np.maximum(best, 0)                      # relu, on the pooled (small) array
+    # (C, N, oh, ow) -> (N, C, oh, ow): the layout every other layer expects
+    return (np.ascontiguousarray(out.transpose(1, 0, 2, 3)),
+            np.ascontiguousarray(argmax.transpose(1, 0, 2, 3)))
+
+
+def bias_relu_max_pool2d_backward(gout, argmax, y_shape, kh, kw, stride):
+    """The gradient with respect to ``y`` (C, N, H, W) of :func:`bias_relu_max_pool2d_forward`.
+
+    ``gout[n, c, oy, ox]`` goes to the input its window's winning tap read,
+    and nowhere where ``argmax == -1`` (relu's derivative is 0 there).
+    Overlapping windows add up. The result is channel first, (C, N, H, W):
+    exactly the ``dY`` the convolution's backward matrix products take, so no
+    layout copy is needed on the way back either. (The bias's gradient is
+    ``dy`` summed over N, H, W, as for any convolution.)
+    """
+    C, N, H, W = (int(s) for s in y_shape)
+    g = gout.transpose(1, 0, 2, 3)                 # (C, N, oh, ow), a view
+    won_any = argmax.transpose(1, 0, 2, 3)
+    oh, ow = g.shape[2:]
+    dy = np.zeros((C, N, H, W), dtype=gout.dtype)
+    for i, j, rows, columns in _taps(kh, kw, stride, (1, 1), oh, ow):
+        won = won_any == i * kw + j                # never true where argmax == -1
+        dy[:, :, rows, columns] += g * won
+    return dy
+
+
+# -----------------------------------------------------------------------------
 # Average pooling
 # -----------------------------------------------------------------------------
 def _avg_divisor(x_shape, kh, kw, stride, padding, count_include_pad, dtype):

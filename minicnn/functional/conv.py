@@ -67,6 +67,19 @@ class Conv2d(Function):
     """
 
     def forward(self, x, w, b, stride, padding, dilation, groups):
+        y = self.product(x, w, stride, padding, dilation, groups)        # (Cout, N, oh, ow)
+        if b is not None:
+            y += b.reshape(-1, 1, 1, 1)
+        return current.xp.ascontiguousarray(y.transpose(1, 0, 2, 3))    # (N, Cout, oh, ow)
+
+    def backward(self, gy):
+        # (N, Cout, oh, ow) -> (Cout, N, oh, ow): the layout of the matrix product's output
+        return self.product_backward(gy.transpose(1, 0, 2, 3))
+
+    # The two halves shared with the fused ConvReLUMaxPool2d (functional/fused.py),
+    # which only changes what happens to y between the product and the next layer.
+    def product(self, x, w, stride, padding, dilation, groups):
+        """im2col and the matrix product: returns y channel first, (Cout, N, oh, ow), no bias."""
         kernels = current.kernels
         N, C, H, W = x.shape
         Cout, Cg, kh, kw = w.shape
@@ -75,20 +88,17 @@ class Conv2d(Function):
         cols = kernels.im2col(x, kh, kw, stride, padding, dilation)     # (C*kh*kw, N*oh*ow)
         cols = cols.reshape(G, Cg * kh * kw, N * oh * ow)                 # (G, K, L)
         w_g = w.reshape(G, Cout // G, Cg * kh * kw)                       # (G, Cout/G, K)
-        y = (w_g @ cols).reshape(Cout, N, oh, ow)                         # (Cout, N, oh, ow)
-        if b is not None:
-            y += b.reshape(Cout, 1, 1, 1)
         self.saved = (cols, w_g)
         self.config = (x.shape, w.shape, stride, padding, dilation, G)
-        return current.xp.ascontiguousarray(y.transpose(1, 0, 2, 3))    # (N, Cout, oh, ow)
+        return (w_g @ cols).reshape(Cout, N, oh, ow)                      # (Cout, N, oh, ow)
 
-    def backward(self, gy):
+    def product_backward(self, gy_cn):
+        """dx, dw, db from dY in channel-first order, gy_cn (Cout, N, oh, ow)."""
         kernels = current.kernels
         cols, w_g = self.saved
         x_shape, w_shape, stride, padding, dilation, G = self.config
         Cout, Cg, kh, kw = w_shape
-        # (N, Cout, oh, ow) -> (Cout, N*oh*ow) -> (G, Cout/G, L)
-        gy_g = gy.transpose(1, 0, 2, 3).reshape(G, Cout // G, -1)
+        gy_g = gy_cn.reshape(G, Cout // G, -1)                            # (G, Cout/G, L)
         dx = dw = db = None
         if self.needs_input_grad[0]:
             dcols = w_g.transpose(0, 2, 1) @ gy_g                         # (G, K, L)
@@ -97,7 +107,7 @@ class Conv2d(Function):
         if self.needs_input_grad[1]:
             dw = (gy_g @ cols.transpose(0, 2, 1)).reshape(w_shape)       # (G, Cout/G, K)
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
-            db = gy.sum(axis=(0, 2, 3))
+            db = gy_cn.sum(axis=(1, 2, 3))
         return dx, dw, db
 
 
@@ -107,33 +117,40 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor = None, stride=1, padding=0,
 
     x: (N, C, H, W); weight: (Cout, C/groups, kh, kw); bias: (Cout,) or None.
     """
-    stride = _pair(stride, "conv2d: stride", 1)
-    padding = _pair(padding, "conv2d: padding", 0)
-    dilation = _pair(dilation, "conv2d: dilation", 1)
+    stride, padding, dilation = check_conv2d_args("conv2d", x, weight, bias, stride, padding,
+                                                  dilation, groups)
+    return Conv2d.apply(x, weight, bias, stride=stride, padding=padding,
+                        dilation=dilation, groups=groups)
+
+
+def check_conv2d_args(op, x, weight, bias, stride, padding, dilation, groups):
+    """Check a convolution's arguments; return (stride, padding, dilation) as pairs."""
+    stride = _pair(stride, f"{op}: stride", 1)
+    padding = _pair(padding, f"{op}: padding", 0)
+    dilation = _pair(dilation, f"{op}: dilation", 1)
     if not isinstance(groups, numbers.Integral) or groups < 1:
-        raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
     if x.ndim != 4:
-        raise ValueError(f"conv2d: expected a 4-D input (N, C, H, W), got shape {_shape_str(x.shape)}")
+        raise ValueError(f"{op}: expected a 4-D input (N, C, H, W), got shape {_shape_str(x.shape)}")
     if weight.ndim != 4:
-        raise ValueError("conv2d: expected a 4-D weight (Cout, Cin/groups, kh, kw), "
+        raise ValueError(f"{op}: expected a 4-D weight (Cout, Cin/groups, kh, kw), "
                          f"got shape {_shape_str(weight.shape)}")
     N, C, H, W = x.shape
     Cout, Cg, kh, kw = weight.shape
     if C % groups or Cout % groups:
-        raise ValueError(f"conv2d: groups={groups} must divide both the input channels ({C}) "
+        raise ValueError(f"{op}: groups={groups} must divide both the input channels ({C}) "
                          f"and the output channels ({Cout})")
     if Cg * groups != C:
-        raise ValueError(f"conv2d: the input has {C} channels but the weight of shape "
+        raise ValueError(f"{op}: the input has {C} channels but the weight of shape "
                          f"{_shape_str(weight.shape)} with groups={groups} expects "
                          f"{Cg * groups} (= {Cg} per group x {groups})")
     if bias is not None and tuple(bias.shape) != (Cout,):
-        raise ValueError(f"conv2d: expected a bias of shape ({Cout},), got {_shape_str(bias.shape)}")
+        raise ValueError(f"{op}: expected a bias of shape ({Cout},), got {_shape_str(bias.shape)}")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.dtype != x.dtype:
-            raise TypeError(f"conv2d: input is {x.dtype} but {name} is {t.dtype}; use one dtype")
-    _check_window_fits("conv2d", (H, W), (kh, kw), padding, dilation)
-    return Conv2d.apply(x, weight, bias, stride=stride, padding=padding,
-                        dilation=dilation, groups=groups)
+            raise TypeError(f"{op}: input is {x.dtype} but {name} is {t.dtype}; use one dtype")
+    _check_window_fits(op, (H, W), (kh, kw), padding, dilation)
+    return stride, padding, dilation
 
 
 def conv2d_simple(x: Tensor, weight: Tensor, bias: Tensor = None, stride=1, padding=0) -> Tensor:

@@ -1,0 +1,88 @@
+"""Fused layers: Conv2d -> ReLU -> MaxPool2d as one Function, the same numbers in fewer passes.
+
+Read :class:`~minicnn.functional.conv.Conv2d`, ``relu`` and ``max_pool2d``
+first: this module computes exactly what the three compute one after the
+other, and ``tests/test_fused.py`` proves it (equal outputs, equal
+gradients, on every backend). What fusing changes is how often the largest
+array in the network — the convolution's output — travels through memory.
+
+Unfused, in the reference CNN's first block at batch 64 (y: 64x32x26x26
+floats, 5.5 MB)::
+
+    forward                                   backward
+    y  = W @ cols            (Cout, N, oh, ow) dpool = route gy to each argmax  write 5.5 MB
+    y += b                   read+write y      dr    = dpool * (r > 0)          read 2x, write
+    yt = y in (N, C, oh, ow) read y, write     dY    = dr in (Cout, N, ...)     read, write
+    r  = relu(yt)            read, write       dW    = dY @ cols^T ...
+    p  = max_pool(r)         read r, write p/4
+
+Fused (this module), with the kernels ``bias_relu_max_pool2d_forward`` /
+``_backward`` (numpy_ref has the readable versions)::
+
+    y   = W @ cols                         (Cout, N, oh, ow), channel first
+    p   = relu(max over window(y + b))     one read of y; p written in (N, C, ph, pw)
+    ...
+    dY  = gy routed to each window's winner, 0 where relu clipped  one write, channel first
+    dW  = dY @ cols^T,  dcols = W^T @ dY,  db = dY summed          (Conv2d's backward)
+
+Why the numbers are the same: relu is monotone, so relu(max(a, b)) ==
+max(relu(a), relu(b)) exactly, and the gradient reaches the same input: the
+window's first maximum when it is positive, nothing when relu clipped it
+(where the unfused pool's winner would be multiplied by relu's derivative 0).
+
+``nn.Sequential`` calls :func:`conv2d_relu_max_pool2d` by itself when it
+meets the three layers in a row (see ``minicnn/nn/fusion.py``); you can also
+call it directly.
+"""
+from __future__ import annotations
+
+from ..backend import current
+from ..tensor import Tensor, _shape_str
+from .conv import Conv2d, _check_window_fits, _pair, check_conv2d_args, conv_output_shape
+
+
+class ConvReLUMaxPool2d(Conv2d):
+    """p = max_pool2d(relu(conv2d(x, w) + b)), windows ``pool_size`` every ``pool_stride``.
+
+    Shapes: x (N, C, H, W), w (Cout, C/G, kh, kw), b (Cout,) or None,
+    y (Cout, N, oh, ow) inside, p (N, Cout, ph, pw) out.
+
+    Forward: Conv2d's im2col + matrix product, then one fused kernel for
+    bias, pooling and relu (it keeps ``argmax``: the winning tap per window,
+    -1 where relu clipped it).
+
+    Backward: the fused kernel's adjoint turns gp into dY (Cout, N, oh, ow),
+    and Conv2d's backward takes it from there (dW, dx via col2im, db).
+    """
+
+    def forward(self, x, w, b, stride, padding, dilation, groups, pool_size, pool_stride):
+        y = self.product(x, w, stride, padding, dilation, groups)        # (Cout, N, oh, ow)
+        self.y_shape, self.pool = y.shape, (*pool_size, pool_stride)
+        p, self.argmax = current.kernels.bias_relu_max_pool2d_forward(y, b, *self.pool)
+        return p                                                          # (N, Cout, ph, pw)
+
+    def backward(self, gp):
+        dy = current.kernels.bias_relu_max_pool2d_backward(gp, self.argmax, self.y_shape,
+                                                           *self.pool)    # (Cout, N, oh, ow)
+        return self.product_backward(dy)
+
+
+def conv2d_relu_max_pool2d(x: Tensor, weight: Tensor, bias: Tensor = None, stride=1, padding=0,
+                           dilation=1, groups=1, pool_kernel_size=2, pool_stride=None) -> Tensor:
+    """``max_pool2d(relu(conv2d(x, weight, bias, ...)), pool_kernel_size, pool_stride)`` in one Function.
+
+    The convolution takes every option of :func:`conv2d`; the pooling has no
+    padding (``pool_stride`` defaults to the window size, as in max_pool2d).
+    """
+    op = "conv2d_relu_max_pool2d"
+    stride, padding, dilation = check_conv2d_args(op, x, weight, bias, stride, padding,
+                                                  dilation, groups)
+    k = _pair(pool_kernel_size, f"{op}: pool_kernel_size", 1)
+    s = k if pool_stride is None else _pair(pool_stride, f"{op}: pool_stride", 1)
+    oh, ow = conv_output_shape(x.shape[2:], weight.shape[2:], stride, padding, dilation)
+    try:
+        _check_window_fits(op, (oh, ow), k, (0, 0), (1, 1))
+    except ValueError as e:
+        raise ValueError(f"{e} (the convolution's output is {_shape_str((oh, ow))})") from None
+    return ConvReLUMaxPool2d.apply(x, weight, bias, stride=stride, padding=padding,
+                                   dilation=dilation, groups=groups, pool_size=k, pool_stride=s)
