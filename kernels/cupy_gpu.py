@@ -207,6 +207,88 @@ void max_pool_backward(const T* gy, const I* argmax, T* dx,
 }
 """
 
+FUSED_POOL_SOURCE = r"""
+// -inf from its bit pattern, as in MAX_POOL_SOURCE (each source is compiled on its own)
+__device__ inline float negative_infinity(float) { return __int_as_float(0xff800000); }
+__device__ inline double negative_infinity(double) { return __longlong_as_double(0xfff0000000000000LL); }
+
+extern "C" __global__
+void bias_relu_max_pool_forward(const T* y, const T* bias, T* out, I* argmax,
+                                int N, int C, int H, int W, int kh, int kw, int oh, int ow,
+                                int sh, int sw)
+{
+    // out[n, c, oy, ox] = relu(max over the taps (i, j) of y[c, n, oy*sh + i, ox*sw + j] + bias[c]);
+    // argmax[n, c, oy, ox] = the first tap i*kw + j that attains the max (">" is strict, from -inf),
+    // or -1 where that max is <= 0: relu clipped the window, so no gradient comes back through it.
+    // y is the convolution's output, channel first; out is batch first, the order the next
+    // layer reads: the transpose costs nothing here, it is only where the thread reads from.
+    // No padding: every tap lies inside the plane. One thread per output.
+    const long long total = (long long)N * C * oh * ow;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)blockDim.x * gridDim.x) {
+        const int ox = k % ow;                                  // k = ((n*C + c)*oh + oy)*ow + ox
+        const int oy = k / ow % oh;
+        const int c = k / ((long long)oh * ow) % C;
+        const int n = k / ((long long)C * oh * ow);
+        const T* image = y + ((long long)c * N + n) * H * W;   // the (c, n) plane of y
+        const T b = bias[c];
+        T best = negative_infinity((T)0);
+        int winner = 0;
+        for (int i = 0; i < kh; ++i) {
+            const T* row = image + (long long)(oy * sh + i) * W;   // the row tap i reads
+            for (int j = 0; j < kw; ++j) {
+                // the bias before the comparison, as the unfused layers add it: two values can
+                // round to the same sum, and that tie must go to the same (first) tap
+                const T v = row[ox * sw + j] + b;
+                if (v > best) { best = v; winner = i * kw + j; }
+            }
+        }
+        // relu after the max (it is monotone: relu(max) == max of the relus), on one value, not kh*kw
+        const bool positive = best > 0;
+        out[k] = positive ? best : (T)0;
+        argmax[k] = (I)(positive ? winner : -1);
+    }
+}
+
+extern "C" __global__
+void bias_relu_max_pool_backward(const T* gout, const I* argmax, T* dy,
+                                 int N, int C, int H, int W, int kh, int kw, int oh, int ow,
+                                 int sh, int sw)
+{
+    // dy[c, n, y, x] = sum of gout[n, c, oy, ox] over the windows (oy, ox) whose winning tap
+    //                  read pixel (y, x). A clipped window's argmax, -1, equals no tap: it adds
+    //                  nothing (relu's derivative is 0 there). dy comes out channel first, the dY
+    //                  the convolution's backward products take. One thread per pixel of dy,
+    //                  gathering; taps in (i, j) order, the order numpy_ref adds them in.
+    const long long total = (long long)C * N * H * W;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)blockDim.x * gridDim.x) {
+        const int x = k % W;                                    // k = ((c*N + n)*H + y)*W + x
+        const int y = k / W % H;
+        const int n = k / ((long long)H * W) % N;
+        const int c = k / ((long long)N * H * W);
+        const long long plane = (long long)n * C + c;           // the (n, c) planes of gout, argmax
+        const T* grad = gout + plane * oh * ow;
+        const I* won = argmax + plane * oh * ow;
+        T sum = 0;
+        for (int i = 0; i < kh; ++i) {
+            const int ty = y - i;                               // = oy*sh if window row oy read row y
+            if (ty < 0 || ty % sh != 0) continue;
+            const int oy = ty / sh;
+            if (oy >= oh) continue;
+            for (int j = 0; j < kw; ++j) {
+                const int tx = x - j;                           // = ox*sw if window column ox read column x
+                if (tx < 0 || tx % sw != 0) continue;
+                const int ox = tx / sw;
+                if (ox >= ow) continue;
+                if (won[oy * ow + ox] == i * kw + j) sum += grad[oy * ow + ox];
+            }
+        }
+        dy[k] = sum;
+    }
+}
+"""
+
 AVG_POOL_SOURCE = r"""
 __device__ inline int window_size(int oy, int ox, int kh, int kw, int sh, int sw, int ph, int pw,
                                   int H, int W, int count_include_pad)
@@ -281,7 +363,8 @@ void avg_pool_backward(const T* gy, T* dx,
 }
 """
 
-_SOURCES = {"UNFOLD": UNFOLD_SOURCE, "MAX_POOL": MAX_POOL_SOURCE, "AVG_POOL": AVG_POOL_SOURCE}
+_SOURCES = {"UNFOLD": UNFOLD_SOURCE, "MAX_POOL": MAX_POOL_SOURCE, "FUSED_POOL": FUSED_POOL_SOURCE,
+            "AVG_POOL": AVG_POOL_SOURCE}
 _FLOAT_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _INDEX_TYPES = {np.dtype(np.int8): "signed char", np.dtype(np.int32): "int"}
 
@@ -430,6 +513,61 @@ def max_pool2d_backward(gy, argmax, x_shape, kh, kw, stride, padding):
     _launch("MAX_POOL", "max_pool_backward", dx.size, gy.dtype, argmax.dtype,
             gy=gy, argmax=argmax, dx=dx, **g)
     return dx
+
+
+# -----------------------------------------------------------------------------
+# Fused: a convolution's bias + ReLU + max pooling, in one pass
+# -----------------------------------------------------------------------------
+def _fused_geometry(y_shape, kh, kw, stride):
+    """The size arguments of the fused kernels, by name. y is (C, N, H, W), channel
+    first; the windows have no padding and no dilation."""
+    C, N, H, W = (int(s) for s in y_shape)
+    oh, ow = _out_size(H, W, kh, kw, stride, (0, 0))
+    return dict(N=N, C=C, H=H, W=W, kh=kh, kw=kw, oh=oh, ow=ow, sh=stride[0], sw=stride[1])
+
+
+def bias_relu_max_pool2d_forward(y, bias, kh, kw, stride):
+    """``(out, argmax)`` = max_pool2d(relu(y + bias)) for y in (C, N, H, W) order (see numpy_ref).
+
+    Both (N, C, oh, ow); argmax is the winning tap, -1 where relu clipped the
+    window (int8 when kh*kw fits, int32 otherwise — as in the reference).
+    """
+    y = _device_array(y, "bias_relu_max_pool2d: y", 4)
+    stride = _pair(stride, "stride")
+    g = _fused_geometry(y.shape, kh, kw, stride)
+    if bias is None:
+        # no bias: add zeros (x + 0.0 is x, up to the sign of a zero that relu clips
+        # anyway), so one kernel serves both cases
+        bias = cupy.zeros(g["C"], dtype=y.dtype)
+    else:
+        bias = _device_array(bias, "bias_relu_max_pool2d: bias", 1).astype(y.dtype, copy=False)
+        if bias.shape != (g["C"],):               # the kernel reads bias[c] for every channel c
+            raise ValueError(f"bias_relu_max_pool2d: bias must have shape ({g['C']},), one value "
+                             f"per channel of y {y.shape}, got {bias.shape}")
+    out = cupy.empty((g["N"], g["C"], g["oh"], g["ow"]), dtype=y.dtype)
+    argmax = cupy.empty(out.shape, dtype=np.int8 if kh * kw <= 127 else np.int32)
+    _launch("FUSED_POOL", "bias_relu_max_pool_forward", out.size, y.dtype, argmax.dtype,
+            y=y, bias=bias, out=out, argmax=argmax, **g)
+    return out, argmax
+
+
+def bias_relu_max_pool2d_backward(gout, argmax, y_shape, kh, kw, stride):
+    """The gradient (C, N, H, W) with respect to y of :func:`bias_relu_max_pool2d_forward`."""
+    gout = _device_array(gout, "bias_relu_max_pool2d_backward: gout", 4)
+    argmax = _device_array(argmax, "bias_relu_max_pool2d_backward: argmax", 4, _INDEX_TYPES)
+    if argmax.shape != gout.shape:
+        raise ValueError(f"bias_relu_max_pool2d_backward: argmax {argmax.shape} and gout "
+                         f"{gout.shape} differ")
+    stride = _pair(stride, "stride")
+    g = _fused_geometry(y_shape, kh, kw, stride)
+    expected = (g["N"], g["C"], g["oh"], g["ow"])
+    if gout.shape != expected:                    # the kernel indexes gout with these sizes
+        raise ValueError(f"bias_relu_max_pool2d_backward: expected gout of shape {expected} for "
+                         f"y_shape {tuple(y_shape)}, got {gout.shape}")
+    dy = cupy.empty((g["C"], g["N"], g["H"], g["W"]), dtype=gout.dtype)
+    _launch("FUSED_POOL", "bias_relu_max_pool_backward", dy.size, gout.dtype, argmax.dtype,
+            gout=gout, argmax=argmax, dy=dy, **g)
+    return dy
 
 
 # -----------------------------------------------------------------------------

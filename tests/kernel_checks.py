@@ -5,7 +5,7 @@ on the CPU and on the device backends). Each ``check_*`` takes a kernel module
 and two movers — host -> the module's memory, and back — and compares every
 output with numpy_ref's. The cases complement the hypothesis-drawn shapes of
 tests/test_kernels_parity.py with the corners a random draw rarely reaches: a
-132-tap window (int32 argmax), both padding rules of average pooling, each
+132-tap window (int32 argmax), windows relu clips in the fused pooling, both padding rules of average pooling, each
 kind of index for scatter_add, erf far into its tails.
 """
 import numpy as np
@@ -31,6 +31,18 @@ POOL_CASES = [
     ((1, 2, 8, 7), 2, 3, (2, 1), (1, 1)),
     ((2, 2, 6, 6), 3, 2, (2, 2), (1, 0)),
     ((1, 1, 13, 12), 12, 11, (1, 1), (0, 0)),
+]
+
+# (y_shape in (C, N, H, W), kh, kw, stride) for the fused bias + relu + max pooling (no padding):
+# the course's 2x2/2, odd sizes (a last row and column no window covers), overlapping 3x3/2,
+# non-square 2x1 windows, strides unlike the window, a 132-tap window (int32 argmax)
+FUSED_POOL_CASES = [
+    ((3, 2, 8, 8), 2, 2, (2, 2)),
+    ((3, 2, 11, 11), 2, 2, (2, 2)),
+    ((2, 3, 11, 9), 3, 3, (2, 2)),
+    ((2, 2, 7, 6), 2, 1, (2, 1)),
+    ((2, 2, 9, 10), 3, 2, (1, 3)),
+    ((1, 1, 13, 12), 12, 11, (1, 1)),
 ]
 
 
@@ -70,6 +82,33 @@ def check_max_pool(kernels, dev, host, dtype, case, ties=False):
     dx = kernels.max_pool2d_backward(dev(gy), arg, x_shape, kh, kw, stride, padding)
     assert dx.dtype == dtype and dx.shape == x_shape
     np.testing.assert_allclose(host(dx), dx_ref, **TOL[dtype])
+
+
+def check_bias_relu_max_pool(kernels, dev, host, dtype, case, ties=False, bias=True):
+    """The fused kernels: out and argmax exactly (a comparison picks a value, it computes
+    nothing), dy to TOL. ``ties``: small integers, so windows tie and many maxima are
+    exactly 0 or below (clipped: argmax -1)."""
+    y_shape, kh, kw, stride = case
+    C = y_shape[0]
+    rs = np.random.default_rng(4)
+    if ties:
+        y, b = rs.integers(-2, 3, y_shape), rs.integers(-1, 2, C)
+    else:                                       # shifted down, so some windows are clipped
+        y, b = rs.standard_normal(y_shape) - 0.5, rs.standard_normal(C)
+    y, b = y.astype(dtype), (b.astype(dtype) if bias else None)
+    out_ref, arg_ref = numpy_ref.bias_relu_max_pool2d_forward(y, b, kh, kw, stride)
+    out, arg = kernels.bias_relu_max_pool2d_forward(dev(y), None if b is None else dev(b),
+                                                    kh, kw, stride)
+    assert out.dtype == dtype and arg.dtype == arg_ref.dtype
+    assert out.shape == out_ref.shape and arg.shape == arg_ref.shape
+    np.testing.assert_array_equal(host(out), out_ref)
+    np.testing.assert_array_equal(host(arg), arg_ref)             # first maximum, -1 where clipped
+
+    gout = rs.standard_normal(out_ref.shape).astype(dtype)
+    dy_ref = numpy_ref.bias_relu_max_pool2d_backward(gout, arg_ref, y_shape, kh, kw, stride)
+    dy = kernels.bias_relu_max_pool2d_backward(dev(gout), arg, y_shape, kh, kw, stride)
+    assert dy.dtype == dtype and dy.shape == y_shape
+    np.testing.assert_allclose(host(dy), dy_ref, **TOL[dtype])
 
 
 def check_avg_pool(kernels, dev, host, dtype, case, count_include_pad):
