@@ -32,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _model  # noqa: E402
 
 KERNELS = ("im2col", "col2im", "max_pool2d_forward", "max_pool2d_backward",
-           "avg_pool2d_forward", "avg_pool2d_backward")
+           "avg_pool2d_forward", "avg_pool2d_backward",
+           "bias_relu_max_pool2d_forward", "bias_relu_max_pool2d_backward")
 
 
 class ExclusiveTimer:
@@ -71,7 +72,9 @@ def instrument(timer):
     from minicnn.backend import current
     undo = []
     for name in KERNELS:
-        fn = getattr(current.kernels, name)
+        fn = getattr(current.kernels, name, None)
+        if fn is None:
+            continue
         setattr(current.kernels, name, timer.wrap(f"kernel:{name}", fn))
         undo.append((current.kernels, name, fn))
     for cls in set(_all_subclasses(mc.Function)):
@@ -123,19 +126,25 @@ def gemm_alone(batch, repeats, inference=False):
     return best
 
 
-def profile(backend, batch, steps, inference=False, warmup=3):
+def profile(backend, batch, steps, inference=False, warmup=3, optimizer="adam"):
     import minicnn as mc
+    import minicnn.functional as F
     mc.set_backend(backend)
     mc.manual_seed(0)
     model = _model.minicnn_model()
     params = list(model.parameters())
     xs, ys = _model.random_batch(batch)
     x, y = mc.tensor(xs), mc.tensor(ys)
+    opt = mc.optim.Adam(params, lr=1e-3)    # what bench_protocol.py and `minicnn train` use
 
     def step():
         if inference:
             with mc.no_grad():
                 model(x)
+        elif optimizer == "adam":
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
         else:
             _model.minicnn_train_step(model, params, x, y)
     model.train(not inference)
@@ -144,6 +153,7 @@ def profile(backend, batch, steps, inference=False, warmup=3):
 
     timer = ExclusiveTimer()
     restore = instrument(timer)
+    opt.step = timer.wrap("optimizer step (Adam)", opt.step)
     step_times = []
     try:
         for _ in range(steps):
@@ -158,8 +168,10 @@ def profile(backend, batch, steps, inference=False, warmup=3):
 def _category(label):
     if label.startswith("kernel:"):
         return {"im2col": "im2col", "col2im": "col2im"}.get(label[7:], "pooling kernels")
-    if label.startswith(("Conv2d.", "Linear.")):
+    if label.startswith(("Conv2d.", "Linear.", "ConvReLUMaxPool2d.")):
         return "conv/linear: GEMM + layout + bias"
+    if label.startswith("optimizer"):
+        return "optimizer step (Adam)"
     return "elementwise & loss Functions"
 
 
@@ -197,13 +209,19 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--inference", action="store_true",
                     help="profile a forward pass in eval mode under no_grad instead")
+    ap.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                    help="adam (lr 1e-3, as bench_protocol.py) or the older plain SGD update")
+    ap.add_argument("--no-fusion", action="store_true",
+                    help="run Conv2d, ReLU and MaxPool2d one by one (nn.fusion off)")
     args = ap.parse_args(argv)
     # choose the backend before minicnn is imported, so that only its kernel
     # module loads (the numba module tunes the process when it is imported)
     os.environ["MINICNN_BACKEND"] = args.backend
     import minicnn as mc
     backend = mc.get_backend()
-    timer, step_times = profile(backend, args.batch, args.steps, args.inference)
+    mc.nn.fusion.set_enabled(not args.no_fusion)
+    timer, step_times = profile(backend, args.batch, args.steps, args.inference,
+                                optimizer=args.optimizer)
     report(backend, args.batch, timer, step_times,
            gemm_alone(args.batch, repeats=5, inference=args.inference),
            "inference" if args.inference else "training step")

@@ -5,8 +5,9 @@ on the CPU and on the device backends). Each ``check_*`` takes a kernel module
 and two movers — host -> the module's memory, and back — and compares every
 output with numpy_ref's. The cases complement the hypothesis-drawn shapes of
 tests/test_kernels_parity.py with the corners a random draw rarely reaches: a
-132-tap window (int32 argmax), windows relu clips in the fused pooling, both padding rules of average pooling, each
-kind of index for scatter_add, erf far into its tails.
+132-tap window (int32 argmax), both padding rules of average pooling, windows
+that relu clips in the fused pooling (argmax -1), each kind of index for
+scatter_add, erf far into its tails.
 """
 import numpy as np
 

@@ -58,9 +58,10 @@ def kernel_names(source):
 
 def test_the_sources_are_found_and_define_every_gpu_kernel():
     sources = cuda_sources()
-    assert set(sources) == {"UNFOLD_SOURCE", "MAX_POOL_SOURCE", "AVG_POOL_SOURCE"}
+    assert set(sources) == {"UNFOLD_SOURCE", "MAX_POOL_SOURCE", "FUSED_POOL_SOURCE", "AVG_POOL_SOURCE"}
     names = {n for s in sources.values() for n in kernel_names(s)}
     assert names == {"im2col", "col2im", "max_pool_forward", "max_pool_backward",
+                     "bias_relu_max_pool_forward", "bias_relu_max_pool_backward",
                      "avg_pool_forward", "avg_pool_backward"}
 
 
@@ -156,6 +157,7 @@ def emulated_cupy_gpu(tmp_path_factory):
     build_dir = tmp_path_factory.mktemp("cuda_on_cpu")
     cupy = types.ModuleType("cupy")
     cupy.ndarray, cupy.empty, cupy.ascontiguousarray = np.ndarray, np.empty, np.ascontiguousarray
+    cupy.zeros = np.zeros
     cupy.RawModule = lambda code: _EmulatedRawModule(code, build_dir)
     cupyx = types.ModuleType("cupyx")
     cupyx.scatter_add = np.add.at
@@ -199,6 +201,14 @@ def test_cuda_pooling_on_the_cpu(emulated_cupy_gpu, dtype, case):
 
 
 @pytest.mark.parametrize("dtype", checks.FLOATS, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", checks.FUSED_POOL_CASES, ids=checks.ids(checks.FUSED_POOL_CASES))
+def test_cuda_fused_bias_relu_max_pool_on_the_cpu(emulated_cupy_gpu, dtype, case):
+    for ties in (False, True):
+        for bias in (True, False):
+            checks.check_bias_relu_max_pool(emulated_cupy_gpu, _same, _same, dtype, case, ties, bias)
+
+
+@pytest.mark.parametrize("dtype", checks.FLOATS, ids=["f32", "f64"])
 def test_cuda_module_scatter_add_and_erf_on_the_cpu(emulated_cupy_gpu, dtype):
     for make_index in checks.SCATTER_INDICES.values():
         checks.check_scatter_add(emulated_cupy_gpu, _same, _same, dtype, make_index)
@@ -225,6 +235,16 @@ def test_cuda_wrappers_check_their_arguments_on_the_cpu(emulated_cupy_gpu):
         k.col2im(np.zeros((4, 5)), (1, 1, 3, 3), 2, 2)
     with pytest.raises(TypeError, match="kernel im2col: expected arguments"):
         k._launch("UNFOLD", "im2col", 1, np.float32, img=None)
+    y = np.zeros((3, 2, 4, 4))                                # (C, N, H, W)
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        k.bias_relu_max_pool2d_forward(y, np.zeros(2), 2, 2, (2, 2))
+    with pytest.raises(ValueError, match="does not fit"):
+        k.bias_relu_max_pool2d_forward(y, None, 5, 5, (1, 1))
+    out, arg = k.bias_relu_max_pool2d_forward(y, None, 2, 2, (2, 2))
+    with pytest.raises(ValueError, match="expected gout of shape"):
+        k.bias_relu_max_pool2d_backward(out, arg, (3, 2, 6, 6), 2, 2, (2, 2))
+    with pytest.raises(TypeError, match="int8 or int32"):
+        k.bias_relu_max_pool2d_backward(out, arg.astype(np.int64), y.shape, 2, 2, (2, 2))
 
 
 # -- 3. the device backends themselves ------------------------------------------------------------
@@ -253,6 +273,15 @@ def test_device_backend_kernels_match_the_reference(device_backend, dtype):
     for make_index in checks.SCATTER_INDICES.values():
         checks.check_scatter_add(device_backend, to_device, to_host, dtype, make_index)
     checks.check_erf(device_backend, to_device, to_host, dtype)
+
+
+@pytest.mark.parametrize("dtype", checks.FLOATS, ids=["f32", "f64"])
+def test_device_backend_fused_kernels_match_the_reference(device_backend, dtype):
+    for case in checks.FUSED_POOL_CASES:
+        for ties in (False, True):
+            for bias in (True, False):
+                checks.check_bias_relu_max_pool(device_backend, to_device, to_host, dtype, case,
+                                                ties, bias)
 
 
 def test_device_backend_kernels_refuse_host_arrays(device_backend):
