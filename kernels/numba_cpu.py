@@ -550,6 +550,58 @@ def erf(x):
 
 
 # -----------------------------------------------------------------------------
+# Adam's update in one pass (optional: only this backend has it)
+# -----------------------------------------------------------------------------
+@_jit
+def _adam_kernel(w, g, m, v, v_max, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
+                 weight_decay, shrink, correction1, correction2, decoupled, amsgrad):
+    """optim.Adam.update_param's arithmetic, element by element (see there for the math).
+
+    The NumPy version makes ten passes over each parameter — every ``*=``,
+    ``+=``, ``/`` and ``sqrt`` is a loop of its own, with temporaries. Here
+    each element is read and written once. The operations and their order are
+    exactly the NumPy ones, all in the parameter's dtype (the scalars arrive
+    already rounded to it, as NumPy rounds a Python float multiplied into a
+    float32 array), so the results are equal bit for bit — the tests check.
+    Elements are independent: parallel over them.
+    """
+    for k in prange(w.size):
+        gk = g[k]
+        if weight_decay != 0:
+            if decoupled:
+                w[k] = w[k] * shrink                       # AdamW: p *= 1 - lr*wd
+            else:
+                gk = gk + weight_decay * w[k]              # Adam: g = g + wd*p
+        mk = m[k] * beta1 + one_minus_beta1 * gk           # m *= beta1; m += (1-beta1)*g
+        vk = v[k] * beta2 + one_minus_beta2 * (gk * gk)    # v *= beta2; v += (1-beta2)*g^2
+        m[k], v[k] = mk, vk
+        if amsgrad:
+            if vk > v_max[k] or vk != vk:                  # xp.maximum: a NaN wins
+                v_max[k] = vk
+            vk = v_max[k]
+        w[k] = w[k] - lr * (mk / correction1) / (np.sqrt(vk / correction2) + eps)
+
+
+def adam_step_(w, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, betas, eps, weight_decay,
+               decoupled, step):
+    """Adam's (or AdamW's) update of parameter array ``w`` in place; False if it cannot
+    (an array that is not C-contiguous), and the caller then runs the NumPy version."""
+    arrays = (w, exp_avg, exp_avg_sq) + ((max_exp_avg_sq,) if max_exp_avg_sq is not None else ())
+    if w.dtype not in (np.float32, np.float64) or not all(
+            a.flags.c_contiguous and a.dtype == w.dtype and a.shape == w.shape for a in arrays):
+        return False
+    t = w.dtype.type                                       # round each scalar as NumPy would
+    beta1, beta2 = betas
+    g = np.ascontiguousarray(grad, dtype=w.dtype).reshape(-1)
+    v_max = (max_exp_avg_sq if max_exp_avg_sq is not None else exp_avg_sq).reshape(-1)
+    _adam_kernel(w.reshape(-1), g, exp_avg.reshape(-1), exp_avg_sq.reshape(-1), v_max,
+                 t(lr), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps),
+                 t(weight_decay), t(1 - lr * weight_decay), t(1 - beta1 ** step),
+                 t(1 - beta2 ** step), bool(decoupled), max_exp_avg_sq is not None)
+    return True
+
+
+# -----------------------------------------------------------------------------
 # Integer matrix product (int8 inference)
 # -----------------------------------------------------------------------------
 @_jit

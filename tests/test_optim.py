@@ -412,6 +412,51 @@ def test_same_results_on_every_backend(name, backend):
         assert not hasattr(saved, "shape") or isinstance(saved, np.ndarray)
 
 
+ADAM_VARIANTS = {
+    "adam": lambda ps: optim.Adam(ps, lr=3e-3),
+    "adam-l2": lambda ps: optim.Adam(ps, lr=3e-3, weight_decay=1e-2),
+    "amsgrad": lambda ps: optim.Adam(ps, lr=3e-3, amsgrad=True, betas=(0.8, 0.95)),
+    "adamw": lambda ps: optim.AdamW(ps, lr=3e-3, weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ADAM_VARIANTS)
+def test_numba_adam_kernel_equals_the_numpy_update_bit_for_bit(name, dtype):
+    """kernels/numba_cpu.py: adam_step_ does Adam.update_param's arithmetic in one pass.
+    Same operations, same order, same dtype: the weights must be *equal*, not close."""
+    rs = np.random.default_rng(0)
+    w0 = rs.standard_normal((3, 5, 7))
+    grads = [rs.standard_normal(w0.shape) * 10.0 ** rs.integers(-3, 2) for _ in range(6)]
+
+    def run(backend):
+        mc.set_backend(backend)
+        w = nn.Parameter(mc.tensor(w0.copy(), dtype=dtype))     # (float64: no copy otherwise)
+        opt = ADAM_VARIANTS[name]([w])
+        for g in grads:
+            w.grad = mc.tensor(g, dtype=dtype)
+            opt.step()
+        return w.numpy().copy(), {k: np.array(v) for k, v in opt.state[w].items()}
+
+    previous = mc.get_backend()
+    try:
+        fast_w, fast_state = run("numba")
+        ref_w, ref_state = run("numpy")
+    finally:
+        mc.set_backend(previous)
+    np.testing.assert_array_equal(fast_w, ref_w)
+    for key in ref_state:
+        np.testing.assert_array_equal(fast_state[key], ref_state[key])
+
+
+def test_numba_adam_kernel_declines_what_it_cannot_update_in_place():
+    from minicnn.kernels import numba_cpu
+    w = np.zeros((4, 4), np.float32)[:, ::2]          # a strided view
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    assert numba_cpu.adam_step_(w, np.ones_like(w), m, v, None, 1e-3, (0.9, 0.999), 1e-8, 0, False, 1) is False
+    assert (w == 0).all()
+
+
 # ----------------------------------------------------------------------------
 # state_dict / load_state_dict
 # ----------------------------------------------------------------------------
