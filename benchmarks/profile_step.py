@@ -219,7 +219,8 @@ def main(argv=None):
     os.environ["MINICNN_BACKEND"] = args.backend
     import minicnn as mc
     backend = mc.get_backend()
-    mc.nn.fusion.set_enabled(not args.no_fusion)
+    if hasattr(mc.nn, "fusion"):             # (absent before layer fusion was added)
+        mc.nn.fusion.set_enabled(not args.no_fusion)
     timer, step_times = profile(backend, args.batch, args.steps, args.inference,
                                 optimizer=args.optimizer)
     report(backend, args.batch, timer, step_times,
