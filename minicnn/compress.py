@@ -299,34 +299,13 @@ def _cut_inputs(model, names, layers, i, layer, w, keep_in, flat_hw, inputs):
 
 
 # -----------------------------------------------------------------------------
-# Multiply-accumulates (swap for mc.summary once it lands)
+# Multiply-accumulates
 # -----------------------------------------------------------------------------
 def macs(model, input_size=(1, 1, 28, 28)):
-    """Multiply-accumulates of the Conv2d and Linear layers for one sample (dense count)."""
-    total = 0
-    hooks = []
-
-    def count(m, inputs, output):
-        nonlocal total
-        if isinstance(m, nn.Conv2d):
-            kh, kw = m.kernel_size
-            total += int(np.prod(output.shape[1:])) * (m.in_channels // m.groups) * kh * kw
-        else:
-            total += m.in_features * m.out_features
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            hooks.append(m.register_forward_hook(count))
-    dtype = next(iter(model.parameters())).dtype
-    was = model.training
-    model.eval()
-    try:
-        with no_grad():
-            model(Tensor(np.zeros((1,) + tuple(input_size[1:])), dtype=dtype))
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
-    return total
+    """Multiply-accumulates of the Conv2d and Linear layers for one sample (dense count:
+    a zeroed weight is still multiplied) — ``mc.summary(model).total_macs``."""
+    from .summary import summary
+    return summary(model, input_size).total_macs
 
 
 # -----------------------------------------------------------------------------
