@@ -143,6 +143,12 @@ def _load_study(args, space, worker=0):
         n_existing = len(optuna.load_study(study_name=args.study, storage=storage).trials)
     except KeyError:
         n_existing = 0
+    if args.storage and args.jobs == 1:
+        # A study shared through --storage may have other workers started by hand at the same
+        # moment, with the same seed and the same count of existing trials: mixing in the
+        # process id keeps them from drawing the same trials (such a run is then not
+        # reproducible draw for draw — no shared study is, whoever finishes first changes it).
+        worker = os.getpid()
     try:
         sampler = make_sampler(args.sampler, space, sampler_seed(seed, n_existing, worker))
         pruner = make_pruner(args.pruner, args.pruner_startup)
@@ -385,7 +391,8 @@ def add_parser(sub):
     t.add_argument("--pruner-startup", type=int, default=3, metavar="N",
                    help="no pruning until N trials have finished (default 3)")
     t.add_argument("--storage", default=None, metavar="URL",
-                   help="sqlite:///F.db, journal:F.log or an SQLAlchemy URL (default: sqlite in --out)")
+                   help="sqlite:///F.db, journal:F.log or an SQLAlchemy URL (default: sqlite in --out); "
+                        "workers sharing it draw different trials (their sampler seeds mix in the process id)")
     t.add_argument("--study", default="minicnn", help="study name (re-running continues it)")
     t.add_argument("--study-seed", type=int, default=None,
                    help="the sampler's seed (default: --seed, which also seeds every trial's training)")
