@@ -416,9 +416,17 @@ class Function:
     Subclasses implement
 
     * ``forward(self, *arrays, **options) -> array`` — compute the output from
-      the input arrays, saving on ``self`` whatever backward needs;
+      the input arrays;
     * ``backward(self, grad_output) -> grad or tuple of grads`` — one gradient
       (an array of the input's shape, or ``None``) per tensor input.
+
+    **What backward needs** is kept in one way, PyTorch's
+    (``torch.autograd.Function``'s ``ctx``, here the Function itself):
+
+    * arrays: ``self.save_for_backward(x, w, ...)`` in forward, then
+      ``x, w, ... = self.saved_tensors`` in backward;
+    * everything else (shapes, strides, flags, scalars): plain attributes,
+      ``self.stride = stride``.
 
     ``self.needs_input_grad[i]`` tells backward whether input ``i`` wants a
     gradient, so it can skip work that nobody will use.
@@ -426,6 +434,14 @@ class Function:
 
     inputs = ()
     needs_input_grad = ()
+    saved_tensors = ()
+
+    def save_for_backward(self, *arrays):
+        """Keep ``arrays`` (or ``None``) for backward, which reads them as ``self.saved_tensors``."""
+        self.saved_tensors = arrays
+
+    def __repr__(self):
+        return f"<{type(self).__name__}>"
 
     @classmethod
     def apply(cls, *inputs, **options) -> Tensor:
