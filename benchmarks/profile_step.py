@@ -168,7 +168,7 @@ def profile(backend, batch, steps, inference=False, warmup=3, optimizer="adam"):
 def _category(label):
     if label.startswith("kernel:"):
         return {"im2col": "im2col", "col2im": "col2im"}.get(label[7:], "pooling kernels")
-    if label.startswith(("Conv2d.", "Linear.", "ConvReLUMaxPool2d.")):
+    if label.startswith(("Conv2dFn.", "LinearFn.", "ConvReLUMaxPool2dFn.")):
         return "conv/linear: GEMM + layout + bias"
     if label.startswith("optimizer"):
         return "optimizer step (Adam)"

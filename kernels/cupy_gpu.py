@@ -57,13 +57,14 @@ one-thread emulation against numpy_ref, without importing CuPy.
 from __future__ import annotations
 
 import functools
-import numbers
 import re
 
 import cupy
 import cupyx
 import cupyx.scipy.special
 import numpy as np
+
+from .geometry import as_pair, conv_out_size, output_hw  # noqa: F401 (conv_out_size: part of every kernel module)
 
 NAME = "cupy"
 
@@ -411,19 +412,6 @@ def _launch(source, name, total, dtype, index_dtype=np.int8, **args):
 # -----------------------------------------------------------------------------
 # Argument checks shared by the wrappers
 # -----------------------------------------------------------------------------
-def conv_out_size(size, k, stride, pad, dilation=1):
-    """Number of window positions along one axis (numpy_ref's formula)."""
-    return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
-
-
-def _pair(value, name):
-    """``2`` or ``(2, 1)`` -> a tuple of two Python ints."""
-    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) for v in pair):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return int(pair[0]), int(pair[1])
-
-
 def _device_array(a, name, ndim, dtypes=_FLOAT_TYPES):
     """A C-contiguous CuPy array of rank ``ndim`` and one of ``dtypes`` (what the kernels index)."""
     if not isinstance(a, cupy.ndarray):
@@ -437,19 +425,10 @@ def _device_array(a, name, ndim, dtypes=_FLOAT_TYPES):
     return cupy.ascontiguousarray(a)
 
 
-def _out_size(H, W, kh, kw, stride, padding, dilation=(1, 1)):
-    oh = conv_out_size(H, kh, stride[0], padding[0], dilation[0])
-    ow = conv_out_size(W, kw, stride[1], padding[1], dilation[1])
-    if oh < 1 or ow < 1:
-        raise ValueError(f"a {kh}x{kw} window (dilation {dilation}, padding {padding}) does not "
-                         f"fit in a {H}x{W} input")
-    return oh, ow
-
-
 def _geometry(x_shape, kh, kw, stride, padding, dilation=(1, 1)):
     """The size arguments every kernel takes, by name."""
     N, C, H, W = (int(s) for s in x_shape)
-    oh, ow = _out_size(H, W, kh, kw, stride, padding, dilation)
+    oh, ow = output_hw(H, W, kh, kw, stride, padding, dilation)
     return dict(N=N, C=C, H=H, W=W, kh=kh, kw=kw, oh=oh, ow=ow,
                 sh=stride[0], sw=stride[1], ph=padding[0], pw=padding[1])
 
@@ -460,8 +439,8 @@ def _geometry(x_shape, kh, kw, stride, padding, dilation=(1, 1)):
 def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
     """Unfold every receptive field of ``x`` (N, C, H, W) into a column: (C*kh*kw, N*oh*ow)."""
     x = _device_array(x, "im2col: x", 4)
-    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
-    dilation = _pair(dilation, "dilation")
+    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
+    dilation = as_pair(dilation, "dilation")
     dh, dw = dilation
     g = _geometry(x.shape, kh, kw, stride, padding, dilation)
     cols = cupy.empty((g["C"] * kh * kw, g["N"] * g["oh"] * g["ow"]), dtype=x.dtype)
@@ -472,8 +451,8 @@ def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
 def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
     """The adjoint of :func:`im2col`: sum columns back into an (N, C, H, W) image."""
     cols = _device_array(cols, "col2im: cols", 2)
-    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
-    dilation = _pair(dilation, "dilation")
+    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
+    dilation = as_pair(dilation, "dilation")
     dh, dw = dilation
     g = _geometry(x_shape, kh, kw, stride, padding, dilation)
     expected = (g["C"] * kh * kw, g["N"] * g["oh"] * g["ow"])
@@ -492,7 +471,7 @@ def max_pool2d_forward(x, kh, kw, stride, padding):
     """Returns ``(y, argmax)``: the window maxima and which tap ``i*kw + j`` won
     (int8 when kh*kw fits, int32 otherwise — as in the reference)."""
     x = _device_array(x, "max_pool2d: x", 4)
-    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
     g = _geometry(x.shape, kh, kw, stride, padding)
     y = cupy.empty((g["N"], g["C"], g["oh"], g["ow"]), dtype=x.dtype)
     argmax = cupy.empty(y.shape, dtype=np.int8 if kh * kw <= 127 else np.int32)
@@ -507,7 +486,7 @@ def max_pool2d_backward(gy, argmax, x_shape, kh, kw, stride, padding):
     argmax = _device_array(argmax, "max_pool2d_backward: argmax", 4, _INDEX_TYPES)
     if argmax.shape != gy.shape:
         raise ValueError(f"max_pool2d_backward: argmax {argmax.shape} and gy {gy.shape} differ")
-    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
     g = _geometry(x_shape, kh, kw, stride, padding)
     dx = cupy.empty((g["N"], g["C"], g["H"], g["W"]), dtype=gy.dtype)
     _launch("MAX_POOL", "max_pool_backward", dx.size, gy.dtype, argmax.dtype,
@@ -522,7 +501,7 @@ def _fused_geometry(y_shape, kh, kw, stride):
     """The size arguments of the fused kernels, by name. y is (C, N, H, W), channel
     first; the windows have no padding and no dilation."""
     C, N, H, W = (int(s) for s in y_shape)
-    oh, ow = _out_size(H, W, kh, kw, stride, (0, 0))
+    oh, ow = output_hw(H, W, kh, kw, stride, (0, 0))
     return dict(N=N, C=C, H=H, W=W, kh=kh, kw=kw, oh=oh, ow=ow, sh=stride[0], sw=stride[1])
 
 
@@ -533,7 +512,7 @@ def bias_relu_max_pool2d_forward(y, bias, kh, kw, stride):
     window (int8 when kh*kw fits, int32 otherwise — as in the reference).
     """
     y = _device_array(y, "bias_relu_max_pool2d: y", 4)
-    stride = _pair(stride, "stride")
+    stride = as_pair(stride, "stride")
     g = _fused_geometry(y.shape, kh, kw, stride)
     if bias is None:
         # no bias: add zeros (x + 0.0 is x, up to the sign of a zero that relu clips
@@ -558,7 +537,7 @@ def bias_relu_max_pool2d_backward(gout, argmax, y_shape, kh, kw, stride):
     if argmax.shape != gout.shape:
         raise ValueError(f"bias_relu_max_pool2d_backward: argmax {argmax.shape} and gout "
                          f"{gout.shape} differ")
-    stride = _pair(stride, "stride")
+    stride = as_pair(stride, "stride")
     g = _fused_geometry(y_shape, kh, kw, stride)
     expected = (g["N"], g["C"], g["oh"], g["ow"])
     if gout.shape != expected:                    # the kernel indexes gout with these sizes
@@ -576,7 +555,7 @@ def bias_relu_max_pool2d_backward(gout, argmax, y_shape, kh, kw, stride):
 def avg_pool2d_forward(x, kh, kw, stride, padding, count_include_pad=True):
     """y[n,c,oy,ox] = mean of the kh×kw window (zero padding counts if count_include_pad)."""
     x = _device_array(x, "avg_pool2d: x", 4)
-    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
     g = _geometry(x.shape, kh, kw, stride, padding)
     y = cupy.empty((g["N"], g["C"], g["oh"], g["ow"]), dtype=x.dtype)
     _launch("AVG_POOL", "avg_pool_forward", y.size, x.dtype,
@@ -587,7 +566,7 @@ def avg_pool2d_forward(x, kh, kw, stride, padding, count_include_pad=True):
 def avg_pool2d_backward(gy, x_shape, kh, kw, stride, padding, count_include_pad=True):
     """Each input of a window receives gy / window size; overlapping windows add up."""
     gy = _device_array(gy, "avg_pool2d_backward: gy", 4)
-    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
     g = _geometry(x_shape, kh, kw, stride, padding)
     dx = cupy.empty((g["N"], g["C"], g["H"], g["W"]), dtype=gy.dtype)
     _launch("AVG_POOL", "avg_pool_backward", dx.size, gy.dtype,

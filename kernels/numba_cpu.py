@@ -68,11 +68,12 @@ Two process settings matter as much as the loops (both measured in
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import sys
 
 import numpy as np
+
+from .geometry import as_pair, conv_out_size, output_hw, pad_planes  # noqa: F401 (conv_out_size: part of every kernel module)
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # see "Threads" above
 
@@ -85,22 +86,9 @@ NAME = "numba"
 _jit = njit(parallel=True, cache=True)
 
 
-def conv_out_size(size, k, stride, pad, dilation=1):
-    """Number of window positions along one axis (the formula above)."""
-    return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
-
-
 # -----------------------------------------------------------------------------
 # Argument checks shared by the wrappers
 # -----------------------------------------------------------------------------
-def _pair(value, name):
-    """``2`` or ``(2, 1)`` -> a tuple of two Python ints."""
-    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) for v in pair):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return int(pair[0]), int(pair[1])
-
-
 def _float_array(a, name, ndim):
     """A C-contiguous float32/float64 array of rank ``ndim`` (compiled loops need
     one memory layout and one of the two dtypes they were written for)."""
@@ -110,23 +98,6 @@ def _float_array(a, name, ndim):
     if a.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
     return np.ascontiguousarray(a)
-
-
-def _pad(x, padding, value=0.0):
-    """x with ``padding`` rows/columns of ``value`` around each plane (no copy if none)."""
-    ph, pw = padding
-    if ph == 0 and pw == 0:
-        return x
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
-
-
-def _out_size(H, W, kh, kw, stride, padding, dilation):
-    oh = conv_out_size(H, kh, stride[0], padding[0], dilation[0])
-    ow = conv_out_size(W, kw, stride[1], padding[1], dilation[1])
-    if oh < 1 or ow < 1:
-        raise ValueError(f"a {kh}x{kw} window (dilation {dilation}, padding {padding}) does not "
-                         f"fit in a {H}x{W} input")
-    return oh, ow
 
 
 # -----------------------------------------------------------------------------
@@ -154,12 +125,12 @@ def _im2col_kernel(xp, cols, kh, kw, sh, sw, dh, dw, oh, ow):
 def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
     """Unfold every receptive field of ``x`` (N, C, H, W) into a column: (C*kh*kw, N*oh*ow)."""
     x = _float_array(x, "im2col: x", 4)
-    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
-    dilation = _pair(dilation, "dilation")
+    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
+    dilation = as_pair(dilation, "dilation")
     N, C, H, W = x.shape
-    oh, ow = _out_size(H, W, kh, kw, stride, padding, dilation)
+    oh, ow = output_hw(H, W, kh, kw, stride, padding, dilation)
     cols = np.empty((C * kh * kw, N * oh * ow), dtype=x.dtype)
-    _im2col_kernel(_pad(x, padding), cols, kh, kw, *stride, *dilation, oh, ow)
+    _im2col_kernel(pad_planes(x, padding), cols, kh, kw, *stride, *dilation, oh, ow)
     return cols
 
 
@@ -189,10 +160,10 @@ def _col2im_kernel(cols, dxp, kh, kw, sh, sw, dh, dw, oh, ow):
 def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
     """The adjoint of :func:`im2col`: scatter-add columns back into an (N, C, H, W) image."""
     cols = _float_array(cols, "col2im: cols", 2)
-    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
-    dilation = _pair(dilation, "dilation")
+    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
+    dilation = as_pair(dilation, "dilation")
     N, C, H, W = (int(s) for s in x_shape)
-    oh, ow = _out_size(H, W, kh, kw, stride, padding, dilation)
+    oh, ow = output_hw(H, W, kh, kw, stride, padding, dilation)
     if cols.shape != (C * kh * kw, N * oh * ow):
         raise ValueError(f"col2im: expected cols of shape {(C * kh * kw, N * oh * ow)} for "
                          f"x_shape {tuple(x_shape)}, got {cols.shape}")
@@ -232,12 +203,12 @@ def max_pool2d_forward(x, kh, kw, stride, padding):
     """Returns ``(y, argmax)``: the window maxima and which tap ``i*kw + j`` won
     (int8 when kh*kw fits, int32 otherwise — as in the reference)."""
     x = _float_array(x, "max_pool2d: x", 4)
-    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
     N, C, H, W = x.shape
-    oh, ow = _out_size(H, W, kh, kw, stride, padding, (1, 1))
+    oh, ow = output_hw(H, W, kh, kw, stride, padding, (1, 1))
     y = np.full((N, C, oh, ow), -np.inf, dtype=x.dtype)
     argmax = np.zeros((N, C, oh, ow), dtype=np.int8 if kh * kw <= 127 else np.int32)
-    _max_pool_forward_kernel(_pad(x, padding, -np.inf), y, argmax, kh, kw, *stride)
+    _max_pool_forward_kernel(pad_planes(x, padding, -np.inf), y, argmax, kh, kw, *stride)
     return y, argmax
 
 
@@ -266,7 +237,7 @@ def max_pool2d_backward(gy, argmax, x_shape, kh, kw, stride, padding):
     argmax = np.ascontiguousarray(argmax)
     if argmax.shape != gy.shape:
         raise ValueError(f"max_pool2d_backward: argmax {argmax.shape} and gy {gy.shape} differ")
-    stride, (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
+    stride, (ph, pw) = as_pair(stride, "stride"), as_pair(padding, "padding")
     N, C, H, W = (int(s) for s in x_shape)
     dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=gy.dtype)
     _max_pool_backward_kernel(gy, argmax, dxp, kw, *stride)
@@ -351,9 +322,9 @@ def _bias_relu_max_pool_2x2_forward_kernel(y, bias, out, argmax, minus_infinity)
 def bias_relu_max_pool2d_forward(y, bias, kh, kw, stride):
     """``(out, argmax)`` = max_pool2d(relu(y + bias)) for y in (C, N, H, W) order (see numpy_ref)."""
     y = _float_array(y, "bias_relu_max_pool2d: y", 4)
-    stride = _pair(stride, "stride")
+    stride = as_pair(stride, "stride")
     C, N, H, W = y.shape
-    oh, ow = _out_size(H, W, kh, kw, stride, (0, 0), (1, 1))
+    oh, ow = output_hw(H, W, kh, kw, stride, (0, 0), (1, 1))
     # no bias: add zeros (x + 0.0 is x, up to the sign of a zero that relu clips anyway)
     bias = np.zeros(C, dtype=y.dtype) if bias is None else _float_array(bias, "bias", 1)
     out = np.empty((N, C, oh, ow), dtype=y.dtype)
@@ -423,7 +394,7 @@ def bias_relu_max_pool2d_backward(gout, argmax, y_shape, kh, kw, stride):
     if argmax.shape != gout.shape:
         raise ValueError(f"bias_relu_max_pool2d_backward: argmax {argmax.shape} and gout "
                          f"{gout.shape} differ")
-    stride = _pair(stride, "stride")
+    stride = as_pair(stride, "stride")
     dy = np.empty(tuple(int(s) for s in y_shape), dtype=gout.dtype)
     if (kh, kw) == (2, 2) and stride == (2, 2):
         _bias_relu_max_pool_2x2_backward_kernel(gout, argmax, dy)
@@ -474,11 +445,11 @@ def _avg_pool_forward_kernel(xp, y, kh, kw, sh, sw, ph, pw, count_include_pad):
 def avg_pool2d_forward(x, kh, kw, stride, padding, count_include_pad=True):
     """y[n,c,oy,ox] = mean of the kh×kw window (zero padding counts if count_include_pad)."""
     x = _float_array(x, "avg_pool2d: x", 4)
-    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
     N, C, H, W = x.shape
-    oh, ow = _out_size(H, W, kh, kw, stride, padding, (1, 1))
+    oh, ow = output_hw(H, W, kh, kw, stride, padding, (1, 1))
     y = np.zeros((N, C, oh, ow), dtype=x.dtype)
-    _avg_pool_forward_kernel(_pad(x, padding), y, kh, kw, *stride, *padding,
+    _avg_pool_forward_kernel(pad_planes(x, padding), y, kh, kw, *stride, *padding,
                              bool(count_include_pad))
     return y
 
@@ -509,7 +480,7 @@ def _avg_pool_backward_kernel(gy, dxp, kh, kw, sh, sw, ph, pw, count_include_pad
 def avg_pool2d_backward(gy, x_shape, kh, kw, stride, padding, count_include_pad=True):
     """Each input of a window receives gy / window size; overlapping windows add up."""
     gy = _float_array(gy, "avg_pool2d_backward: gy", 4)
-    stride, (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
+    stride, (ph, pw) = as_pair(stride, "stride"), as_pair(padding, "padding")
     N, C, H, W = (int(s) for s in x_shape)
     dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=gy.dtype)
     _avg_pool_backward_kernel(gy, dxp, kh, kw, *stride, ph, pw, bool(count_include_pad))

@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .geometry import conv_out_size, pad_planes
+
 NAME = "numpy"
-
-
-def conv_out_size(size, k, stride, pad, dilation=1):
-    """Number of window positions along one axis (the formula above)."""
-    return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
 
 
 def _taps(kh, kw, stride, dilation, oh, ow):
@@ -40,13 +37,6 @@ def _taps(kh, kw, stride, dilation, oh, ow):
         for j in range(kw):
             top, left = i * dh, j * dw
             yield i, j, slice(top, top + sh * (oh - 1) + 1, sh), slice(left, left + sw * (ow - 1) + 1, sw)
-
-
-def _pad(x, padding, value=0.0):
-    ph, pw = padding
-    if ph == 0 and pw == 0:
-        return x
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
 
 
 # -----------------------------------------------------------------------------
@@ -62,7 +52,7 @@ def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
     N, C, H, W = x.shape
     oh = conv_out_size(H, kh, stride[0], padding[0], dilation[0])
     ow = conv_out_size(W, kw, stride[1], padding[1], dilation[1])
-    xp = _pad(x, padding)
+    xp = pad_planes(x, padding)
     cols = np.empty((C, kh, kw, N, oh, ow), dtype=x.dtype)
     for i, j, rows, columns in _taps(kh, kw, stride, dilation, oh, ow):
         # xp[:, :, rows, columns] is (N, C, oh, ow): the tap's value everywhere
@@ -103,7 +93,7 @@ def max_pool2d_forward(x, kh, kw, stride, padding):
     N, C, H, W = x.shape
     oh = conv_out_size(H, kh, stride[0], padding[0])
     ow = conv_out_size(W, kw, stride[1], padding[1])
-    xp = _pad(x, padding, value=-np.inf)
+    xp = pad_planes(x, padding, value=-np.inf)
     y = np.full((N, C, oh, ow), -np.inf, dtype=x.dtype)
     argmax = np.zeros((N, C, oh, ow), dtype=np.int8 if kh * kw <= 127 else np.int32)
     for i, j, rows, columns in _taps(kh, kw, stride, (1, 1), oh, ow):
@@ -216,7 +206,7 @@ def avg_pool2d_forward(x, kh, kw, stride, padding, count_include_pad=True):
     N, C, H, W = x.shape
     oh = conv_out_size(H, kh, stride[0], padding[0])
     ow = conv_out_size(W, kw, stride[1], padding[1])
-    xp = _pad(x, padding)
+    xp = pad_planes(x, padding)
     total = np.zeros((N, C, oh, ow), dtype=x.dtype)
     for i, j, rows, columns in _taps(kh, kw, stride, (1, 1), oh, ow):
         total += xp[:, :, rows, columns]

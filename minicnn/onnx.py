@@ -5,8 +5,8 @@ How: **trace one forward pass.** Every operation in minicnn is a
 :func:`export` runs the model once on a dummy input, it wraps ``apply`` to
 record each call — the Function's type, its input tensors, its options, its
 output — and forward hooks record which module each call happened in. Each
-Function type then maps to one or a few ONNX nodes (``_EMIT``): ``Conv2d`` ->
-Conv, ``Linear`` -> Gemm, ``BatchNorm`` -> BatchNormalization, ``Add`` -> Add,
+Function type then maps to one or a few ONNX nodes (``_EMIT``): ``Conv2dFn`` ->
+Conv, ``LinearFn`` -> Gemm, ``BatchNormFn`` -> BatchNormalization, ``AddFn`` -> Add,
 and so on. Nothing depends on how a model is written: Sequentials, residual
 blocks, any custom ``forward`` built from minicnn operations export the same
 way, and a new layer made of existing Functions needs no exporter code at all.
@@ -238,28 +238,28 @@ def _emitters():
         mod(n) for n in ("activation", "math", "conv", "linear", "norm", "pool", "quant", "reductions", "shape"))
     simple = lambda op: (lambda g, c, *xs: g.node(op, list(xs)))     # noqa: E731
     return {
-        conv.Conv2d: _conv, linear.Linear: _linear, norm.BatchNorm: _batch_norm,
-        pool.MaxPool2d: _pool("MaxPool"), pool.AvgPool2d: _pool("AveragePool"),
-        pool.AdaptiveAvgPool2d: _adaptive_avg,
-        A.ReLU: simple("Relu"), A.Sigmoid: simple("Sigmoid"), A.Tanh: simple("Tanh"),
-        A.Softplus: simple("Softplus"),
-        A.LeakyReLU: lambda g, c, x: g.node("LeakyRelu", [x], alpha=float(c.options["negative_slope"])),
-        A.SiLU: lambda g, c, x: g.node("Mul", [x, g.node("Sigmoid", [x])]),
-        A.Mish: lambda g, c, x: g.node("Mul", [x, g.node("Tanh", [g.node("Softplus", [x])])]),
-        A.GELU: _gelu, A.Softmax: _softmax("Softmax"), A.LogSoftmax: _softmax("LogSoftmax"),
-        M.Add: simple("Add"), M.Sub: simple("Sub"), M.Mul: simple("Mul"), M.Div: simple("Div"),
-        M.Neg: simple("Neg"), M.Exp: simple("Exp"), M.Log: simple("Log"), M.Sqrt: simple("Sqrt"),
-        M.Abs: simple("Abs"), M.MatMul: simple("MatMul"), M.Maximum: simple("Max"), M.Pow: simple("Pow"),
-        M.PowScalar: lambda g, c, x: g.node("Pow", [x, _scalar_const(g, c, c.options["exponent"])]),
-        M.Clip: lambda g, c, x: g.node("Clip", [x,
+        conv.Conv2dFn: _conv, linear.LinearFn: _linear, norm.BatchNormFn: _batch_norm,
+        pool.MaxPool2dFn: _pool("MaxPool"), pool.AvgPool2dFn: _pool("AveragePool"),
+        pool.AdaptiveAvgPool2dFn: _adaptive_avg,
+        A.ReLUFn: simple("Relu"), A.SigmoidFn: simple("Sigmoid"), A.TanhFn: simple("Tanh"),
+        A.SoftplusFn: simple("Softplus"),
+        A.LeakyReLUFn: lambda g, c, x: g.node("LeakyRelu", [x], alpha=float(c.options["negative_slope"])),
+        A.SiLUFn: lambda g, c, x: g.node("Mul", [x, g.node("Sigmoid", [x])]),
+        A.MishFn: lambda g, c, x: g.node("Mul", [x, g.node("Tanh", [g.node("Softplus", [x])])]),
+        A.GELUFn: _gelu, A.SoftmaxFn: _softmax("Softmax"), A.LogSoftmaxFn: _softmax("LogSoftmax"),
+        M.AddFn: simple("Add"), M.SubFn: simple("Sub"), M.MulFn: simple("Mul"), M.DivFn: simple("Div"),
+        M.NegFn: simple("Neg"), M.ExpFn: simple("Exp"), M.LogFn: simple("Log"), M.SqrtFn: simple("Sqrt"),
+        M.AbsFn: simple("Abs"), M.MatMulFn: simple("MatMul"), M.MaximumFn: simple("Max"), M.PowFn: simple("Pow"),
+        M.PowScalarFn: lambda g, c, x: g.node("Pow", [x, _scalar_const(g, c, c.options["exponent"])]),
+        M.ClipFn: lambda g, c, x: g.node("Clip", [x,
                                                 "" if c.options.get("low") is None else _scalar_const(g, c, c.options["low"]),
                                                 "" if c.options.get("high") is None else _scalar_const(g, c, c.options["high"])]),
-        shape.Reshape: _reshape, shape.Transpose: _transpose,
-        shape.Concatenate: lambda g, c, *xs: g.node("Concat", list(xs), axis=int(c.options.get("axis", 0))),
-        reductions.Sum: _reduce("ReduceSum"), reductions.Mean: _reduce("ReduceMean"),
-        reductions.Max: _reduce("ReduceMax"),
-        quant.FakeQuantizePerTensorAffine: _fake_quant_per_tensor,
-        quant.FakeQuantizePerChannelAffine: _fake_quant_per_channel,
+        shape.ReshapeFn: _reshape, shape.TransposeFn: _transpose,
+        shape.ConcatenateFn: lambda g, c, *xs: g.node("Concat", list(xs), axis=int(c.options.get("axis", 0))),
+        reductions.SumFn: _reduce("ReduceSum"), reductions.MeanFn: _reduce("ReduceMean"),
+        reductions.MaxFn: _reduce("ReduceMax"),
+        quant.FakeQuantizePerTensorAffineFn: _fake_quant_per_tensor,
+        quant.FakeQuantizePerChannelAffineFn: _fake_quant_per_channel,
     }
 
 

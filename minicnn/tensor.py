@@ -177,8 +177,8 @@ class Tensor:
 
     def astype(self, dtype) -> "Tensor":
         """A differentiable cast (float32 <-> float64)."""
-        from .functional.math import Cast
-        return Cast.apply(self, dtype=_resolve_dtype(dtype))
+        from .functional.math import CastFn
+        return CastFn.apply(self, dtype=_resolve_dtype(dtype))
 
     def float(self):
         return self.astype(np.float32)
@@ -279,27 +279,27 @@ class Tensor:
             self.grad = Tensor(self.grad.data + g, dtype=g.dtype)
 
     # -- operators (the Functions live in minicnn/functional/) ----------------
-    def __add__(self, other):  return _math.Add.apply(self, _lift(other, self))
-    def __radd__(self, other): return _math.Add.apply(_lift(other, self), self)
-    def __sub__(self, other):  return _math.Sub.apply(self, _lift(other, self))
-    def __rsub__(self, other): return _math.Sub.apply(_lift(other, self), self)
-    def __mul__(self, other):  return _math.Mul.apply(self, _lift(other, self))
-    def __rmul__(self, other): return _math.Mul.apply(_lift(other, self), self)
-    def __truediv__(self, other):  return _math.Div.apply(self, _lift(other, self))
-    def __rtruediv__(self, other): return _math.Div.apply(_lift(other, self), self)
-    def __neg__(self): return _math.Neg.apply(self)
+    def __add__(self, other):  return _math.AddFn.apply(self, _lift(other, self))
+    def __radd__(self, other): return _math.AddFn.apply(_lift(other, self), self)
+    def __sub__(self, other):  return _math.SubFn.apply(self, _lift(other, self))
+    def __rsub__(self, other): return _math.SubFn.apply(_lift(other, self), self)
+    def __mul__(self, other):  return _math.MulFn.apply(self, _lift(other, self))
+    def __rmul__(self, other): return _math.MulFn.apply(_lift(other, self), self)
+    def __truediv__(self, other):  return _math.DivFn.apply(self, _lift(other, self))
+    def __rtruediv__(self, other): return _math.DivFn.apply(_lift(other, self), self)
+    def __neg__(self): return _math.NegFn.apply(self)
     def __pos__(self): return self
 
     def __pow__(self, exponent):
         if isinstance(exponent, numbers.Number):
-            return _math.PowScalar.apply(self, exponent=exponent)
-        return _math.Pow.apply(self, _lift(exponent, self))
+            return _math.PowScalarFn.apply(self, exponent=exponent)
+        return _math.PowFn.apply(self, _lift(exponent, self))
 
     def __rpow__(self, base):
-        return _math.Pow.apply(_lift(base, self), self)
+        return _math.PowFn.apply(_lift(base, self), self)
 
-    def __matmul__(self, other):  return _math.MatMul.apply(self, _lift(other, self))
-    def __rmatmul__(self, other): return _math.MatMul.apply(_lift(other, self), self)
+    def __matmul__(self, other):  return _math.MatMulFn.apply(self, _lift(other, self))
+    def __rmatmul__(self, other): return _math.MatMulFn.apply(_lift(other, self), self)
 
     # comparisons give boolean tensors outside the graph (no gradient)
     def _compare(self, other, op):
@@ -321,31 +321,31 @@ class Tensor:
         return bool(self.item())
 
     def __getitem__(self, index):
-        return _shape.GetItem.apply(self, index=_unwrap_index(index))
+        return _shape.GetItemFn.apply(self, index=_unwrap_index(index))
 
     # -- elementwise math --------------------------------------------------
-    def exp(self):  return _math.Exp.apply(self)
-    def log(self):  return _math.Log.apply(self)
-    def sqrt(self): return _math.Sqrt.apply(self)
-    def abs(self):  return _math.Abs.apply(self)
+    def exp(self):  return _math.ExpFn.apply(self)
+    def log(self):  return _math.LogFn.apply(self)
+    def sqrt(self): return _math.SqrtFn.apply(self)
+    def abs(self):  return _math.AbsFn.apply(self)
 
     def clip(self, min=None, max=None):
-        return _math.Clip.apply(self, low=min, high=max)
+        return _math.ClipFn.apply(self, low=min, high=max)
 
     clamp = clip
 
     # -- reductions ----------------------------------------------------------
     def sum(self, axis=None, keepdims=False):
-        return _red.Sum.apply(self, axis=axis, keepdims=keepdims)
+        return _red.SumFn.apply(self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis=None, keepdims=False):
-        return _red.Mean.apply(self, axis=axis, keepdims=keepdims)
+        return _red.MeanFn.apply(self, axis=axis, keepdims=keepdims)
 
     def max(self, axis=None, keepdims=False):
-        return _red.Max.apply(self, axis=axis, keepdims=keepdims)
+        return _red.MaxFn.apply(self, axis=axis, keepdims=keepdims)
 
     def min(self, axis=None, keepdims=False):
-        return -_red.Max.apply(-self, axis=axis, keepdims=keepdims)
+        return -_red.MaxFn.apply(-self, axis=axis, keepdims=keepdims)
 
     def var(self, axis=None, keepdims=False, unbiased=False):
         return _red.var(self, axis=axis, keepdims=keepdims, unbiased=unbiased)
@@ -363,18 +363,18 @@ class Tensor:
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return _shape.Reshape.apply(self, shape=shape)
+        return _shape.ReshapeFn.apply(self, shape=shape)
 
     view = reshape
 
     def transpose(self, *axes):
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
-        return _shape.Transpose.apply(self, axes=axes or None)
+        return _shape.TransposeFn.apply(self, axes=axes or None)
 
     @property
     def T(self):
-        return _shape.Transpose.apply(self, axes=None)
+        return _shape.TransposeFn.apply(self, axes=None)
 
     def flatten(self, start_dim=0, end_dim=-1):
         return _shape.flatten(self, start_dim, end_dim)

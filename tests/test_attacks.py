@@ -198,7 +198,7 @@ def test_attack_errors_are_clear():
 # -----------------------------------------------------------------------------
 # Robust accuracy and the gradient-masking check
 # -----------------------------------------------------------------------------
-class _ReversedGradient(mc.Function):
+class _ReversedGradientFn(mc.Function):
     """Identity forward, negated gradient backward: a model that lies about its gradients."""
 
     def forward(self, x):
@@ -214,7 +214,7 @@ class _Masked(nn.Module):
         self.net = net
 
     def forward(self, x):
-        return self.net(_ReversedGradient.apply(x))
+        return self.net(_ReversedGradientFn.apply(x))
 
 
 def _trained_quadrant_model():

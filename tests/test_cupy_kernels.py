@@ -169,7 +169,8 @@ def emulated_cupy_gpu(tmp_path_factory):
     saved = {name: sys.modules.get(name) for name in stand_ins}
     sys.modules.update(stand_ins)
     try:
-        spec = importlib.util.spec_from_file_location("cupy_gpu_on_cpu", CUPY_GPU)
+        # a module of the minicnn.kernels package, so its relative imports (.geometry) resolve
+        spec = importlib.util.spec_from_file_location("minicnn.kernels.cupy_gpu_on_cpu", CUPY_GPU)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:

@@ -21,7 +21,7 @@ import minicnn.nn as nn
 from minicnn import distributed as dist
 from minicnn import models
 from minicnn.data import DataLoader
-from minicnn.nn.sync_batchnorm import SyncBatchNormFunction
+from minicnn.nn.sync_batchnorm import SyncBatchNormFn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "mpi_worker.py")
@@ -175,7 +175,7 @@ def test_syncbatchnorm_gradcheck_one_process(cpu_backend, shape, rng):
     x = mc.tensor(rng.standard_normal(shape) * 2 + 1, requires_grad=True, dtype="float64")
     w = mc.tensor(rng.standard_normal(C) + 1, requires_grad=True, dtype="float64")
     b = mc.tensor(rng.standard_normal(C), requires_grad=True, dtype="float64")
-    mc.gradcheck(lambda x, w, b: SyncBatchNormFunction.apply(
+    mc.gradcheck(lambda x, w, b: SyncBatchNormFn.apply(
         x, w, b, running_mean=None, running_var=None, momentum=0.1, eps=1e-5), [x, w, b])
 
 

@@ -243,7 +243,7 @@ class _LossModule(nn.Module):
 
 
 # -- the checker itself must catch a wrong backward -----------------------------------
-class _WrongSquare(mc.Function):
+class _WrongSquareFn(mc.Function):
     def forward(self, x):
         self.x = x
         return x * x
@@ -255,7 +255,7 @@ class _WrongSquare(mc.Function):
 def test_gradcheck_catches_a_wrong_backward_and_names_the_worst_element():
     x = t64([[1.0, -2.0], [3.0, 0.5]])
     with pytest.raises(mc.GradcheckError, match=r"input 0 .* at index \(1, 0\): analytic .* vs numeric"):
-        mc.gradcheck(lambda x: _WrongSquare.apply(x), (x,))
+        mc.gradcheck(lambda x: _WrongSquareFn.apply(x), (x,))
 
 
 def test_gradcheck_requires_float64_and_something_to_check():

@@ -106,7 +106,7 @@ def test_detect_anomaly_names_log_of_zero_and_the_line_that_made_it():
         with mc.detect_anomaly():
             y = x.log()  # noqa: F841   the line the error must quote
     message = str(e.value)
-    assert "Function Log" in message and "(3,)" in message and "-inf" in message
+    assert "Function LogFn" in message and "(3,)" in message and "-inf" in message
     assert "y = x.log()" in message and "test_nan_guard.py" in message
     assert "all its inputs were finite" in message
     assert x.log().shape == (3,)              # outside the context: no checks
@@ -116,7 +116,7 @@ def test_detect_anomaly_catches_a_backward_gradient_and_says_when_inputs_were_ba
     x = mc.tensor([0.0, 4.0], requires_grad=True)
     with mc.detect_anomaly():
         y = x.sqrt().sum()                    # forward finite: sqrt(0) = 0
-        with pytest.raises(AnomalyError, match=r"(?s)Function Sqrt: the gradient it returned for input 0"
+        with pytest.raises(AnomalyError, match=r"(?s)Function SqrtFn: the gradient it returned for input 0"
                                                r".*inf.*y = x\.sqrt\(\)\.sum\(\)"):
             y.backward()                      # d sqrt(x)/dx = 1 / (2 sqrt(0)) = inf
     bad = mc.tensor([np.nan, 1.0])
@@ -125,7 +125,7 @@ def test_detect_anomaly_catches_a_backward_gradient_and_says_when_inputs_were_ba
             bad * 2.0
     with mc.detect_anomaly(check_forward=False):
         z = (x.log() * 0.0).sum()              # -inf * 0 = nan, only the backward is checked
-        with pytest.raises(AnomalyError, match="Function Log: the gradient"):
+        with pytest.raises(AnomalyError, match="Function LogFn: the gradient"):
             z.backward()
 
 

@@ -6,7 +6,8 @@ that validate arguments and call them.
 """
 from .activation import (gelu, leaky_relu, log_softmax, mish, relu, sigmoid, silu, softmax,
                          softplus, swish, tanh)
-from .conv import conv2d, conv2d_simple, conv_output_shape
+from .conv import conv2d, conv2d_simple
+from .helpers import conv_output_shape
 from .distill import distillation_loss, kl_div
 from .dropout import dropout
 from .fused import conv2d_relu_max_pool2d

@@ -11,77 +11,74 @@ import math
 
 from ..backend import current
 from ..tensor import Function, Tensor
+from .helpers import stable_sigmoid, stable_softplus
 
 
-def _sigmoid(x):
-    """Stable 1 / (1 + e^-x): e^-|x| never overflows."""
-    xp = current.xp
-    z = xp.exp(-xp.abs(x))                       # in (0, 1]
-    return xp.where(x >= 0, 1 / (1 + z), z / (1 + z))
-
-
-def _softplus(x):
-    """Stable ln(1 + e^x)."""
-    return current.xp.logaddexp(0, x)
-
-
-class ReLU(Function):
+class ReLUFn(Function):
     """y = max(x, 0).   dy/dx = 1 where x > 0, else 0."""
 
     def forward(self, x):
-        self.positive = x > 0
+        self.save_for_backward(x > 0)
         return current.xp.maximum(x, 0)      # not x * positive: -inf * 0 would be NaN
 
     def backward(self, gy):
-        return gy * self.positive
+        positive, = self.saved_tensors       # (bool, x's shape)
+        return gy * positive
 
 
-class LeakyReLU(Function):
+class LeakyReLUFn(Function):
     """y = x if x > 0 else a*x.   dy/dx = 1 or a."""
 
     def forward(self, x, negative_slope):
-        self.slope = current.xp.where(x > 0, x.dtype.type(1), x.dtype.type(negative_slope))
-        return x * self.slope
+        slope = current.xp.where(x > 0, x.dtype.type(1), x.dtype.type(negative_slope))
+        self.save_for_backward(slope)
+        return x * slope
 
     def backward(self, gy):
-        return gy * self.slope
+        slope, = self.saved_tensors
+        return gy * slope
 
 
-class Sigmoid(Function):
+class SigmoidFn(Function):
     """y = 1 / (1 + e^-x).   dy/dx = y (1 - y)."""
 
     def forward(self, x):
-        self.y = _sigmoid(x)
-        return self.y
+        y = stable_sigmoid(x)
+        self.save_for_backward(y)
+        return y
 
     def backward(self, gy):
-        return gy * self.y * (1 - self.y)
+        y, = self.saved_tensors
+        return gy * y * (1 - y)
 
 
-class Tanh(Function):
+class TanhFn(Function):
     """y = tanh x.   dy/dx = 1 - y^2."""
 
     def forward(self, x):
-        self.y = current.xp.tanh(x)
-        return self.y
+        y = current.xp.tanh(x)
+        self.save_for_backward(y)
+        return y
 
     def backward(self, gy):
-        return gy * (1 - self.y * self.y)
+        y, = self.saved_tensors
+        return gy * (1 - y * y)
 
 
-class SiLU(Function):
+class SiLUFn(Function):
     """Swish / SiLU: y = x * sigmoid(x).   dy/dx = s + x s (1 - s), s = sigmoid(x)."""
 
     def forward(self, x):
-        self.x, self.s = x, _sigmoid(x)
-        return x * self.s
+        s = stable_sigmoid(x)
+        self.save_for_backward(x, s)
+        return x * s
 
     def backward(self, gy):
-        s = self.s
-        return gy * (s + self.x * s * (1 - s))
+        x, s = self.saved_tensors
+        return gy * (s + x * s * (1 - s))
 
 
-class Mish(Function):
+class MishFn(Function):
     """y = x * tanh(softplus(x)).
 
     dy/dx = t + x * (1 - t^2) * sigmoid(x), with t = tanh(softplus(x)),
@@ -89,16 +86,16 @@ class Mish(Function):
     """
 
     def forward(self, x):
-        self.x = x
-        self.t = current.xp.tanh(_softplus(x))
-        return x * self.t
+        t = current.xp.tanh(stable_softplus(x))
+        self.save_for_backward(x, t)
+        return x * t
 
     def backward(self, gy):
-        t = self.t
-        return gy * (t + self.x * (1 - t * t) * _sigmoid(self.x))
+        x, t = self.saved_tensors
+        return gy * (t + x * (1 - t * t) * stable_sigmoid(x))
 
 
-class GELU(Function):
+class GELUFn(Function):
     """y = x * Phi(x), Phi the standard normal CDF (``approximate='none'``), or
     the tanh approximation 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 
@@ -107,37 +104,41 @@ class GELU(Function):
 
     def forward(self, x, approximate):
         xp = current.xp
-        self.x, self.approximate = x, approximate
+        self.approximate = approximate
         if approximate == "tanh":
             c = x.dtype.type(math.sqrt(2 / math.pi))
-            self.u = c * (x + 0.044715 * x ** 3)
-            self.t = xp.tanh(self.u)
-            return 0.5 * x * (1 + self.t)
-        self.cdf = 0.5 * (1 + current.kernels.erf(x / x.dtype.type(math.sqrt(2))))
-        return x * self.cdf
+            t = xp.tanh(c * (x + 0.044715 * x ** 3))
+            self.save_for_backward(x, t)
+            return 0.5 * x * (1 + t)
+        cdf = 0.5 * (1 + current.kernels.erf(x / x.dtype.type(math.sqrt(2))))
+        self.save_for_backward(x, cdf)
+        return x * cdf
 
     def backward(self, gy):
-        xp, x = current.xp, self.x
+        xp = current.xp
         if self.approximate == "tanh":
+            x, t = self.saved_tensors
             c = x.dtype.type(math.sqrt(2 / math.pi))
             du = c * (1 + 3 * 0.044715 * x * x)
-            return gy * (0.5 * (1 + self.t) + 0.5 * x * (1 - self.t * self.t) * du)
+            return gy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
+        x, cdf = self.saved_tensors
         pdf = xp.exp(-0.5 * x * x) / x.dtype.type(math.sqrt(2 * math.pi))
-        return gy * (self.cdf + x * pdf)
+        return gy * (cdf + x * pdf)
 
 
-class Softplus(Function):
+class SoftplusFn(Function):
     """y = ln(1 + e^x).   dy/dx = sigmoid(x)."""
 
     def forward(self, x):
-        self.x = x
-        return _softplus(x)
+        self.save_for_backward(x)
+        return stable_softplus(x)
 
     def backward(self, gy):
-        return gy * _sigmoid(self.x)
+        x, = self.saved_tensors
+        return gy * stable_sigmoid(x)
 
 
-class Softmax(Function):
+class SoftmaxFn(Function):
     """y_i = e^{x_i} / sum_j e^{x_j} along ``dim``.
 
     Jacobian dy_i/dx_k = y_i (delta_ik - y_k), so dx = y * (gy - sum(gy * y)).
@@ -147,15 +148,16 @@ class Softmax(Function):
         xp = current.xp
         self.dim = dim
         e = xp.exp(x - x.max(axis=dim, keepdims=True))
-        self.y = e / e.sum(axis=dim, keepdims=True)
-        return self.y
+        y = e / e.sum(axis=dim, keepdims=True)
+        self.save_for_backward(y)
+        return y
 
     def backward(self, gy):
-        y = self.y
+        y, = self.saved_tensors
         return y * (gy - (gy * y).sum(axis=self.dim, keepdims=True))
 
 
-class LogSoftmax(Function):
+class LogSoftmaxFn(Function):
     """y_i = x_i - logsumexp(x) along ``dim`` (stable: shift by the max first).
 
     dx = gy - softmax(x) * sum(gy).
@@ -165,50 +167,52 @@ class LogSoftmax(Function):
         xp = current.xp
         self.dim = dim
         shifted = x - x.max(axis=dim, keepdims=True)
-        self.y = shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
-        return self.y
+        y = shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
+        self.save_for_backward(y)
+        return y
 
     def backward(self, gy):
         xp = current.xp
-        return gy - xp.exp(self.y) * gy.sum(axis=self.dim, keepdims=True)
+        y, = self.saved_tensors
+        return gy - xp.exp(y) * gy.sum(axis=self.dim, keepdims=True)
 
 
 # -- functional spellings (PyTorch's names) -------------------------------------
 def relu(x: Tensor) -> Tensor:
-    return ReLU.apply(x)
+    return ReLUFn.apply(x)
 
 
 def leaky_relu(x: Tensor, negative_slope=0.01) -> Tensor:
-    return LeakyReLU.apply(x, negative_slope=negative_slope)
+    return LeakyReLUFn.apply(x, negative_slope=negative_slope)
 
 
 def sigmoid(x: Tensor) -> Tensor:
-    return Sigmoid.apply(x)
+    return SigmoidFn.apply(x)
 
 
 def tanh(x: Tensor) -> Tensor:
-    return Tanh.apply(x)
+    return TanhFn.apply(x)
 
 
 def silu(x: Tensor) -> Tensor:
-    return SiLU.apply(x)
+    return SiLUFn.apply(x)
 
 
 swish = silu
 
 
 def mish(x: Tensor) -> Tensor:
-    return Mish.apply(x)
+    return MishFn.apply(x)
 
 
 def gelu(x: Tensor, approximate="none") -> Tensor:
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    return GELU.apply(x, approximate=approximate)
+    return GELUFn.apply(x, approximate=approximate)
 
 
 def softplus(x: Tensor) -> Tensor:
-    return Softplus.apply(x)
+    return SoftplusFn.apply(x)
 
 
 def _dim(x, dim, op):
@@ -218,8 +222,8 @@ def _dim(x, dim, op):
 
 
 def softmax(x: Tensor, dim=-1) -> Tensor:
-    return Softmax.apply(x, dim=_dim(x, dim, "softmax"))
+    return SoftmaxFn.apply(x, dim=_dim(x, dim, "softmax"))
 
 
 def log_softmax(x: Tensor, dim=-1) -> Tensor:
-    return LogSoftmax.apply(x, dim=_dim(x, dim, "log_softmax"))
+    return LogSoftmaxFn.apply(x, dim=_dim(x, dim, "log_softmax"))

@@ -1,7 +1,7 @@
 """2-D convolution through im2col, with stride, padding, dilation and groups.
 
 Read :func:`conv2d_simple` first: ten lines, no groups, autograd does the
-backward. :class:`Conv2d` below is the real one, with its own backward; the
+backward. :class:`Conv2dFn` below is the real one, with its own backward; the
 tests prove the two equal.
 """
 from __future__ import annotations
@@ -9,44 +9,11 @@ from __future__ import annotations
 import numbers
 
 from ..backend import current
-from ..tensor import Function, Tensor, _shape_str
+from ..tensor import Function, Tensor
+from .helpers import check_4d, check_window_fits, conv_output_shape, pair, shape_str
 
 
-def _pair(value, name, minimum):
-    """Turn ``3`` or ``(3, 2)`` into ``(3, 3)`` / ``(3, 2)``; check each is an int >= minimum."""
-    if isinstance(value, numbers.Integral):
-        pair = (value, value)
-    elif isinstance(value, (tuple, list)):
-        pair = tuple(value)
-    else:
-        pair = ()
-    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if any(v < minimum for v in pair):
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def conv_output_shape(in_hw, kernel_hw, stride=1, padding=0, dilation=1):
-    """(oh, ow) for an input (H, W): out = floor((in + 2p - d(k-1) - 1) / s) + 1."""
-    (H, W), (kh, kw) = in_hw, kernel_hw
-    (sh, sw), (ph, pw), (dh, dw) = (_pair(stride, "stride", 1), _pair(padding, "padding", 0),
-                                    _pair(dilation, "dilation", 1))
-    return ((H + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
-            (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
-
-
-def _check_window_fits(op, hw, k, padding, dilation):
-    """The (dilated) window must fit inside the padded input along both axes."""
-    for axis, n, kk, p, d in zip(("height", "width"), hw, k, padding, dilation):
-        span = d * (kk - 1) + 1
-        if span > n + 2 * p:
-            raise ValueError(f"{op}: the kernel spans {span} pixels along the {axis} "
-                             f"(kernel {kk}, dilation {d}) but the padded input has only "
-                             f"{n + 2 * p} ({n} + 2*{p} padding)")
-
-
-class Conv2d(Function):
+class Conv2dFn(Function):
     """y = conv2d(x, w) + b, computed as a matrix product over im2col columns.
 
     Shapes: x (N, C, H, W), w (Cout, C/G, kh, kw), b (Cout,), y (N, Cout, oh, ow),
@@ -76,7 +43,7 @@ class Conv2d(Function):
         # (N, Cout, oh, ow) -> (Cout, N, oh, ow): the layout of the matrix product's output
         return self.product_backward(gy.transpose(1, 0, 2, 3))
 
-    # The two halves shared with the fused ConvReLUMaxPool2d (functional/fused.py),
+    # The two halves shared with the fused ConvReLUMaxPool2dFn (functional/fused.py),
     # which only changes what happens to y between the product and the next layer.
     def product(self, x, w, stride, padding, dilation, groups):
         """im2col and the matrix product: returns y channel first, (Cout, N, oh, ow), no bias."""
@@ -88,15 +55,17 @@ class Conv2d(Function):
         cols = kernels.im2col(x, kh, kw, stride, padding, dilation)     # (C*kh*kw, N*oh*ow)
         cols = cols.reshape(G, Cg * kh * kw, N * oh * ow)                 # (G, K, L)
         w_g = w.reshape(G, Cout // G, Cg * kh * kw)                       # (G, Cout/G, K)
-        self.saved = (cols, w_g)
-        self.config = (x.shape, w.shape, stride, padding, dilation, G)
+        self.save_for_backward(cols, w_g)
+        self.x_shape, self.w_shape, self.stride, self.padding, self.dilation, self.groups = \
+            x.shape, w.shape, stride, padding, dilation, G
         return (w_g @ cols).reshape(Cout, N, oh, ow)                      # (Cout, N, oh, ow)
 
     def product_backward(self, gy_cn):
         """dx, dw, db from dY in channel-first order, gy_cn (Cout, N, oh, ow)."""
         kernels = current.kernels
-        cols, w_g = self.saved
-        x_shape, w_shape, stride, padding, dilation, G = self.config
+        cols, w_g = self.saved_tensors[:2]
+        x_shape, w_shape, stride, padding, dilation, G = (self.x_shape, self.w_shape, self.stride,
+                                                          self.padding, self.dilation, self.groups)
         Cout, Cg, kh, kw = w_shape
         gy_g = gy_cn.reshape(G, Cout // G, -1)                            # (G, Cout/G, L)
         dx = dw = db = None
@@ -125,22 +94,21 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor = None, stride=1, padding=0,
     """
     stride, padding, dilation = check_conv2d_args("conv2d", x, weight, bias, stride, padding,
                                                   dilation, groups)
-    return Conv2d.apply(x, weight, bias, stride=stride, padding=padding,
+    return Conv2dFn.apply(x, weight, bias, stride=stride, padding=padding,
                         dilation=dilation, groups=groups)
 
 
 def check_conv2d_args(op, x, weight, bias, stride, padding, dilation, groups):
     """Check a convolution's arguments; return (stride, padding, dilation) as pairs."""
-    stride = _pair(stride, f"{op}: stride", 1)
-    padding = _pair(padding, f"{op}: padding", 0)
-    dilation = _pair(dilation, f"{op}: dilation", 1)
+    stride = pair(stride, f"{op}: stride", 1)
+    padding = pair(padding, f"{op}: padding", 0)
+    dilation = pair(dilation, f"{op}: dilation", 1)
     if not isinstance(groups, numbers.Integral) or groups < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
-    if x.ndim != 4:
-        raise ValueError(f"{op}: expected a 4-D input (N, C, H, W), got shape {_shape_str(x.shape)}")
+    check_4d(op, x)
     if weight.ndim != 4:
         raise ValueError(f"{op}: expected a 4-D weight (Cout, Cin/groups, kh, kw), "
-                         f"got shape {_shape_str(weight.shape)}")
+                         f"got shape {shape_str(weight.shape)}")
     N, C, H, W = x.shape
     Cout, Cg, kh, kw = weight.shape
     if C % groups or Cout % groups:
@@ -148,14 +116,14 @@ def check_conv2d_args(op, x, weight, bias, stride, padding, dilation, groups):
                          f"and the output channels ({Cout})")
     if Cg * groups != C:
         raise ValueError(f"{op}: the input has {C} channels but the weight of shape "
-                         f"{_shape_str(weight.shape)} with groups={groups} expects "
+                         f"{shape_str(weight.shape)} with groups={groups} expects "
                          f"{Cg * groups} (= {Cg} per group x {groups})")
     if bias is not None and tuple(bias.shape) != (Cout,):
-        raise ValueError(f"{op}: expected a bias of shape ({Cout},), got {_shape_str(bias.shape)}")
+        raise ValueError(f"{op}: expected a bias of shape ({Cout},), got {shape_str(bias.shape)}")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.dtype != x.dtype:
             raise TypeError(f"{op}: input is {x.dtype} but {name} is {t.dtype}; use one dtype")
-    _check_window_fits(op, (H, W), (kh, kw), padding, dilation)
+    check_window_fits(op, (H, W), (kh, kw), padding, dilation)
     return stride, padding, dilation
 
 

@@ -26,7 +26,8 @@ two terms' gradients comparable as T changes.
 from __future__ import annotations
 
 from ..backend import current
-from ..tensor import Function, Tensor, _shape_str
+from ..tensor import Function, Tensor
+from .helpers import shape_str
 from .activation import log_softmax, softmax
 from .loss import cross_entropy
 
@@ -40,7 +41,7 @@ def _xlogy(x):
     return xp.where(x > 0, x * xp.log(safe), 0)
 
 
-class KLDiv(Function):
+class KLDivFn(Function):
     """Pointwise l = t (log t - x)  [or e^t (t - x) with log_target], then reduced.
 
     dl/dx = -t                [-e^t]
@@ -50,11 +51,13 @@ class KLDiv(Function):
 
     def forward(self, x, t, reduction, log_target):
         xp = current.xp
-        self.x, self.t, self.reduction, self.log_target = x, t, reduction, log_target
+        self.reduction, self.log_target = reduction, log_target
         if log_target:
-            self.et = xp.exp(t)
-            loss = self.et * (t - x)
+            et = xp.exp(t)
+            self.save_for_backward(x, t, et)
+            loss = et * (t - x)
         else:
+            self.save_for_backward(x, t, None)
             loss = _xlogy(t) - t * x
         if reduction == "sum":
             return loss.sum()
@@ -64,8 +67,8 @@ class KLDiv(Function):
             return loss.sum() / (x.shape[0] if x.ndim else 1)
         return loss
 
-    def _scale(self, gy):
-        xp, x = current.xp, self.x
+    def _scale(self, gy, x):
+        xp = current.xp
         if self.reduction == "none":
             return gy
         n = {"sum": 1, "mean": max(x.size, 1), "batchmean": x.shape[0] if x.ndim else 1}[self.reduction]
@@ -73,16 +76,17 @@ class KLDiv(Function):
 
     def backward(self, gy):
         xp = current.xp
-        g = self._scale(gy)
-        dx = -(self.et if self.log_target else self.t) * g
+        x, t, et = self.saved_tensors                 # et = e^t (log_target only)
+        g = self._scale(gy, x)
+        dx = -(et if self.log_target else t) * g
         dt = None
         if self.needs_input_grad[1]:
             if self.log_target:
-                dt = self.et * (self.t - self.x + 1) * g
+                dt = et * (t - x + 1) * g
             else:
-                safe = xp.where(self.t > 0, self.t, 1)
-                log_t = xp.where(self.t > 0, xp.log(safe), -xp.inf)
-                dt = (log_t + 1 - self.x) * g
+                safe = xp.where(t > 0, t, 1)
+                log_t = xp.where(t > 0, xp.log(safe), -xp.inf)
+                dt = (log_t + 1 - x) * g
         return dx, dt
 
 
@@ -92,9 +96,9 @@ def kl_div(input: Tensor, target, reduction="mean", log_target=False) -> Tensor:
         raise ValueError(f"kl_div: reduction must be one of {_KL_REDUCTIONS}, got {reduction!r}")
     target = target if isinstance(target, Tensor) else Tensor(target, dtype=input.dtype)
     if input.shape != target.shape:
-        raise ValueError(f"kl_div: input has shape {_shape_str(input.shape)} but target has "
-                         f"{_shape_str(target.shape)}; they must match")
-    return KLDiv.apply(input, target, reduction=reduction, log_target=bool(log_target))
+        raise ValueError(f"kl_div: input has shape {shape_str(input.shape)} but target has "
+                         f"{shape_str(target.shape)}; they must match")
+    return KLDivFn.apply(input, target, reduction=reduction, log_target=bool(log_target))
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits, target, temperature=4.0, alpha=0.9) -> Tensor:
@@ -110,8 +114,8 @@ def distillation_loss(student_logits: Tensor, teacher_logits, target, temperatur
     teacher_logits = teacher_logits if isinstance(teacher_logits, Tensor) \
         else Tensor(teacher_logits, dtype=student_logits.dtype)
     if teacher_logits.shape != student_logits.shape:
-        raise ValueError(f"distillation_loss: student logits {_shape_str(student_logits.shape)} and "
-                         f"teacher logits {_shape_str(teacher_logits.shape)} must have the same shape")
+        raise ValueError(f"distillation_loss: student logits {shape_str(student_logits.shape)} and "
+                         f"teacher logits {shape_str(teacher_logits.shape)} must have the same shape")
     T = float(temperature)
     soft = kl_div(log_softmax(student_logits / T, dim=1), softmax(teacher_logits / T, dim=1),
                   reduction="batchmean")

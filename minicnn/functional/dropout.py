@@ -17,18 +17,20 @@ from ..backend import to_device
 from ..tensor import Function, Tensor
 
 
-class Dropout(Function):
+class DropoutFn(Function):
     """y = x * mask, mask_i = (u_i >= p) / (1 - p), u_i ~ U[0, 1)."""
 
     def forward(self, x, p):
         u = rng.generator().random(x.shape, dtype=x.dtype if x.dtype.itemsize in (4, 8) else "float64")
         keep = to_device(u >= p)
         scale = x.dtype.type(0.0 if p >= 1 else 1.0 / (1.0 - p))
-        self.mask = keep * scale                        # (same shape as x)
-        return x * self.mask
+        mask = keep * scale                             # (same shape as x)
+        self.save_for_backward(mask)
+        return x * mask
 
     def backward(self, gy):
-        return gy * self.mask
+        mask, = self.saved_tensors
+        return gy * mask
 
 
 def dropout(x: Tensor, p=0.5, training=True) -> Tensor:
@@ -36,4 +38,4 @@ def dropout(x: Tensor, p=0.5, training=True) -> Tensor:
         raise ValueError(f"dropout: p must be a probability in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
-    return Dropout.apply(x, p=float(p))
+    return DropoutFn.apply(x, p=float(p))

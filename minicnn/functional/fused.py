@@ -1,6 +1,6 @@
 """Fused layers: Conv2d -> ReLU -> MaxPool2d as one Function, the same numbers in fewer passes.
 
-Read :class:`~minicnn.functional.conv.Conv2d`, ``relu`` and ``max_pool2d``
+Read :class:`~minicnn.functional.conv.Conv2dFn`, ``relu`` and ``max_pool2d``
 first: this module computes exactly what the three compute one after the
 other, and ``tests/test_fused.py`` proves it (equal outputs, equal
 gradients, on every backend). What fusing changes is how often the largest
@@ -23,7 +23,7 @@ Fused (this module), with the kernels ``bias_relu_max_pool2d_forward`` /
     p   = relu(max over window(y + b))     one read of y; p written in (N, C, ph, pw)
     ...
     dY  = gy routed to each window's winner, 0 where relu clipped  one write, channel first
-    dW  = dY @ cols^T,  dcols = W^T @ dY,  db = dY summed          (Conv2d's backward)
+    dW  = dY @ cols^T,  dcols = W^T @ dY,  db = dY summed          (Conv2dFn's backward)
 
 Why the numbers are the same: relu is monotone, so relu(max(a, b)) ==
 max(relu(a), relu(b)) exactly, and the gradient reaches the same input: the
@@ -37,32 +37,35 @@ call it directly.
 from __future__ import annotations
 
 from ..backend import current
-from ..tensor import Tensor, _shape_str
-from .conv import Conv2d, _check_window_fits, _pair, check_conv2d_args, conv_output_shape
+from ..tensor import Tensor
+from .conv import Conv2dFn, check_conv2d_args
+from .helpers import check_window_fits, conv_output_shape, pair, shape_str
 
 
-class ConvReLUMaxPool2d(Conv2d):
+class ConvReLUMaxPool2dFn(Conv2dFn):
     """p = max_pool2d(relu(conv2d(x, w) + b)), windows ``pool_size`` every ``pool_stride``.
 
     Shapes: x (N, C, H, W), w (Cout, C/G, kh, kw), b (Cout,) or None,
     y (Cout, N, oh, ow) inside, p (N, Cout, ph, pw) out.
 
-    Forward: Conv2d's im2col + matrix product, then one fused kernel for
+    Forward: Conv2dFn's im2col + matrix product, then one fused kernel for
     bias, pooling and relu (it keeps ``argmax``: the winning tap per window,
     -1 where relu clipped it).
 
     Backward: the fused kernel's adjoint turns gp into dY (Cout, N, oh, ow),
-    and Conv2d's backward takes it from there (dW, dx via col2im, db).
+    and Conv2dFn's backward takes it from there (dW, dx via col2im, db).
     """
 
     def forward(self, x, w, b, stride, padding, dilation, groups, pool_size, pool_stride):
         y = self.product(x, w, stride, padding, dilation, groups)        # (Cout, N, oh, ow)
         self.y_shape, self.pool = y.shape, (*pool_size, pool_stride)
-        p, self.argmax = current.kernels.bias_relu_max_pool2d_forward(y, b, *self.pool)
+        p, argmax = current.kernels.bias_relu_max_pool2d_forward(y, b, *self.pool)
+        self.save_for_backward(*self.saved_tensors, argmax)              # the product's (cols, w_g), argmax
         return p                                                          # (N, Cout, ph, pw)
 
     def backward(self, gp):
-        dy = current.kernels.bias_relu_max_pool2d_backward(gp, self.argmax, self.y_shape,
+        argmax = self.saved_tensors[-1]                                   # (N, Cout, ph, pw)
+        dy = current.kernels.bias_relu_max_pool2d_backward(gp, argmax, self.y_shape,
                                                            *self.pool)    # (Cout, N, oh, ow)
         return self.product_backward(dy)
 
@@ -77,12 +80,12 @@ def conv2d_relu_max_pool2d(x: Tensor, weight: Tensor, bias: Tensor = None, strid
     op = "conv2d_relu_max_pool2d"
     stride, padding, dilation = check_conv2d_args(op, x, weight, bias, stride, padding,
                                                   dilation, groups)
-    k = _pair(pool_kernel_size, f"{op}: pool_kernel_size", 1)
-    s = k if pool_stride is None else _pair(pool_stride, f"{op}: pool_stride", 1)
+    k = pair(pool_kernel_size, f"{op}: pool_kernel_size", 1)
+    s = k if pool_stride is None else pair(pool_stride, f"{op}: pool_stride", 1)
     oh, ow = conv_output_shape(x.shape[2:], weight.shape[2:], stride, padding, dilation)
     try:
-        _check_window_fits(op, (oh, ow), k, (0, 0), (1, 1))
+        check_window_fits(op, (oh, ow), k, (0, 0), (1, 1))
     except ValueError as e:
-        raise ValueError(f"{e} (the convolution's output is {_shape_str((oh, ow))})") from None
-    return ConvReLUMaxPool2d.apply(x, weight, bias, stride=stride, padding=padding,
+        raise ValueError(f"{e} (the convolution's output is {shape_str((oh, ow))})") from None
+    return ConvReLUMaxPool2dFn.apply(x, weight, bias, stride=stride, padding=padding,
                                    dilation=dilation, groups=groups, pool_size=k, pool_stride=s)

@@ -1,10 +1,11 @@
 """The fully connected (affine) layer as one Function."""
 from __future__ import annotations
 
-from ..tensor import Function, Tensor, _shape_str
+from ..tensor import Function, Tensor
+from .helpers import shape_str
 
 
-class Linear(Function):
+class LinearFn(Function):
     """y = x W^T + b   for x (N, in), W (out, in), b (out,) -> y (N, out).
 
     Backward:  dx = gy W   (N, out)(out, in);   dW = gy^T x   (out, N)(N, in);
@@ -17,13 +18,14 @@ class Linear(Function):
         y = x2 @ weight.T                                     # (N, out)
         if bias is not None:
             y += bias
-        self.x2, self.weight = x2, weight
+        self.save_for_backward(x2, weight)
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     def backward(self, gy):
+        x2, weight = self.saved_tensors
         g2 = gy.reshape(-1, gy.shape[-1])                     # (N, out)
-        dx = (g2 @ self.weight).reshape(self.x_shape) if self.needs_input_grad[0] else None
-        dw = g2.T @ self.x2 if self.needs_input_grad[1] else None
+        dx = (g2 @ weight).reshape(self.x_shape) if self.needs_input_grad[0] else None
+        dw = g2.T @ x2 if self.needs_input_grad[1] else None
         db = g2.sum(axis=0) if self.needs_input_grad[2] else None
         return dx, dw, db
 
@@ -32,12 +34,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor = None) -> Tensor:
     """PyTorch's ``F.linear``: y = x @ weight.T + bias."""
     if x.ndim < 1 or weight.ndim != 2:
         raise ValueError(f"linear: expected input (..., in_features) and weight (out, in), got "
-                         f"{_shape_str(x.shape)} and {_shape_str(weight.shape)}")
+                         f"{shape_str(x.shape)} and {shape_str(weight.shape)}")
     if x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"linear: input has {x.shape[-1]} features (shape {_shape_str(x.shape)}) "
-                         f"but the weight {_shape_str(weight.shape)} expects {weight.shape[1]}")
+        raise ValueError(f"linear: input has {x.shape[-1]} features (shape {shape_str(x.shape)}) "
+                         f"but the weight {shape_str(weight.shape)} expects {weight.shape[1]}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"linear: expected a bias of shape ({weight.shape[0]},), got {_shape_str(bias.shape)}")
+        raise ValueError(f"linear: expected a bias of shape ({weight.shape[0]},), got {shape_str(bias.shape)}")
     if weight.dtype != x.dtype:
         raise TypeError(f"linear: input is {x.dtype} but weight is {weight.dtype}; use one dtype")
-    return Linear.apply(x, weight, bias)
+    return LinearFn.apply(x, weight, bias)

@@ -6,8 +6,8 @@ element or sample), as in PyTorch.
 from __future__ import annotations
 
 from ..backend import current
-from ..tensor import Function, Tensor, _shape_str
-from .activation import _sigmoid
+from ..tensor import Function, Tensor
+from .helpers import shape_str, stable_sigmoid
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -39,10 +39,10 @@ def _reduce_grad(gy, shape, reduction, dtype):
 
 def _check_class_targets(op, logits, target):
     if logits.ndim != 2:
-        raise ValueError(f"{op}: expected input of shape (N, num_classes), got {_shape_str(logits.shape)}")
+        raise ValueError(f"{op}: expected input of shape (N, num_classes), got {shape_str(logits.shape)}")
     if target.ndim != 1:
         raise ValueError(f"{op}: expected target of shape (N,) with class indices, got "
-                         f"{_shape_str(target.shape)}")
+                         f"{shape_str(target.shape)}")
     if target.dtype.kind not in "iu":
         raise TypeError(f"{op}: target must hold integer class indices, got dtype {target.dtype}")
     N, K = logits.shape
@@ -57,7 +57,7 @@ def _check_class_targets(op, logits, target):
                          f"(expected 0 <= target < {K})")
 
 
-class CrossEntropy(Function):
+class CrossEntropyFn(Function):
     """Softmax + negative log-likelihood in one stable step, with label smoothing.
 
     With p = softmax(z) over K classes and the smoothed target distribution
@@ -78,49 +78,56 @@ class CrossEntropy(Function):
         loss = -(1 - eps) * log_p[rows, target]                                 # (N,)
         if eps:
             loss = loss - (eps / K) * log_p.sum(axis=1)
-        self.log_p, self.target, self.eps, self.reduction = log_p, target, eps, reduction
+        self.save_for_backward(log_p, target)
+        self.eps, self.reduction = eps, reduction
         return _reduce(loss, reduction).astype(logits.dtype)
 
     def backward(self, gy):
         xp = current.xp
-        N, K = self.log_p.shape
-        grad = xp.exp(self.log_p)                                  # p
-        grad[xp.arange(N), self.target] -= (1 - self.eps)          # p - (1 - eps) onehot
+        log_p, target = self.saved_tensors                         # (N, K), (N,)
+        N, K = log_p.shape
+        grad = xp.exp(log_p)                                       # p
+        grad[xp.arange(N), target] -= (1 - self.eps)               # p - (1 - eps) onehot
         if self.eps:
             grad -= self.eps / K                                   # p - q
         g = _reduce_grad(gy, (N,), self.reduction, grad.dtype)     # (N,)
         return grad * g[:, None], None
 
 
-class NLLLoss(Function):
+class NLLLossFn(Function):
     """L_n = -log_probs[n, y_n].   d/d log_probs: -1 at (n, y_n), 0 elsewhere."""
 
     def forward(self, log_probs, target, reduction):
         N = log_probs.shape[0]
-        self.shape, self.target, self.reduction = log_probs.shape, target, reduction
+        self.save_for_backward(target)
+        self.shape, self.reduction = log_probs.shape, reduction
         return _reduce(-log_probs[current.xp.arange(N), target], reduction)
 
     def backward(self, gy):
         xp = current.xp
+        target, = self.saved_tensors
         N = self.shape[0]
         grad = xp.zeros(self.shape, dtype=gy.dtype)
-        grad[xp.arange(N), self.target] = -_reduce_grad(gy, (N,), self.reduction, gy.dtype)
+        grad[xp.arange(N), target] = -_reduce_grad(gy, (N,), self.reduction, gy.dtype)
         return grad, None
 
 
-class MSELoss(Function):
+class MSELossFn(Function):
     """L = (x - t)^2 per element.   dL/dx = 2 (x - t), dL/dt = -2 (x - t)."""
 
     def forward(self, x, t, reduction):
-        self.diff, self.reduction = x - t, reduction
-        return _reduce(self.diff * self.diff, reduction)
+        diff = x - t
+        self.save_for_backward(diff)
+        self.reduction = reduction
+        return _reduce(diff * diff, reduction)
 
     def backward(self, gy):
-        g = 2 * self.diff * _reduce_grad(gy, self.diff.shape, self.reduction, self.diff.dtype)
+        diff, = self.saved_tensors
+        g = 2 * diff * _reduce_grad(gy, diff.shape, self.reduction, diff.dtype)
         return g, (-g if self.needs_input_grad[1] else None)
 
 
-class SmoothL1Loss(Function):
+class SmoothL1LossFn(Function):
     """Huber-like: L = 0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta, d = x - t.
 
     dL/dd = d / beta inside the quadratic zone, sign(d) outside.
@@ -129,19 +136,21 @@ class SmoothL1Loss(Function):
     def forward(self, x, t, beta, reduction):
         xp = current.xp
         d = x - t
-        self.d, self.beta, self.reduction = d, beta, reduction
-        self.small = xp.abs(d) < beta
-        loss = xp.where(self.small, 0.5 * d * d / beta, xp.abs(d) - 0.5 * beta)
+        small = xp.abs(d) < beta
+        self.save_for_backward(d, small)
+        self.beta, self.reduction = beta, reduction
+        loss = xp.where(small, 0.5 * d * d / beta, xp.abs(d) - 0.5 * beta)
         return _reduce(loss, reduction).astype(x.dtype)
 
     def backward(self, gy):
         xp = current.xp
-        dl = xp.where(self.small, self.d / self.beta, xp.sign(self.d))
-        g = dl * _reduce_grad(gy, self.d.shape, self.reduction, self.d.dtype)
+        d, small = self.saved_tensors
+        dl = xp.where(small, d / self.beta, xp.sign(d))
+        g = dl * _reduce_grad(gy, d.shape, self.reduction, d.dtype)
         return g, (-g if self.needs_input_grad[1] else None)
 
 
-class BCEWithLogits(Function):
+class BCEWithLogitsFn(Function):
     """Binary cross-entropy on logits x with targets y in [0, 1]:
 
         L = -[y log s(x) + (1 - y) log(1 - s(x))] = max(x, 0) - x y + log(1 + e^-|x|)
@@ -151,14 +160,16 @@ class BCEWithLogits(Function):
 
     def forward(self, x, y, reduction):
         xp = current.xp
-        self.x, self.y, self.reduction = x, y, reduction
+        self.save_for_backward(x, y)
+        self.reduction = reduction
         loss = xp.maximum(x, 0) - x * y + xp.log1p(xp.exp(-xp.abs(x)))
         return _reduce(loss, reduction)
 
     def backward(self, gy):
-        g = _reduce_grad(gy, self.x.shape, self.reduction, self.x.dtype)
-        dx = (_sigmoid(self.x) - self.y) * g
-        dy = -self.x * g if self.needs_input_grad[1] else None
+        x, y = self.saved_tensors
+        g = _reduce_grad(gy, x.shape, self.reduction, x.dtype)
+        dx = (stable_sigmoid(x) - y) * g
+        dy = -x * g if self.needs_input_grad[1] else None
         return dx, dy
 
 
@@ -170,7 +181,7 @@ def cross_entropy(logits: Tensor, target, label_smoothing=0.0, reduction="mean")
     _check_class_targets("cross_entropy", logits, target.data)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    return CrossEntropy.apply(logits, target, label_smoothing=float(label_smoothing),
+    return CrossEntropyFn.apply(logits, target, label_smoothing=float(label_smoothing),
                               reduction=reduction)
 
 
@@ -179,31 +190,31 @@ def nll_loss(log_probs: Tensor, target, reduction="mean") -> Tensor:
     _check_reduction(reduction, "nll_loss")
     target = target if isinstance(target, Tensor) else Tensor(target)
     _check_class_targets("nll_loss", log_probs, target.data)
-    return NLLLoss.apply(log_probs, target, reduction=reduction)
+    return NLLLossFn.apply(log_probs, target, reduction=reduction)
 
 
 def _same_shape(op, x, t):
     t = t if isinstance(t, Tensor) else Tensor(t, dtype=x.dtype)
     if x.shape != t.shape:
-        raise ValueError(f"{op}: input has shape {_shape_str(x.shape)} but target has "
-                         f"{_shape_str(t.shape)}; they must match")
+        raise ValueError(f"{op}: input has shape {shape_str(x.shape)} but target has "
+                         f"{shape_str(t.shape)}; they must match")
     return t
 
 
 def mse_loss(x: Tensor, target, reduction="mean") -> Tensor:
     _check_reduction(reduction, "mse_loss")
-    return MSELoss.apply(x, _same_shape("mse_loss", x, target), reduction=reduction)
+    return MSELossFn.apply(x, _same_shape("mse_loss", x, target), reduction=reduction)
 
 
 def smooth_l1_loss(x: Tensor, target, reduction="mean", beta=1.0) -> Tensor:
     _check_reduction(reduction, "smooth_l1_loss")
     if beta <= 0:
         raise ValueError(f"smooth_l1_loss: beta must be > 0, got {beta}")
-    return SmoothL1Loss.apply(x, _same_shape("smooth_l1_loss", x, target), beta=float(beta),
+    return SmoothL1LossFn.apply(x, _same_shape("smooth_l1_loss", x, target), beta=float(beta),
                               reduction=reduction)
 
 
 def binary_cross_entropy_with_logits(x: Tensor, target, reduction="mean") -> Tensor:
     _check_reduction(reduction, "binary_cross_entropy_with_logits")
-    return BCEWithLogits.apply(x, _same_shape("binary_cross_entropy_with_logits", x, target),
+    return BCEWithLogitsFn.apply(x, _same_shape("binary_cross_entropy_with_logits", x, target),
                                reduction=reduction)

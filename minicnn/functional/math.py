@@ -41,7 +41,7 @@ def _check_broadcast(a, b, op):
                          "broadcast together (sizes must match or be 1, aligned from the right)") from None
 
 
-class Add(Function):
+class AddFn(Function):
     """y = a + b.   da = gy, db = gy (each summed over its broadcast axes)."""
 
     def forward(self, a, b):
@@ -53,7 +53,7 @@ class Add(Function):
         return unbroadcast(gy, self.a_shape), unbroadcast(gy, self.b_shape)
 
 
-class Sub(Function):
+class SubFn(Function):
     """y = a - b.   da = gy, db = -gy."""
 
     def forward(self, a, b):
@@ -66,36 +66,37 @@ class Sub(Function):
         return unbroadcast(gy, self.a_shape), db
 
 
-class Mul(Function):
+class MulFn(Function):
     """y = a * b.   da = gy * b, db = gy * a."""
 
     def forward(self, a, b):
         _check_broadcast(a, b, "mul")
-        self.a, self.b = a, b
+        self.save_for_backward(a, b)
         return a * b
 
     def backward(self, gy):
-        da = unbroadcast(gy * self.b, self.a.shape) if self.needs_input_grad[0] else None
-        db = unbroadcast(gy * self.a, self.b.shape) if self.needs_input_grad[1] else None
+        a, b = self.saved_tensors
+        da = unbroadcast(gy * b, a.shape) if self.needs_input_grad[0] else None
+        db = unbroadcast(gy * a, b.shape) if self.needs_input_grad[1] else None
         return da, db
 
 
-class Div(Function):
+class DivFn(Function):
     """y = a / b.   da = gy / b, db = -gy * a / b**2."""
 
     def forward(self, a, b):
         _check_broadcast(a, b, "div")
-        self.a, self.b = a, b
+        self.save_for_backward(a, b)
         return a / b
 
     def backward(self, gy):
-        da = unbroadcast(gy / self.b, self.a.shape) if self.needs_input_grad[0] else None
-        db = (unbroadcast(-gy * self.a / (self.b * self.b), self.b.shape)
-              if self.needs_input_grad[1] else None)
+        a, b = self.saved_tensors
+        da = unbroadcast(gy / b, a.shape) if self.needs_input_grad[0] else None
+        db = unbroadcast(-gy * a / (b * b), b.shape) if self.needs_input_grad[1] else None
         return da, db
 
 
-class Neg(Function):
+class NegFn(Function):
     """y = -x.   dx = -gy."""
 
     def forward(self, x):
@@ -105,36 +106,37 @@ class Neg(Function):
         return -gy
 
 
-class PowScalar(Function):
+class PowScalarFn(Function):
     """y = x ** p for a constant number p.   dx = gy * p * x**(p-1)."""
 
     def forward(self, x, exponent):
-        self.x, self.p = x, exponent
+        self.save_for_backward(x)
+        self.p = exponent
         return x ** exponent
 
     def backward(self, gy):
-        return gy * self.p * self.x ** (self.p - 1)
+        x, = self.saved_tensors
+        return gy * self.p * x ** (self.p - 1)
 
 
-class Pow(Function):
+class PowFn(Function):
     """y = a ** b (both tensors).   da = gy * b * a**(b-1),  db = gy * y * log(a)."""
 
     def forward(self, a, b):
         _check_broadcast(a, b, "pow")
-        self.a, self.b = a, b
-        self.y = a ** b
-        return self.y
+        y = a ** b
+        self.save_for_backward(a, b, y)
+        return y
 
     def backward(self, gy):
         xp = current.xp
-        da = (unbroadcast(gy * self.b * self.a ** (self.b - 1), self.a.shape)
-              if self.needs_input_grad[0] else None)
-        db = (unbroadcast(gy * self.y * xp.log(self.a), self.b.shape)
-              if self.needs_input_grad[1] else None)
+        a, b, y = self.saved_tensors
+        da = unbroadcast(gy * b * a ** (b - 1), a.shape) if self.needs_input_grad[0] else None
+        db = unbroadcast(gy * y * xp.log(a), b.shape) if self.needs_input_grad[1] else None
         return da, db
 
 
-class MatMul(Function):
+class MatMulFn(Function):
     """Y = A @ B for A: (..., n, k), B: (..., k, m) -> Y: (..., n, m).
 
     dA = dY @ B^T  (n, m)(m, k) -> (n, k);   dB = A^T @ dY  (k, n)(n, m) -> (k, m);
@@ -151,12 +153,12 @@ class MatMul(Function):
             raise ValueError(f"matmul: shape mismatch {tuple(a.shape)} @ {tuple(b.shape)}: the last axis "
                              f"of the left ({ka}) must equal the "
                              f"{'first' if b.ndim == 1 else 'second-to-last'} axis of the right ({kb})")
-        self.a, self.b = a, b
+        self.save_for_backward(a, b)
         return a @ b
 
     def backward(self, gy):
         xp = current.xp
-        a, b = self.a, self.b
+        a, b = self.saved_tensors
         if a.ndim == 1 and b.ndim == 1:                   # dot product: y is a scalar
             return gy * b, gy * a
         a2 = a[None, :] if a.ndim == 1 else a            # (1, k)
@@ -176,109 +178,118 @@ class MatMul(Function):
         return da, db
 
 
-class Exp(Function):
+class ExpFn(Function):
     """y = e^x.   dx = gy * y."""
 
     def forward(self, x):
-        self.y = current.xp.exp(x)
-        return self.y
+        y = current.xp.exp(x)
+        self.save_for_backward(y)
+        return y
 
     def backward(self, gy):
-        return gy * self.y
+        y, = self.saved_tensors
+        return gy * y
 
 
-class Log(Function):
+class LogFn(Function):
     """y = ln x.   dx = gy / x."""
 
     def forward(self, x):
-        self.x = x
+        self.save_for_backward(x)
         return current.xp.log(x)
 
     def backward(self, gy):
-        return gy / self.x
+        x, = self.saved_tensors
+        return gy / x
 
 
-class Sqrt(Function):
+class SqrtFn(Function):
     """y = sqrt(x).   dx = gy / (2 y)."""
 
     def forward(self, x):
-        self.y = current.xp.sqrt(x)
-        return self.y
+        y = current.xp.sqrt(x)
+        self.save_for_backward(y)
+        return y
 
     def backward(self, gy):
-        return gy / (2 * self.y)
+        y, = self.saved_tensors
+        return gy / (2 * y)
 
 
-class Abs(Function):
+class AbsFn(Function):
     """y = |x|.   dx = gy * sign(x)  (0 at x = 0, as PyTorch)."""
 
     def forward(self, x):
-        self.x = x
+        self.save_for_backward(x)
         return current.xp.abs(x)
 
     def backward(self, gy):
-        return gy * current.xp.sign(self.x)
+        x, = self.saved_tensors
+        return gy * current.xp.sign(x)
 
 
-class Clip(Function):
+class ClipFn(Function):
     """y = min(max(x, low), high).   dx = gy where low <= x <= high, else 0."""
 
     def forward(self, x, low=None, high=None):
         if low is None and high is None:
             raise ValueError("clip: give at least one of min and max")
-        self.x, self.low, self.high = x, low, high
+        self.save_for_backward(x)
+        self.low, self.high = low, high
         return current.xp.clip(x, low, high)
 
     def backward(self, gy):
-        inside = current.xp.ones(self.x.shape, dtype=bool)
+        x, = self.saved_tensors
+        inside = current.xp.ones(x.shape, dtype=bool)
         if self.low is not None:
-            inside &= self.x >= self.low
+            inside &= x >= self.low
         if self.high is not None:
-            inside &= self.x <= self.high
+            inside &= x <= self.high
         return gy * inside
 
 
-class Cast(Function):
+class CastFn(Function):
     """y = x converted to another float dtype.   dx = gy converted back."""
 
     def forward(self, x, dtype):
-        self.src = x.dtype
+        self.src_dtype = x.dtype
         return x.astype(dtype)
 
     def backward(self, gy):
-        return gy.astype(self.src)
+        return gy.astype(self.src_dtype)
 
 
-class Maximum(Function):
+class MaximumFn(Function):
     """y = max(a, b) elementwise.   The gradient goes to the larger (to a on ties)."""
 
     def forward(self, a, b):
         _check_broadcast(a, b, "maximum")
-        self.a, self.b = a, b
+        self.save_for_backward(a, b)
         return current.xp.maximum(a, b)
 
     def backward(self, gy):
-        a_wins = self.a >= self.b
-        da = unbroadcast(gy * a_wins, self.a.shape) if self.needs_input_grad[0] else None
-        db = unbroadcast(gy * ~a_wins, self.b.shape) if self.needs_input_grad[1] else None
+        a, b = self.saved_tensors
+        a_wins = a >= b
+        da = unbroadcast(gy * a_wins, a.shape) if self.needs_input_grad[0] else None
+        db = unbroadcast(gy * ~a_wins, b.shape) if self.needs_input_grad[1] else None
         return da, db
 
 
 # -- functional spellings --------------------------------------------------------
-def exp(x): return Exp.apply(x)
-def log(x): return Log.apply(x)
-def sqrt(x): return Sqrt.apply(x)
-def abs(x): return Abs.apply(x)  # noqa: A001 - PyTorch's name
+def exp(x): return ExpFn.apply(x)
+def log(x): return LogFn.apply(x)
+def sqrt(x): return SqrtFn.apply(x)
+def abs(x): return AbsFn.apply(x)  # noqa: A001 - PyTorch's name
 
 
 def clip(x, min=None, max=None):  # noqa: A002 - PyTorch's names
-    return Clip.apply(x, low=min, high=max)
+    return ClipFn.apply(x, low=min, high=max)
 
 
 def maximum(a, b):
     a = a if isinstance(a, Tensor) else _lift(a, b)
-    return Maximum.apply(a, _lift(b, a))
+    return MaximumFn.apply(a, _lift(b, a))
 
 
 def matmul(a, b):
-    return MatMul.apply(a, _lift(b, a))
+    return MatMulFn.apply(a, _lift(b, a))

@@ -22,10 +22,11 @@ In evaluation mu and var are constants: dx = gy * gamma / sqrt(running_var + eps
 from __future__ import annotations
 
 from ..backend import current
-from ..tensor import Function, Tensor, _shape_str
+from ..tensor import Function, Tensor
+from .helpers import shape_str
 
 
-class BatchNorm(Function):
+class BatchNormFn(Function):
     """y = gamma * (x - mu) / sqrt(var + eps) + beta, per channel (axis 1)."""
 
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -45,7 +46,8 @@ class BatchNorm(Function):
             mean, var = running_mean, running_var
         inv_std = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)           # (C,)
         xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
-        self.saved = (xhat, inv_std, weight, training, axes, shape)
+        self.save_for_backward(xhat, inv_std, weight)                   # (x's shape), (C,), (C,) or None
+        self.training, self.axes, self.shape = training, axes, shape
         y = xhat
         if weight is not None:
             y = y * weight.reshape(shape)
@@ -54,7 +56,8 @@ class BatchNorm(Function):
         return y
 
     def backward(self, gy):
-        xhat, inv_std, weight, training, axes, shape = self.saved
+        xhat, inv_std, weight = self.saved_tensors
+        training, axes, shape = self.training, self.axes, self.shape
         g = gy if weight is None else gy * weight.reshape(shape)       # dL/dxhat
         dx = None
         if self.needs_input_grad[0]:
@@ -73,21 +76,21 @@ def batch_norm(x: Tensor, running_mean, running_var, weight=None, bias=None, tra
     """PyTorch's ``F.batch_norm``: x (N, C) or (N, C, H, W); running stats (C,) or None."""
     if x.ndim not in (2, 4):
         raise ValueError(f"batch_norm: expected a 2-D (N, C) or 4-D (N, C, H, W) input, "
-                         f"got shape {_shape_str(x.shape)}")
+                         f"got shape {shape_str(x.shape)}")
     C = x.shape[1]
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != (C,):
             raise ValueError(f"batch_norm: {name} should have shape ({C},) for an input with "
-                             f"{C} channels, got {_shape_str(t.shape)}")
+                             f"{C} channels, got {shape_str(t.shape)}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("batch_norm: give both running_mean and running_var, or neither")
     if not training and running_mean is None:
         raise ValueError("batch_norm: evaluation mode needs running_mean and running_var")
     if training and x.size // C <= 1:
         raise ValueError(f"batch_norm: training needs more than one value per channel to compute "
-                         f"a variance, got input shape {_shape_str(x.shape)}")
+                         f"a variance, got input shape {shape_str(x.shape)}")
     rm = None if running_mean is None else running_mean.data
     rv = None if running_var is None else running_var.data
-    return BatchNorm.apply(x, weight, bias, running_mean=rm, running_var=rv,
+    return BatchNormFn.apply(x, weight, bias, running_mean=rm, running_var=rv,
                            training=bool(training), momentum=float(momentum), eps=float(eps))

@@ -9,24 +9,23 @@ from __future__ import annotations
 import numbers
 
 from ..backend import current
-from ..tensor import Function, Tensor, _shape_str
-from .conv import _check_window_fits, _pair
+from ..tensor import Function, Tensor
+from .helpers import check_4d, check_window_fits, pair
 
 
 def _pool_args(op, x, kernel_size, stride, padding):
-    if x.ndim != 4:
-        raise ValueError(f"{op}: expected a 4-D input (N, C, H, W), got shape {_shape_str(x.shape)}")
-    k = _pair(kernel_size, f"{op}: kernel_size", 1)
-    s = k if stride is None else _pair(stride, f"{op}: stride", 1)
-    p = _pair(padding, f"{op}: padding", 0)
+    check_4d(op, x)
+    k = pair(kernel_size, f"{op}: kernel_size", 1)
+    s = k if stride is None else pair(stride, f"{op}: stride", 1)
+    p = pair(padding, f"{op}: padding", 0)
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(f"{op}: padding {p} must be at most half the kernel size {k} "
                          "(otherwise a window could hold nothing but padding)")
-    _check_window_fits(op, x.shape[2:], k, p, (1, 1))
+    check_window_fits(op, x.shape[2:], k, p, (1, 1))
     return k, s, p
 
 
-class MaxPool2d(Function):
+class MaxPool2dFn(Function):
     """y[n,c,i,j] = max over the kh×kw window at (i*sh - ph, j*sw - pw).
 
     Backward: the gradient flows only to the argmax of each window (the first
@@ -35,15 +34,18 @@ class MaxPool2d(Function):
     """
 
     def forward(self, x, kernel_size, stride, padding):
-        self.args = (x.shape, *kernel_size, stride, padding)
-        y, self.argmax = current.kernels.max_pool2d_forward(x, *kernel_size, stride, padding)
+        self.x_shape, self.kernel_size, self.stride, self.padding = x.shape, kernel_size, stride, padding
+        y, argmax = current.kernels.max_pool2d_forward(x, *kernel_size, stride, padding)
+        self.save_for_backward(argmax)                  # (N, C, oh, ow): the winner's flat index
         return y
 
     def backward(self, gy):
-        return current.kernels.max_pool2d_backward(gy, self.argmax, *self.args)
+        argmax, = self.saved_tensors
+        return current.kernels.max_pool2d_backward(gy, argmax, self.x_shape, *self.kernel_size,
+                                                   self.stride, self.padding)
 
 
-class AvgPool2d(Function):
+class AvgPool2dFn(Function):
     """y[n,c,i,j] = (1/D) * sum of the window, D = kh*kw (or the count of real,
     non-padding pixels when ``count_include_pad=False``).
 
@@ -51,21 +53,24 @@ class AvgPool2d(Function):
     """
 
     def forward(self, x, kernel_size, stride, padding, count_include_pad):
-        self.args = (x.shape, *kernel_size, stride, padding, count_include_pad)
+        self.x_shape, self.kernel_size, self.stride, self.padding = x.shape, kernel_size, stride, padding
+        self.count_include_pad = count_include_pad
         return current.kernels.avg_pool2d_forward(x, *kernel_size, stride, padding, count_include_pad)
 
     def backward(self, gy):
-        return current.kernels.avg_pool2d_backward(gy, *self.args)
+        # nothing saved: the average's gradient depends only on the shapes
+        return current.kernels.avg_pool2d_backward(gy, self.x_shape, *self.kernel_size, self.stride,
+                                                   self.padding, self.count_include_pad)
 
 
 def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
     k, s, p = _pool_args("max_pool2d", x, kernel_size, stride, padding)
-    return MaxPool2d.apply(x, kernel_size=k, stride=s, padding=p)
+    return MaxPool2dFn.apply(x, kernel_size=k, stride=s, padding=p)
 
 
 def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0, count_include_pad=True) -> Tensor:
     k, s, p = _pool_args("avg_pool2d", x, kernel_size, stride, padding)
-    return AvgPool2d.apply(x, kernel_size=k, stride=s, padding=p,
+    return AvgPool2dFn.apply(x, kernel_size=k, stride=s, padding=p,
                            count_include_pad=bool(count_include_pad))
 
 
@@ -74,7 +79,7 @@ def adaptive_bins(size, out):
     return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
 
 
-class AdaptiveAvgPool2d(Function):
+class AdaptiveAvgPool2dFn(Function):
     """y[n,c,i,j] = mean of x over rows bin_i and columns bin_j (see adaptive_bins).
 
     The bins cover the input exactly and may overlap by one pixel when the sizes
@@ -105,9 +110,7 @@ class AdaptiveAvgPool2d(Function):
 
 def adaptive_avg_pool2d(x: Tensor, output_size) -> Tensor:
     """Average-pool to a fixed (oh, ow), whatever the input size (``1`` = global pooling)."""
-    if x.ndim != 4:
-        raise ValueError(f"adaptive_avg_pool2d: expected a 4-D input (N, C, H, W), "
-                         f"got shape {_shape_str(x.shape)}")
+    check_4d("adaptive_avg_pool2d", x)
     H, W = x.shape[2:]
     if isinstance(output_size, numbers.Integral):
         output_size = (output_size, output_size)
@@ -115,4 +118,4 @@ def adaptive_avg_pool2d(x: Tensor, output_size) -> Tensor:
               W if output_size[1] is None else output_size[1])
     if not (isinstance(oh, numbers.Integral) and isinstance(ow, numbers.Integral) and oh >= 1 and ow >= 1):
         raise ValueError(f"adaptive_avg_pool2d: output_size must be positive ints, got {output_size!r}")
-    return AdaptiveAvgPool2d.apply(x, output_size=(int(oh), int(ow)))
+    return AdaptiveAvgPool2dFn.apply(x, output_size=(int(oh), int(ow)))

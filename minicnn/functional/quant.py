@@ -50,7 +50,7 @@ def _codes(x, inv_scale, zero_point, quant_min, quant_max):
     return q, xp.clip(q, quant_min, quant_max)
 
 
-class FakeQuantizePerTensorAffine(Function):
+class FakeQuantizePerTensorAffineFn(Function):
     """y = (clamp(rint(x * inv_s) + z, qmin, qmax) - z) * s;  dx = gy * [no clipping]."""
 
     def forward(self, x, scale, zero_point, quant_min, quant_max):
@@ -58,14 +58,15 @@ class FakeQuantizePerTensorAffine(Function):
         s = dt(scale)
         inv_s = dt(1.0) / s                             # PyTorch: float inv_scale = 1.0f / scale
         q, qc = _codes(x, inv_s, dt(zero_point), quant_min, quant_max)
-        self.mask = q == qc                             # where the STE lets the gradient through
+        self.save_for_backward(q == qc)                 # where the STE lets the gradient through
         return ((qc - dt(zero_point)) * s).astype(x.dtype, copy=False)
 
     def backward(self, gy):
-        return gy * self.mask
+        not_clipped, = self.saved_tensors
+        return gy * not_clipped
 
 
-class FakeQuantizePerChannelAffine(Function):
+class FakeQuantizePerChannelAffineFn(Function):
     """The same with one (s_c, z_c) per channel c along ``axis`` (conv filters: axis 0)."""
 
     def forward(self, x, scale, zero_point, axis, quant_min, quant_max):
@@ -75,11 +76,12 @@ class FakeQuantizePerChannelAffine(Function):
         z = zero_point.astype(x.dtype).reshape(shape)
         inv_s = x.dtype.type(1.0) / s
         q, qc = _codes(x, inv_s, z, quant_min, quant_max)
-        self.mask = q == qc
+        self.save_for_backward(q == qc)
         return ((qc - z) * s).astype(x.dtype, copy=False)
 
     def backward(self, gy):
-        return gy * self.mask
+        not_clipped, = self.saved_tensors
+        return gy * not_clipped
 
 
 def _scalar(value, what, kind):
@@ -103,7 +105,7 @@ def fake_quantize_per_tensor_affine(x: Tensor, scale, zero_point, quant_min, qua
         raise ValueError(f"{name}: zero_point {z} is outside [quant_min, quant_max] = [{quant_min}, {quant_max}]")
     if x.dtype.kind != "f":
         raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
-    return FakeQuantizePerTensorAffine.apply(x, scale=s, zero_point=z, quant_min=int(quant_min),
+    return FakeQuantizePerTensorAffineFn.apply(x, scale=s, zero_point=z, quant_min=int(quant_min),
                                              quant_max=int(quant_max))
 
 
@@ -126,6 +128,6 @@ def fake_quantize_per_channel_affine(x: Tensor, scale, zero_point, axis, quant_m
         raise ValueError(f"{name}: every scale must be positive and finite; channel {bad} has {s[bad]}")
     if np.any(z < quant_min) or np.any(z > quant_max):
         raise ValueError(f"{name}: zero points must lie in [{quant_min}, {quant_max}]")
-    return FakeQuantizePerChannelAffine.apply(x, scale=to_device(s.astype(np.float32)),
+    return FakeQuantizePerChannelAffineFn.apply(x, scale=to_device(s.astype(np.float32)),
                                               zero_point=to_device(z.astype(np.int64)), axis=axis,
                                               quant_min=int(quant_min), quant_max=int(quant_max))

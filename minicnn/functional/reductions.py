@@ -35,7 +35,7 @@ def _expand(g, x_shape, axes, keepdims):
     return g.reshape(shape)
 
 
-class Sum(Function):
+class SumFn(Function):
     """y = sum of x over ``axis``.   dx = gy broadcast back over the summed axes."""
 
     def forward(self, x, axis=None, keepdims=False):
@@ -49,7 +49,7 @@ class Sum(Function):
         return current.xp.broadcast_to(g, self.x_shape).copy()
 
 
-class Mean(Function):
+class MeanFn(Function):
     """y = mean of x over ``axis`` (n elements each).   dx = gy / n, broadcast back."""
 
     def forward(self, x, axis=None, keepdims=False):
@@ -68,7 +68,7 @@ class Mean(Function):
         return current.xp.broadcast_to(g, self.x_shape).astype(gy.dtype)
 
 
-class Max(Function):
+class MaxFn(Function):
     """y = max of x over ``axis``.
 
     Backward: the gradient goes to the element(s) that attained the maximum;
@@ -77,18 +77,18 @@ class Max(Function):
     """
 
     def forward(self, x, axis=None, keepdims=False):
-        self.x = x
         self.axes = _normalize_axes(axis, x.ndim, "max")
         if x.size == 0:
             raise ValueError("max: cannot reduce an empty tensor")
         self.keepdims = keepdims
-        self.y = x.max(axis=self.axes, keepdims=True)
-        return self.y if keepdims else self.y.reshape(
-            [n for i, n in enumerate(x.shape) if i not in self.axes])
+        y = x.max(axis=self.axes, keepdims=True)
+        self.save_for_backward(x, y)
+        return y if keepdims else y.reshape([n for i, n in enumerate(x.shape) if i not in self.axes])
 
     def backward(self, gy):
-        g = _expand(gy, self.x.shape, self.axes, self.keepdims)
-        winners = (self.x == self.y)
+        x, y = self.saved_tensors                     # y with the reduced axes kept (size 1)
+        g = _expand(gy, x.shape, self.axes, self.keepdims)
+        winners = (x == y)
         count = winners.sum(axis=self.axes, keepdims=True)
         return (winners * (g / count)).astype(gy.dtype)
 
@@ -105,12 +105,12 @@ def var(x, axis=None, keepdims=False, unbiased=False):
 
 
 def sum(x, axis=None, keepdims=False):  # noqa: A001 - PyTorch's name
-    return Sum.apply(x, axis=axis, keepdims=keepdims)
+    return SumFn.apply(x, axis=axis, keepdims=keepdims)
 
 
 def mean(x, axis=None, keepdims=False):
-    return Mean.apply(x, axis=axis, keepdims=keepdims)
+    return MeanFn.apply(x, axis=axis, keepdims=keepdims)
 
 
 def max(x, axis=None, keepdims=False):  # noqa: A001 - PyTorch's name
-    return Max.apply(x, axis=axis, keepdims=keepdims)
+    return MaxFn.apply(x, axis=axis, keepdims=keepdims)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import itertools
 
 from ..backend import current
-from ..tensor import Function, Tensor, _shape_str
+from ..tensor import Function, Tensor
+from .helpers import shape_str
 
 
-class Reshape(Function):
+class ReshapeFn(Function):
     """y = x viewed with a new shape (same number of elements).   dx = gy reshaped back."""
 
     def forward(self, x, shape):
@@ -20,14 +21,14 @@ class Reshape(Function):
         try:
             return x.reshape(shape)
         except ValueError:
-            raise ValueError(f"reshape: cannot view a tensor of shape {_shape_str(x.shape)} "
+            raise ValueError(f"reshape: cannot view a tensor of shape {shape_str(x.shape)} "
                              f"({x.size} elements) as {tuple(shape)}") from None
 
     def backward(self, gy):
         return gy.reshape(self.x_shape)
 
 
-class Transpose(Function):
+class TransposeFn(Function):
     """y = x with its axes permuted (reversed when ``axes`` is None).
 
     dx = gy permuted by the inverse permutation.
@@ -38,7 +39,7 @@ class Transpose(Function):
             axes = tuple(reversed(range(x.ndim)))
         if sorted(a % max(x.ndim, 1) for a in axes) != list(range(x.ndim)):
             raise ValueError(f"transpose: axes {tuple(axes)} are not a permutation of "
-                             f"the {x.ndim} axes of a tensor of shape {_shape_str(x.shape)}")
+                             f"the {x.ndim} axes of a tensor of shape {shape_str(x.shape)}")
         self.axes = tuple(a % x.ndim for a in axes)
         return x.transpose(self.axes)
 
@@ -49,7 +50,7 @@ class Transpose(Function):
         return gy.transpose(inverse)
 
 
-class GetItem(Function):
+class GetItemFn(Function):
     """y = x[index] (slices, integers, integer arrays, boolean masks).
 
     dx is zero except at the selected positions, where the gradient is added;
@@ -63,7 +64,7 @@ class GetItem(Function):
             return x[index]
         except IndexError as e:
             raise IndexError(f"index {index!r} is invalid for a tensor of shape "
-                             f"{_shape_str(x.shape)}: {e}") from None
+                             f"{shape_str(x.shape)}: {e}") from None
 
     def backward(self, gy):
         xp = current.xp
@@ -87,7 +88,7 @@ def flatten(x: Tensor, start_dim=0, end_dim=-1) -> Tensor:
     return x.reshape(x.shape[:s] + (merged,) + x.shape[e + 1:])
 
 
-class Concatenate(Function):
+class ConcatenateFn(Function):
     """y = the inputs joined along ``axis``.   Each dx is its slice of gy."""
 
     def forward(self, *xs, axis=0):
@@ -98,7 +99,7 @@ class Concatenate(Function):
         for i, x in enumerate(xs):
             if x.ndim != ref.ndim or any(x.shape[d] != ref.shape[d] for d in range(ref.ndim) if d != ax):
                 raise ValueError(f"concatenate along axis {axis}: tensor {i} has shape "
-                                 f"{_shape_str(x.shape)}, expected {_shape_str(ref.shape)} "
+                                 f"{shape_str(x.shape)}, expected {shape_str(ref.shape)} "
                                  "except along that axis")
         self.axis = ax
         self.sizes = [x.shape[ax] for x in xs]
@@ -109,7 +110,7 @@ class Concatenate(Function):
         return tuple(current.xp.split(gy, bounds, axis=self.axis))
 
 
-class Stack(Function):
+class StackFn(Function):
     """y = the inputs (all of one shape) stacked along a new ``axis``.   dx_i = gy[i along axis]."""
 
     def forward(self, *xs, axis=0):
@@ -117,8 +118,8 @@ class Stack(Function):
             raise ValueError("stack: expected at least one tensor")
         for i, x in enumerate(xs):
             if x.shape != xs[0].shape:
-                raise ValueError(f"stack: tensor {i} has shape {_shape_str(x.shape)}, "
-                                 f"expected {_shape_str(xs[0].shape)} like tensor 0")
+                raise ValueError(f"stack: tensor {i} has shape {shape_str(x.shape)}, "
+                                 f"expected {shape_str(xs[0].shape)} like tensor 0")
         self.axis = axis % (xs[0].ndim + 1)
         return current.xp.stack(xs, axis=self.axis)
 
@@ -128,19 +129,19 @@ class Stack(Function):
 
 
 def concatenate(tensors, axis=0) -> Tensor:
-    return Concatenate.apply(*tensors, axis=axis)
+    return ConcatenateFn.apply(*tensors, axis=axis)
 
 
 def stack(tensors, axis=0) -> Tensor:
-    return Stack.apply(*tensors, axis=axis)
+    return StackFn.apply(*tensors, axis=axis)
 
 
 def reshape(x, shape):
-    return Reshape.apply(x, shape=tuple(shape))
+    return ReshapeFn.apply(x, shape=tuple(shape))
 
 
 def transpose(x, axes=None):
-    return Transpose.apply(x, axes=axes)
+    return TransposeFn.apply(x, axes=axes)
 
 
 cat = concatenate

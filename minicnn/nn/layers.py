@@ -52,15 +52,15 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True):
         super().__init__()
-        from ..functional.conv import _pair
+        from ..functional.helpers import pair
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: groups={groups} must divide in_channels ({in_channels}) "
                              f"and out_channels ({out_channels})")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = _pair(kernel_size, "Conv2d: kernel_size", 1)
-        self.stride = _pair(stride, "Conv2d: stride", 1)
-        self.padding = _pair(padding, "Conv2d: padding", 0)
-        self.dilation = _pair(dilation, "Conv2d: dilation", 1)
+        self.kernel_size = pair(kernel_size, "Conv2d: kernel_size", 1)
+        self.stride = pair(stride, "Conv2d: stride", 1)
+        self.padding = pair(padding, "Conv2d: padding", 0)
+        self.dilation = pair(dilation, "Conv2d: dilation", 1)
         self.groups = groups
         kh, kw = self.kernel_size
         fan_in = in_channels // groups * kh * kw

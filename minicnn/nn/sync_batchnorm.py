@@ -45,7 +45,7 @@ def _all_reduce_(buf):
     return all_reduce_(buf)
 
 
-class SyncBatchNormFunction(Function):
+class SyncBatchNormFn(Function):
     """y = gamma * (x - mu) / sqrt(var + eps) + beta, mu and var over every rank's batch."""
 
     def forward(self, x, weight, bias, running_mean, running_var, momentum, eps):
@@ -66,7 +66,8 @@ class SyncBatchNormFunction(Function):
             running_var += (momentum * var * (M / (M - 1))).astype(running_var.dtype)
         inv_std = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)            # (C,)
         xhat = (x - mean.astype(x.dtype).reshape(shape)) * inv_std.reshape(shape)
-        self.saved = (xhat, inv_std, weight, axes, shape, M)
+        self.save_for_backward(xhat, inv_std, weight)                  # (x's shape), (C,), (C,) or None
+        self.axes, self.shape, self.count = axes, shape, M              # M: values per channel, all ranks
         y = xhat
         if weight is not None:
             y = y * weight.reshape(shape)
@@ -76,7 +77,8 @@ class SyncBatchNormFunction(Function):
 
     def backward(self, gy):
         xp = current.xp
-        xhat, inv_std, weight, axes, shape, M = self.saved
+        xhat, inv_std, weight = self.saved_tensors
+        axes, shape, M = self.axes, self.shape, self.count
         C = xhat.shape[1]
         g = gy if weight is None else gy * weight.reshape(shape)       # dL/dxhat
         dx = None
@@ -133,5 +135,5 @@ class SyncBatchNorm(_BatchNorm):
             self.num_batches_tracked.data = self.num_batches_tracked.data + 1
         rm = self.running_mean.data if self.running_mean is not None else None
         rv = self.running_var.data if self.running_var is not None else None
-        return SyncBatchNormFunction.apply(x, self.weight, self.bias, running_mean=rm, running_var=rv,
+        return SyncBatchNormFn.apply(x, self.weight, self.bias, running_mean=rm, running_var=rv,
                                            momentum=float(self.momentum), eps=float(self.eps))

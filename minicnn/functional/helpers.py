@@ -1,0 +1,75 @@
+"""What the functional layer checks and computes in more than one place, written once.
+
+* :func:`pair` — ``3`` or ``(3, 2)`` for a kernel size, stride, padding or dilation;
+* :func:`conv_output_shape` — the output size of a sliding window (convolution
+  and pooling alike);
+* :func:`check_4d` and :func:`check_window_fits` — the input checks of every
+  windowed operation (conv2d, unfold, the poolings, the fused layer);
+* :func:`stable_sigmoid` and :func:`stable_softplus` — array math that never
+  overflows, shared by the activations and the losses.
+
+Checks live here and in the functional wrappers only: they run once, on the
+user's arguments, before any Function or kernel sees them. The kernels
+(``minicnn/kernels``) check only what their loops need (dtype, rank, layout).
+"""
+from __future__ import annotations
+
+import numbers
+
+from ..backend import current
+from ..kernels.geometry import conv_out_size
+from ..tensor import _shape_str as shape_str
+
+__all__ = ["pair", "conv_output_shape", "check_4d", "check_window_fits", "shape_str",
+           "stable_sigmoid", "stable_softplus"]
+
+
+def pair(value, name, minimum):
+    """Turn ``3`` or ``(3, 2)`` into ``(3, 3)`` / ``(3, 2)``; check each is an int >= minimum."""
+    if isinstance(value, numbers.Integral):
+        both = (value, value)
+    elif isinstance(value, (tuple, list)):
+        both = tuple(value)
+    else:
+        both = ()
+    if len(both) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in both):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if any(v < minimum for v in both):
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(both[0]), int(both[1])
+
+
+def conv_output_shape(in_hw, kernel_hw, stride=1, padding=0, dilation=1):
+    """(oh, ow) for an input (H, W): out = floor((in + 2p - d(k-1) - 1) / s) + 1 per axis."""
+    (H, W), (kh, kw) = in_hw, kernel_hw
+    (sh, sw), (ph, pw), (dh, dw) = (pair(stride, "stride", 1), pair(padding, "padding", 0),
+                                    pair(dilation, "dilation", 1))
+    return conv_out_size(H, kh, sh, ph, dh), conv_out_size(W, kw, sw, pw, dw)
+
+
+def check_4d(op, x):
+    """Windowed operations take a batch of images: (N, C, H, W)."""
+    if x.ndim != 4:
+        raise ValueError(f"{op}: expected a 4-D input (N, C, H, W), got shape {shape_str(x.shape)}")
+
+
+def check_window_fits(op, hw, k, padding, dilation):
+    """The (dilated) window must fit inside the padded input along both axes."""
+    for axis, n, kk, p, d in zip(("height", "width"), hw, k, padding, dilation):
+        span = d * (kk - 1) + 1
+        if span > n + 2 * p:
+            raise ValueError(f"{op}: the kernel spans {span} pixels along the {axis} "
+                             f"(kernel {kk}, dilation {d}) but the padded input has only "
+                             f"{n + 2 * p} ({n} + 2*{p} padding)")
+
+
+def stable_sigmoid(x):
+    """1 / (1 + e^-x) on an array, stable: e^-|x| never overflows."""
+    xp = current.xp
+    z = xp.exp(-xp.abs(x))                       # in (0, 1]
+    return xp.where(x >= 0, 1 / (1 + z), z / (1 + z))
+
+
+def stable_softplus(x):
+    """ln(1 + e^x) on an array, stable (logaddexp)."""
+    return current.xp.logaddexp(0, x)
