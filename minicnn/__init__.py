@@ -8,27 +8,56 @@ The backend (NumPy, Numba-JIT CPU kernels, or CuPy on a GPU) is chosen by the
 environment variable ``MINICNN_BACKEND`` at import, or later with
 ``mc.set_backend``.
 """
-from .backend import BackendError, get_backend, set_backend
-from .functional.shape import cat, concatenate, stack
-from .gradcheck import GradcheckError, gradcheck
-from .rng import manual_seed
-from .serialization import load, save
-from .anomaly import detect_anomaly
-from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
+
+
+def _kernels_of_a_checkout():
+    """Make ``minicnn.kernels`` importable from a checkout that was never installed.
+
+    ``kernels/`` sits beside ``minicnn/`` at the top of the repository (it knows
+    nothing of tensors); ``pip install -e .`` maps it to ``minicnn.kernels``. A
+    student who clones the repository and opens a notebook without installing
+    gets the same mapping here, made by hand; anything else is a one-line error.
+    """
+    import importlib.util
+    import os
+    import sys
+    if "minicnn.kernels" in sys.modules or importlib.util.find_spec("minicnn.kernels") is not None:
+        return
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+    init = os.path.join(folder, "__init__.py")
+    if not os.path.isfile(init):
+        raise ImportError("minicnn.kernels is missing: this copy of minicnn is neither installed nor a "
+                          f"full checkout (no {init}); run `pip install -e .` in the repository")
+    spec = importlib.util.spec_from_file_location("minicnn.kernels", init, submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["minicnn.kernels"] = module
+    spec.loader.exec_module(module)
+
+
+_kernels_of_a_checkout()
+
+from .backend import BackendError, get_backend, set_backend  # noqa: E402
+from .functional.shape import cat, concatenate, stack  # noqa: E402
+from .gradcheck import GradcheckError, gradcheck  # noqa: E402
+from .rng import manual_seed  # noqa: E402
+from .serialization import load, save  # noqa: E402
+from .anomaly import detect_anomaly  # noqa: E402
+from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor  # noqa: E402
 
 from . import functional  # noqa: E402  (after tensor: functional builds on it)
 from . import nn  # noqa: E402
 from . import optim  # noqa: E402
 from . import data  # noqa: E402
-from . import models, train  # noqa: E402
+from . import models  # noqa: E402
 from .summary import Summary, summary  # noqa: E402  (the function; the module is minicnn.summary's file)
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    """``mc.metrics`` and ``mc.viz`` load on first use (viz pulls in matplotlib)."""
-    if name in ("metrics", "viz"):
+    """``mc.train``, ``mc.metrics`` and ``mc.viz`` load on first use (the training loop brings
+    tqdm and the downloader, viz matplotlib): ``import minicnn`` loads only the engine."""
+    if name in ("train", "metrics", "viz"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'minicnn' has no attribute {name!r}")

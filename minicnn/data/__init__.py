@@ -20,11 +20,21 @@ from .atomic import atomic_write
 from .datasets import (ArrayDataset, EmbeddedDigits, FashionMNIST, MNIST, cache_dir,
                        get_dataset, load_embedded_digits, load_fashion_mnist_arrays,
                        load_idx_arrays, load_mnist_arrays)
-from .download import (CHECKSUMS, MIRRORS, ChecksumError, DownloadError, download_dataset,
-                       download_file, md5_of_content)
 from .idx import DataError, read_idx, read_idx_images, read_idx_labels, write_idx
 from .loader import DataLoader
 from .split import stratified_split
+
+# The downloader (urllib, tqdm) loads on first use: ``import minicnn`` stays light.
+_DOWNLOAD_NAMES = ("CHECKSUMS", "MIRRORS", "ChecksumError", "DownloadError", "download_dataset",
+                   "download_file", "md5_of_content")
+
+
+def __getattr__(name):
+    if name in _DOWNLOAD_NAMES or name == "download":
+        import importlib
+        download = importlib.import_module(".download", __name__)
+        return download if name == "download" else getattr(download, name)
+    raise AttributeError(f"module 'minicnn.data' has no attribute {name!r}")
 
 __all__ = [
     "ArrayDataset", "CHECKSUMS", "ChecksumError", "DataError", "DataLoader", "DownloadError",

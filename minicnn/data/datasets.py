@@ -47,7 +47,6 @@ import os
 
 import numpy as np
 
-from . import download as _download
 from .idx import DataError, read_idx_images, read_idx_labels
 from .transforms import to_float
 
@@ -204,6 +203,7 @@ def load_idx_arrays(name, train=True, root=None, download=True, mirrors=None, pr
     ``where`` a phrase such as ``"from /data/mnist (MINICNN_DATA_DIR)"``.
     See the module docstring for the search order.
     """
+    from . import download as _download          # urllib and tqdm load only when files are looked up
     if name not in _download.CHECKSUMS:
         raise ValueError(f"unknown IDX dataset {name!r}; expected one of {', '.join(_download.CHECKSUMS)}")
     split_files = SPLIT_FILES[bool(train)]
