@@ -224,7 +224,7 @@ def test_sequential_uses_the_fused_function_and_matches_unfused(cpu_backend):
             kinds.add(type(fn).__name__)
             stack.extend(t._ctx for t in fn.inputs if t is not None)
     # the model's parameters require grad, so the graph is recorded even in eval mode
-    assert "ConvReLUMaxPool2d" in kinds and "MaxPool2d" not in kinds
+    assert "ConvReLUMaxPool2dFn" in kinds and "MaxPool2dFn" not in kinds
     fused_out, fused_grads = _step(model, x, y)
     with nn.fusion.disabled():
         plain_out, plain_grads = _step(model, x, y)
