@@ -253,9 +253,10 @@ def student_notebook(nb, name="notebook") -> dict:
 def build_student(out_dir, tutorials_dir=None, log=print) -> list:
     """Write the student version of every tutorial into ``out_dir``; returns the paths written.
 
-    Besides the notebooks, every other plain file of the tutorials folder
+    Besides the notebooks, every other file and folder of the tutorials folder
     (README.md, data or helper files a notebook reads by relative path) is
-    copied; hidden files and folders (``.ipynb_checkpoints``) are not. Every
+    copied; hidden ones (``.ipynb_checkpoints``), ``__pycache__`` and notebooks
+    inside subfolders are not, nor ``out_dir`` if it lies inside. Every
     notebook is checked before anything is written, so a malformed one leaves
     ``out_dir`` untouched. ``out_dir`` may not be the tutorials folder itself:
     the solutions are never overwritten.
@@ -279,14 +280,24 @@ def build_student(out_dir, tutorials_dir=None, log=print) -> list:
         target = os.path.join(out_dir, name)
         write_notebook(nb, target)
         written.append(target)
+    skip = shutil.ignore_patterns(".*", "__pycache__", "*.ipynb")
+    out_real = os.path.realpath(out_dir)
     for name in sorted(os.listdir(tutorials_dir)):
         src = os.path.join(tutorials_dir, name)
-        if name.startswith(".") or name.endswith(".ipynb") or not os.path.isfile(src):
-            continue
         target = os.path.join(out_dir, name)
-        tmp = target + ".tmp"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, target)
+        if name.startswith(".") or name == "__pycache__" or name.endswith(".ipynb"):
+            continue
+        if os.path.isdir(src):                               # a data or helper folder (not OUT_DIR itself)
+            real = os.path.realpath(src)
+            if out_real == real or out_real.startswith(real + os.sep):
+                continue
+            shutil.copytree(src, target, ignore=skip, dirs_exist_ok=True)
+        elif os.path.isfile(src):
+            tmp = target + ".tmp"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, target)
+        else:
+            continue
         written.append(target)
     n = sum(len(exercise_section(read_notebook(p), os.path.basename(p)).exercises) for p in paths)
     log(f"wrote {len(student)} student notebooks ({n} exercises, solutions replaced by stubs) "

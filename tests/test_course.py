@@ -144,6 +144,9 @@ def _tutorials_folder(tmp_path, nb):
     (src / "data.csv").write_text("1,2\n")
     (src / ".ipynb_checkpoints").mkdir()
     (src / ".ipynb_checkpoints" / "01_hw-checkpoint.ipynb").write_text("{}")
+    (src / "data").mkdir()
+    (src / "data" / "digits.npy").write_bytes(b"\x93NUMPY")
+    (src / "data" / "solutions.ipynb").write_text("{}")                  # notebooks in subfolders stay behind
     return src
 
 
@@ -153,10 +156,11 @@ def test_build_student_writes_stubs_clears_outputs_and_copies_the_other_files(tm
                   code("### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION", outputs=output),
                   code("assert answer == 42, f'expected 42, got {answer}'", outputs=output))
     src = _tutorials_folder(tmp_path, nb)
-    out = tmp_path / "students"
-    written = course.build_student(str(out), str(src), log=lambda *a: None)
-    assert sorted(os.listdir(out)) == ["01_hw.ipynb", "README.md", "data.csv"]      # no temporary files left
-    assert len(written) == 3
+    out = src / "students"                                      # inside the tutorials folder: not copied into itself
+    for _ in range(2):                                          # a second build overwrites the first
+        written = course.build_student(str(out), str(src), log=lambda *a: None)
+    assert sorted(os.listdir(out)) == ["01_hw.ipynb", "README.md", "data", "data.csv"]   # no temporary files left
+    assert os.listdir(out / "data") == ["digits.npy"] and len(written) == 4
     student = json.loads((out / "01_hw.ipynb").read_text())
     assert all(c["outputs"] == [] and c["execution_count"] is None for c in student["cells"] if c["cell_type"] == "code")
     text = (out / "01_hw.ipynb").read_text()
