@@ -188,7 +188,8 @@ TRAIN_PLUGINS = ("minicnn.commands.model_shape",     # rebuilds the model with -
 # Modules that add a subcommand: each defines ``add_parser(subparsers)``,
 # which registers the command and its function (set_defaults(func=...)).
 COMMANDS = ("minicnn.commands.prune", "minicnn.commands.quantize", "minicnn.commands.export",
-            "minicnn.commands.attack", "minicnn.commands.explain", "minicnn.commands.tune")
+            "minicnn.commands.attack", "minicnn.commands.explain", "minicnn.commands.tune",
+            "minicnn.commands.course")
 
 
 def _plugins(names):

@@ -11,7 +11,10 @@ from minicnn.cli import main
 from test_attacks import small_cnn, images
 from test_viz import assert_only, assert_png
 
+pytestmark = pytest.mark.tutorial14        # what tutorials/14_*.ipynb teaches (tests/README.md)
 
+
+@pytest.mark.tutorial15
 def test_train_adversarial_then_attack_and_explain(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--epochs", "1", "--limit-train", "256", "--limit-test", "64", "--batch-size", "64",
@@ -64,6 +67,7 @@ def test_cli_errors(tmp_path, capsys):
     assert "no layer named" in capsys.readouterr().err
 
 
+@pytest.mark.tutorial15
 def test_robustness_and_attribution_plots(tmp_path):
     model = small_cnn()
     x = mc.tensor(images(4), dtype="float64")

@@ -8,6 +8,8 @@ import minicnn.functional as F
 import minicnn.nn as nn
 from minicnn import models, optim
 
+pytestmark = pytest.mark.tutorial10        # what tutorials/10_*.ipynb teaches (tests/README.md)
+
 NEW_MODELS = ["mobilenet", "plain-8", "resnet-8", "plain-20", "resnet-20"]
 
 

@@ -15,6 +15,8 @@ from minicnn import attacks, models, optim, train
 
 from conftest import quadrant_images
 
+pytestmark = pytest.mark.tutorial14        # what tutorials/14_*.ipynb teaches (tests/README.md)
+
 
 def small_cnn(num_classes=5):
     """Normalize -> conv -> relu -> pool -> conv -> relu -> flatten -> linear, for 1x10x10 images."""

@@ -26,6 +26,8 @@ from minicnn.kernels import simulated_device
 from minicnn.train import evaluate, fit, load_checkpoint, predict, save_checkpoint
 from conftest import quadrant_images
 
+pytestmark = pytest.mark.tutorial09        # what tutorials/09_*.ipynb teaches (tests/README.md)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -8,6 +8,8 @@ import minicnn.nn as nn
 from minicnn import compress, models
 from minicnn.nn.utils import prune
 
+pytestmark = pytest.mark.tutorial12        # what tutorials/12_*.ipynb teaches (tests/README.md)
+
 
 def _randomize_bn(model, rs):
     """Non-trivial BatchNorm statistics and affine parameters (so folding is really tested)."""

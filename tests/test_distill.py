@@ -11,6 +11,8 @@ import minicnn.nn as nn
 from minicnn.distill import DistillationStep
 from minicnn.train import fit
 
+pytestmark = pytest.mark.tutorial12        # what tutorials/12_*.ipynb teaches (tests/README.md)
+
 try:
     import torch
 except ImportError:

@@ -28,6 +28,8 @@ WORKER = os.path.join(HERE, "mpi_worker.py")
 sys.path.insert(0, HERE)
 import mpi_worker  # noqa: E402
 
+pytestmark = pytest.mark.tutorial17        # what tutorials/17_*.ipynb teaches (tests/README.md)
+
 try:
     import mpi4py  # noqa: F401
     HAVE_MPI4PY = True

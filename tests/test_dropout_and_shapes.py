@@ -10,6 +10,7 @@ import minicnn.nn as nn
 
 
 # -- dropout --------------------------------------------------------------------------
+@pytest.mark.tutorial05
 def test_dropout_is_identity_in_eval():
     x = mc.tensor(np.random.default_rng(0).standard_normal((50, 40)))
     layer = nn.Dropout(0.5).eval()
@@ -18,6 +19,7 @@ def test_dropout_is_identity_in_eval():
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+@pytest.mark.tutorial05
 def test_dropout_keeps_about_1_minus_p_and_preserves_the_mean(p):
     x = mc.tensor(np.ones((400, 500)))
     y = F.dropout(x, p).numpy()
@@ -27,6 +29,7 @@ def test_dropout_keeps_about_1_minus_p_and_preserves_the_mean(p):
     assert y.mean() == pytest.approx(1.0, abs=0.02)                # E[y] = x
 
 
+@pytest.mark.tutorial05
 def test_dropout_same_seed_same_mask_and_backward_uses_it():
     x = mc.tensor(np.ones((20, 30)), requires_grad=True)
     mc.manual_seed(42)
@@ -40,6 +43,7 @@ def test_dropout_same_seed_same_mask_and_backward_uses_it():
     np.testing.assert_array_equal(x.grad.numpy(), a.numpy())       # dx = mask (x is ones)
 
 
+@pytest.mark.tutorial05
 def test_dropout_edge_probabilities():
     x = mc.tensor(np.ones((3, 3)))
     assert F.dropout(x, 0.0) is x
@@ -63,6 +67,7 @@ def conv_configs(draw):
 
 @settings(max_examples=60, deadline=None)
 @given(conv_configs(), st.integers(1, 3))
+@pytest.mark.tutorial02
 def test_conv_output_shape_matches_formula(config, n):
     k, s, p, d, (H, W), g = config
     x = mc.tensor(np.zeros((n, 2, H, W)))
@@ -75,6 +80,7 @@ def test_conv_output_shape_matches_formula(config, n):
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 3), st.data())
+@pytest.mark.tutorial03
 def test_pool_output_shape_matches_formula(kh, kw, stride, data):
     ph, pw = data.draw(st.integers(0, kh // 2)), data.draw(st.integers(0, kw // 2))
     H = data.draw(st.integers(max(1, kh - 2 * ph), 12))
@@ -87,6 +93,7 @@ def test_pool_output_shape_matches_formula(kh, kw, stride, data):
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 9), st.integers(1, 9), st.integers(1, 9), st.integers(1, 9))
+@pytest.mark.tutorial03
 def test_adaptive_pool_output_shape_and_mean_preserved_when_dividing(H, W, oh, ow):
     x = mc.tensor(np.random.default_rng(1).standard_normal((1, 1, H, W)), dtype="float64")
     y = F.adaptive_avg_pool2d(x, (oh, ow))

@@ -8,6 +8,8 @@ from minicnn import explain, models, optim, train
 
 from test_attacks import _torch_twin, images, linear_model, small_cnn
 
+pytestmark = pytest.mark.tutorial15        # what tutorials/15_*.ipynb teaches (tests/README.md)
+
 
 def test_saliency_is_the_input_gradient(backend):
     m = linear_model(k=3)

@@ -24,6 +24,8 @@ from minicnn.backend import BackendError, _load, to_host
 from minicnn.functional.fused import conv2d_relu_max_pool2d
 from minicnn.kernels import numpy_ref as ref
 
+pytestmark = pytest.mark.tutorial09        # what tutorials/09_*.ipynb teaches (tests/README.md)
+
 SETTINGS = settings(max_examples=40, deadline=None)
 
 

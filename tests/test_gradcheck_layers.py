@@ -24,6 +24,7 @@ CONV_GRID = list(itertools.product([1, 2, 3], [0, 1, 2], [1, 2], [1, 2, 4], [Tru
 
 @pytest.mark.parametrize("stride,padding,dilation,groups,bias", CONV_GRID,
                          ids=[f"s{s}-p{p}-d{d}-g{g}-{'b' if b else 'nob'}" for s, p, d, g, b in CONV_GRID])
+@pytest.mark.tutorial02
 def test_conv2d_gradcheck_grid(backend, stride, padding, dilation, groups, bias):
     # non-square input (6x5) and kernel (3x2); groups=4 with 4 channels is depthwise
     x = randn(2, 4, 6, 5, seed=1)
@@ -42,6 +43,7 @@ def test_conv2d_gradcheck_grid(backend, stride, padding, dilation, groups, bias)
     dict(stride=(3, 1), padding=(0, 1), dilation=(1, 3)),
     dict(groups=8),                                            # depthwise with channel multiplier 2
 ])
+@pytest.mark.tutorial02
 def test_conv2d_asymmetric_options(backend, config):
     groups = config.get("groups", 1)
     x = randn(1, 8 if groups == 8 else 3, 7, 9, seed=4)
@@ -49,6 +51,7 @@ def test_conv2d_asymmetric_options(backend, config):
     assert mc.gradcheck(lambda x, w: F.conv2d(x, w, **config), (x, w))
 
 
+@pytest.mark.tutorial02
 def test_conv2d_equals_the_simple_version_and_direct_loops(backend):
     rs = np.random.default_rng(6)
     x, w, b = rs.standard_normal((2, 3, 7, 6)), rs.standard_normal((4, 3, 3, 2)), rs.standard_normal(4)
@@ -64,6 +67,7 @@ def test_conv2d_equals_the_simple_version_and_direct_loops(backend):
     np.testing.assert_allclose(y_simple, ref, atol=1e-12)
 
 
+@pytest.mark.tutorial02
 def test_conv2d_simple_and_unfold_gradcheck(backend):
     x, w = randn(2, 2, 5, 5, seed=7), randn(3, 2, 3, 3, seed=8)
     assert mc.gradcheck(lambda x, w: F.conv2d_simple(x, w, stride=2, padding=1), (x, w))
@@ -77,6 +81,7 @@ POOL_GRID = [  # (kernel, stride, padding): non-overlapping, overlapping, padded
 
 
 @pytest.mark.parametrize("kernel,stride,padding", POOL_GRID, ids=str)
+@pytest.mark.tutorial03
 def test_max_pool2d_gradcheck(backend, kernel, stride, padding):
     # distinct values: a tie at the max makes the function non-differentiable there
     vals = np.random.default_rng(9).permutation(2 * 3 * 7 * 6).reshape(2, 3, 7, 6) / 10.0
@@ -86,6 +91,7 @@ def test_max_pool2d_gradcheck(backend, kernel, stride, padding):
 
 @pytest.mark.parametrize("kernel,stride,padding", POOL_GRID, ids=str)
 @pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.tutorial03
 def test_avg_pool2d_gradcheck(backend, kernel, stride, padding, count_include_pad):
     x = randn(2, 3, 7, 6, seed=10)
     assert mc.gradcheck(lambda x: F.avg_pool2d(x, kernel, stride, padding, count_include_pad), (x,))
@@ -93,6 +99,7 @@ def test_avg_pool2d_gradcheck(backend, kernel, stride, padding, count_include_pa
 
 @pytest.mark.parametrize("in_hw,out", [((6, 6), 1), ((6, 6), 3), ((7, 5), (3, 2)), ((5, 7), (4, 4)),
                                        ((4, 4), (None, 2)), ((3, 3), 5)], ids=str)
+@pytest.mark.tutorial03
 def test_adaptive_avg_pool2d_gradcheck(backend, in_hw, out):
     x = randn(2, 3, *in_hw, seed=11)
     assert mc.gradcheck(lambda x: F.adaptive_avg_pool2d(x, out), (x,))
@@ -102,6 +109,7 @@ def test_adaptive_avg_pool2d_gradcheck(backend, in_hw, out):
 @pytest.mark.parametrize("shape", [(6, 4), (3, 4, 5, 2)], ids=["1d", "2d"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.tutorial05
 def test_batch_norm_gradcheck(backend, shape, training, affine):
     x = randn(*shape, seed=12)
     C = shape[1]
@@ -118,6 +126,7 @@ def test_batch_norm_gradcheck(backend, shape, training, affine):
 
 @pytest.mark.parametrize("layer", ["1d", "2d"])
 @pytest.mark.parametrize("training", [True, False])
+@pytest.mark.tutorial05
 def test_batchnorm_layers_gradcheck_with_parameters(backend, layer, training):
     m = (nn.BatchNorm1d(4) if layer == "1d" else nn.BatchNorm2d(4)).double()
     m.weight.data = mc.tensor(np.linspace(0.5, 2, 4), dtype="float64").data     # host -> backend
@@ -138,6 +147,7 @@ ACTIVATIONS = {
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+@pytest.mark.tutorial03
 def test_activation_gradcheck(backend, name):
     vals = np.random.default_rng(18).standard_normal((4, 5)) * 3
     vals[np.abs(vals) < 1e-3] = 0.5          # stay away from the kinks of relu / leaky_relu
@@ -145,6 +155,7 @@ def test_activation_gradcheck(backend, name):
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+@pytest.mark.tutorial03
 def test_activations_are_stable_for_huge_inputs(backend, name):
     x = mc.tensor([[-1e4, -50.0, 0.0, 50.0, 1e4]], requires_grad=True)
     y = ACTIVATIONS[name](x)
@@ -155,6 +166,7 @@ def test_activations_are_stable_for_huge_inputs(backend, name):
 # -- losses -----------------------------------------------------------------------------
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.tutorial00
 def test_cross_entropy_gradcheck(backend, reduction, label_smoothing):
     logits = randn(5, 4, seed=19)
     target = mc.tensor([0, 3, 1, 1, 2])
@@ -172,6 +184,7 @@ def test_other_losses_gradcheck(backend, reduction):
     assert mc.gradcheck(lambda x, p: F.binary_cross_entropy_with_logits(x, p, reduction), (x, probs))
 
 
+@pytest.mark.tutorial00
 def test_losses_are_stable_for_huge_logits(backend):
     z = mc.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 5.0]], requires_grad=True)
     loss = F.cross_entropy(z, mc.tensor([0, 2]))
@@ -188,12 +201,14 @@ def test_losses_are_stable_for_huge_logits(backend):
 # -- linear, dropout, layers, a CNN end to end ---------------------------------------------
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch_shape", [(5,), (2, 3)], ids=str)
+@pytest.mark.tutorial01
 def test_linear_gradcheck(backend, bias, batch_shape):
     x = randn(*batch_shape, 4, seed=23)
     w, b = randn(3, 4, seed=24), (randn(3, seed=25) if bias else None)
     assert mc.gradcheck(lambda x, w, b=None: F.linear(x, w, b), (x, w, b) if bias else (x, w))
 
 
+@pytest.mark.tutorial05
 def test_dropout_gradcheck_with_fixed_mask(backend):
     x = randn(4, 6, seed=26)
 
@@ -209,6 +224,7 @@ def test_dropout_gradcheck_with_fixed_mask(backend):
     lambda: nn.Conv2d(4, 4, (3, 2), groups=4, bias=False), lambda: nn.LeakyReLU(0.2),
     lambda: nn.Sequential(nn.Conv2d(2, 3, 2), nn.Tanh(), nn.AvgPool2d(2)),
 ], ids=["linear", "conv", "depthwise", "leaky", "seq"])
+@pytest.mark.tutorial01
 def test_layers_gradcheck_with_parameters(backend, make):
     m = make().double()
     x = randn(*((3, 4) if isinstance(m, nn.Linear) else (2, m[0].in_channels if isinstance(m, nn.Sequential)
@@ -217,6 +233,7 @@ def test_layers_gradcheck_with_parameters(backend, make):
     assert mc.gradcheck(m, (x,))
 
 
+@pytest.mark.tutorial01
 def test_small_cnn_end_to_end_gradcheck(backend):
     mc.manual_seed(3)
     model = nn.Sequential(
@@ -252,12 +269,14 @@ class _WrongSquareFn(mc.Function):
         return gy * 2.1 * self.x            # should be 2x
 
 
+@pytest.mark.tutorial01
 def test_gradcheck_catches_a_wrong_backward_and_names_the_worst_element():
     x = t64([[1.0, -2.0], [3.0, 0.5]])
     with pytest.raises(mc.GradcheckError, match=r"input 0 .* at index \(1, 0\): analytic .* vs numeric"):
         mc.gradcheck(lambda x: _WrongSquareFn.apply(x), (x,))
 
 
+@pytest.mark.tutorial01
 def test_gradcheck_requires_float64_and_something_to_check():
     with pytest.raises(TypeError, match="float64"):
         mc.gradcheck(lambda x: x * 2, (mc.tensor([1.0], requires_grad=True),))
@@ -265,6 +284,7 @@ def test_gradcheck_requires_float64_and_something_to_check():
         mc.gradcheck(lambda x: x * 2, (mc.tensor([1.0], dtype="float64"),))
 
 
+@pytest.mark.tutorial01
 def test_gradcheck_verbose_prints_the_errors(capsys):
     mc.gradcheck(lambda x: (x * x).sum(), (t64([1.0, 2.0]),), verbose=True)
     assert "max relative error" in capsys.readouterr().out

@@ -9,6 +9,7 @@ import minicnn.functional as F
 import minicnn.nn as nn
 
 
+@pytest.mark.tutorial02
 def test_conv_3x3_kernel_on_4x4_input(backend):
     # x[r, c] = 4r + c;  out[i, j] = x[i, j] + 2 x[i, j+1] + x[i+1, j+1] - x[i+2, j+2]
     x = mc.tensor(np.arange(16.0).reshape(1, 1, 4, 4), requires_grad=True, dtype="float64")
@@ -23,6 +24,7 @@ def test_conv_3x3_kernel_on_4x4_input(backend):
                                   [[1, 3, 2, 0], [1, 4, 3, 0], [0, 1, 0, -1], [0, 0, -1, -1]])
 
 
+@pytest.mark.tutorial02
 def test_conv_with_padding_stride_and_bias(backend):
     x = mc.tensor(np.ones((1, 1, 3, 3)), dtype="float64")
     w = mc.tensor(np.ones((1, 1, 3, 3)), dtype="float64")
@@ -31,6 +33,7 @@ def test_conv_with_padding_stride_and_bias(backend):
     np.testing.assert_array_equal(y.numpy()[0, 0], [[4.5, 4.5], [4.5, 4.5]])
 
 
+@pytest.mark.tutorial02
 def test_depthwise_conv_keeps_channels_apart(backend):
     x = mc.tensor(np.stack([np.full((3, 3), 1.0), np.full((3, 3), 10.0)])[None], dtype="float64")
     w = mc.tensor(np.stack([np.full((1, 2, 2), 1.0), np.full((1, 2, 2), -1.0)]), dtype="float64")
@@ -39,6 +42,7 @@ def test_depthwise_conv_keeps_channels_apart(backend):
     np.testing.assert_array_equal(y[1], np.full((2, 2), -40.0))
 
 
+@pytest.mark.tutorial02
 def test_dilated_conv_skips_pixels(backend):
     x = mc.tensor(np.arange(25.0).reshape(1, 1, 5, 5), dtype="float64")
     w = mc.tensor(np.ones((1, 1, 2, 2)), dtype="float64")
@@ -48,6 +52,7 @@ def test_dilated_conv_skips_pixels(backend):
     np.testing.assert_array_equal(y[0], expected[0])
 
 
+@pytest.mark.tutorial03
 def test_max_pool_2x2_with_ties_routes_to_the_first_maximum(backend):
     x = mc.tensor([[[[1, 1, 2, 0],
                      [0, 1, 2, 2],
@@ -62,6 +67,7 @@ def test_max_pool_2x2_with_ties_routes_to_the_first_maximum(backend):
                                                           [0, 0, 0, 4]])
 
 
+@pytest.mark.tutorial03
 def test_overlapping_max_pool_sums_gradients(backend):
     x = mc.tensor([[[[0, 0, 0], [0, 9, 0], [0, 0, 0]]]], requires_grad=True, dtype="float64")
     y = F.max_pool2d(x, 2, stride=1)               # the centre wins all four windows
@@ -72,6 +78,7 @@ def test_overlapping_max_pool_sums_gradients(backend):
 
 @pytest.mark.parametrize("count_include_pad,expected", [(True, [[0.25, 0.5], [0.75, 1.0]]),
                                                         (False, [[1, 2], [3, 4]])])
+@pytest.mark.tutorial03
 def test_avg_pool_padding_counts(backend, count_include_pad, expected):
     x = mc.tensor([[[[1.0, 2.0], [3.0, 4.0]]]], requires_grad=True, dtype="float64")
     y = F.avg_pool2d(x, 2, stride=2, padding=1, count_include_pad=count_include_pad)
@@ -80,6 +87,7 @@ def test_avg_pool_padding_counts(backend, count_include_pad, expected):
     np.testing.assert_allclose(x.grad.numpy()[0, 0], np.full((2, 2), 0.25 if count_include_pad else 1.0))
 
 
+@pytest.mark.tutorial03
 def test_adaptive_avg_pool_bins_like_pytorch():
     x = mc.tensor(np.arange(5.0).reshape(1, 1, 1, 5), dtype="float64")
     # 5 -> 3 bins: [0, 2), [1, 4), [3, 5)
@@ -87,6 +95,7 @@ def test_adaptive_avg_pool_bins_like_pytorch():
     np.testing.assert_allclose(y, [0.5, 2.0, 3.5])
 
 
+@pytest.mark.tutorial05
 def test_batch_norm_by_hand_and_running_statistics(backend):
     bn = nn.BatchNorm1d(2, eps=0.0).double()
     x = mc.tensor([[1.0, 2.0], [3.0, 6.0]], dtype="float64")
@@ -101,6 +110,7 @@ def test_batch_norm_by_hand_and_running_statistics(backend):
     np.testing.assert_allclose(y_eval, (x.numpy() - [0.2, 0.4]) / np.sqrt([1.1, 1.7]))
 
 
+@pytest.mark.tutorial00
 def test_cross_entropy_by_hand(backend):
     z = mc.tensor(np.log([[1.0, 2.0, 5.0]]), requires_grad=True, dtype="float64")   # p = 1/8, 2/8, 5/8
     loss = F.cross_entropy(z, mc.tensor([2]))
@@ -115,6 +125,7 @@ def test_cross_entropy_by_hand(backend):
     np.testing.assert_allclose(z.grad.numpy(), [[0.025, 0.15, -0.175]])      # p - q
 
 
+@pytest.mark.tutorial03
 def test_activation_values():
     x = mc.tensor([-1.0, 0.0, 1.0], dtype="float64")
     np.testing.assert_allclose(F.relu(x).numpy(), [0, 0, 1])
@@ -139,6 +150,7 @@ def test_mse_smooth_l1_bce_by_hand():
     assert bce.item() == pytest.approx(math.log(2))
 
 
+@pytest.mark.tutorial01
 def test_linear_by_hand():
     x = mc.tensor([[1.0, 2.0]], dtype="float64")
     w = mc.tensor([[1.0, 0.0], [1.0, -1.0], [0.5, 0.5]], dtype="float64")
@@ -146,11 +158,13 @@ def test_linear_by_hand():
     np.testing.assert_allclose(F.linear(x, w, b).numpy(), [[1.0, 0.0, 0.5]])
 
 
+@pytest.mark.tutorial03
 def test_relu_of_infinities_matches_pytorch(backend):
     x = mc.tensor([-np.inf, -1.0, 0.0, 2.0, np.inf])
     np.testing.assert_array_equal(F.relu(x).numpy(), [0, 0, 0, 2, np.inf])
 
 
+@pytest.mark.tutorial09
 def test_cpu_backends_tune_malloc_unless_told_not_to(monkeypatch):
     from minicnn.backend import keep_freed_memory
     monkeypatch.setenv("MINICNN_TUNE_MALLOC", "0")

@@ -12,6 +12,7 @@ def _mlp():
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
+@pytest.mark.tutorial15
 def test_forward_hooks_run_in_registration_order_and_can_be_removed():
     model = _mlp()
     calls = []
@@ -33,6 +34,7 @@ def test_forward_hooks_run_in_registration_order_and_can_be_removed():
     assert calls == []
 
 
+@pytest.mark.tutorial15
 def test_hooks_can_replace_inputs_and_outputs():
     lin = nn.Linear(2, 2)
     lin.weight.data[...] = np.eye(2)
@@ -49,6 +51,7 @@ def test_hooks_can_replace_inputs_and_outputs():
     np.testing.assert_allclose(lin(x).numpy(), [[1.0, 2.0]])
 
 
+@pytest.mark.tutorial15
 def test_hooks_fire_inside_nested_and_custom_forwards():
     from minicnn.models import SmallResNet
     model = SmallResNet()
@@ -68,6 +71,7 @@ def test_hook_must_be_callable():
         nn.Linear(2, 2).register_forward_hook(3)
 
 
+@pytest.mark.tutorial11
 def test_requires_grad_false_gives_no_grad_and_optimizer_leaves_params_unchanged(cpu_backend):
     model = _mlp()
     assert model[0].requires_grad_(False) is model[0]
@@ -85,6 +89,7 @@ def test_requires_grad_false_gives_no_grad_and_optimizer_leaves_params_unchanged
     assert not np.allclose(model[2].weight.numpy(), head)
 
 
+@pytest.mark.tutorial11
 def test_freeze_keeps_batchnorm_statistics_still_through_train():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
     nn.utils.freeze(model[0])
@@ -105,6 +110,7 @@ def test_freeze_keeps_batchnorm_statistics_still_through_train():
     assert model[1].training and all(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.tutorial11
 def test_parameter_groups_small_backbone_lr_large_head_lr():
     model = _mlp()
     backbone, head = list(model[0].parameters()), list(model[2].parameters())
@@ -122,6 +128,7 @@ def test_parameter_groups_small_backbone_lr_large_head_lr():
         np.testing.assert_allclose(p.numpy(), b - lr * g, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.tutorial14
 def test_fit_uses_the_given_train_step_and_callbacks(tmp_path):
     from minicnn.data import DataLoader
     rs = np.random.default_rng(0)

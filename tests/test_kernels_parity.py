@@ -23,6 +23,8 @@ import minicnn.nn as nn
 from minicnn.backend import BackendError, _load, to_host
 from minicnn.kernels import numpy_ref as ref
 
+pytestmark = pytest.mark.tutorial09        # what tutorials/09_*.ipynb teaches (tests/README.md)
+
 BACKENDS = ["numba", "simulator", "cupy"]
 DTYPES = [np.float32, np.float64]
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -111,6 +113,7 @@ def test_module_interface(backend):
 
 @SETTINGS
 @given(case=conv_cases())
+@pytest.mark.tutorial02
 def test_im2col_matches_reference(backend, case):
     x, kh, kw, stride, padding, dilation = case
     want = ref.im2col(x, kh, kw, stride, padding, dilation)
@@ -121,6 +124,7 @@ def test_im2col_matches_reference(backend, case):
 
 @SETTINGS
 @given(case=conv_cases())
+@pytest.mark.tutorial02
 def test_col2im_matches_reference(backend, case):
     x, kh, kw, stride, padding, dilation = case
     shape = ref.im2col(x, kh, kw, stride, padding, dilation).shape
@@ -133,6 +137,7 @@ def test_col2im_matches_reference(backend, case):
 
 @SETTINGS
 @given(case=conv_cases())
+@pytest.mark.tutorial02
 def test_col2im_is_the_adjoint_of_im2col(backend, case):
     """<im2col(x), c> == <x, col2im(c)>: col2im is exactly im2col's gradient."""
     x, kh, kw, stride, padding, dilation = case
@@ -179,16 +184,19 @@ def _check_max_pool(backend, x, kh, kw, stride, padding):
 
 @SETTINGS
 @given(case=pool_cases())
+@pytest.mark.tutorial03
 def test_max_pool_matches_reference(backend, case):
     _check_max_pool(backend, *case)
 
 
 @SETTINGS
 @given(case=pool_cases(integer_valued=True))
+@pytest.mark.tutorial03
 def test_max_pool_ties_pick_the_first_maximum(backend, case):
     _check_max_pool(backend, *case)
 
 
+@pytest.mark.tutorial03
 def test_max_pool_tie_example(backend):
     """A hand-checked window: all four taps equal -> tap 0 wins and gets the gradient."""
     x = np.ones((1, 1, 2, 2), dtype=np.float32)
@@ -207,6 +215,7 @@ def test_max_pool_wide_window(backend):
 
 @SETTINGS
 @given(case=pool_cases(), count_include_pad=st.booleans())
+@pytest.mark.tutorial03
 def test_avg_pool_matches_reference(backend, case, count_include_pad):
     x, kh, kw, stride, padding = case
     y_ref = ref.avg_pool2d_forward(x, kh, kw, stride, padding, count_include_pad)

@@ -9,6 +9,8 @@ import minicnn as mc
 import minicnn.optim as optim
 from minicnn import nn
 
+pytestmark = pytest.mark.tutorial06        # what tutorials/06_*.ipynb teaches (tests/README.md)
+
 lr_scheduler = optim.lr_scheduler
 
 

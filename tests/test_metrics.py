@@ -6,6 +6,8 @@ import pytest
 import minicnn as mc
 import minicnn.metrics as M
 
+pytestmark = pytest.mark.tutorial08        # what tutorials/08_*.ipynb teaches (tests/README.md)
+
 # ----------------------------------------------------------------------------
 # The 3-class example, worked out by hand
 #

@@ -12,6 +12,8 @@ from minicnn.data import DataLoader
 from minicnn.train import NonFiniteLossError, fit, load_checkpoint
 from conftest import quadrant_images
 
+pytestmark = pytest.mark.tutorial01        # what tutorials/01_*.ipynb teaches (tests/README.md)
+
 
 def _setup(momentum=0.9):
     mc.manual_seed(0)

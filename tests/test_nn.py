@@ -118,6 +118,7 @@ def test_zero_grad_and_double():
     assert model[0].weight.dtype == np.float64
 
 
+@pytest.mark.tutorial04
 def test_default_init_bounds_match_pytorch():
     mc.manual_seed(0)
     conv = nn.Conv2d(16, 32, 3)
@@ -138,6 +139,7 @@ def test_default_init_bounds_match_pytorch():
     (lambda w: nn.init.xavier_uniform_(w, gain=nn.init.calculate_gain("tanh")),
      5 / 3 * math.sqrt(2 / (64 * 9 + 128 * 9))),
 ], ids=["xavier_u", "xavier_n", "he_u", "he_n", "he_fan_out", "xavier_tanh"])
+@pytest.mark.tutorial04
 def test_init_variances(fn, expected_std):
     w = nn.Parameter(np.zeros((128, 64, 3, 3), dtype=np.float32))
     fn(w)
@@ -145,6 +147,7 @@ def test_init_variances(fn, expected_std):
     assert abs(w.numpy().mean()) < 0.05 * expected_std
 
 
+@pytest.mark.tutorial04
 def test_init_helpers_and_seed_reproducibility():
     w = nn.Parameter(np.zeros((3, 4), dtype=np.float32))
     nn.init.ones_(w)
@@ -162,6 +165,7 @@ def test_init_helpers_and_seed_reproducibility():
         nn.init.calculate_gain("softsign")
 
 
+@pytest.mark.tutorial00
 def test_reference_cnn_forward_shapes_and_a_training_step_reduces_loss(backend):
     mc.manual_seed(0)
     model = reference_cnn()

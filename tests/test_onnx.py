@@ -11,6 +11,8 @@ onnx = pytest.importorskip("onnx", reason="the export extra (onnx) is not instal
 ort = pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is not installed")
 from minicnn import onnx as mo  # noqa: E402
 
+pytestmark = pytest.mark.tutorial13        # what tutorials/13_*.ipynb teaches (tests/README.md)
+
 
 def _with_stats(m, seed=0):
     rs = np.random.default_rng(seed)

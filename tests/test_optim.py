@@ -16,6 +16,8 @@ import minicnn.optim as optim
 from minicnn import nn
 from minicnn.nn.utils import clip_grad_norm_, clip_grad_value_, l1_penalty, l2_penalty
 
+pytestmark = pytest.mark.tutorial06        # what tutorials/06_*.ipynb teaches (tests/README.md)
+
 
 # ----------------------------------------------------------------------------
 # helpers
@@ -93,6 +95,7 @@ def test_sgd_nesterov_by_hand():
     np.testing.assert_allclose(w2, [0.5751, 0.1162], rtol=1e-12)
 
 
+@pytest.mark.tutorial07
 def test_sgd_weight_decay_by_hand():
     # g = a w + 0.1 w, so w <- w * (1 - 0.1 (a + 0.1)): factors (0.89, 0.69)
     # (1, -2) -> (0.89, -1.38) -> (0.7921, -0.9522)
@@ -101,6 +104,7 @@ def test_sgd_weight_decay_by_hand():
     np.testing.assert_allclose(w2, [0.7921, -0.9522], rtol=1e-13)
 
 
+@pytest.mark.tutorial07
 def test_sgd_weight_decay_equals_l2_penalty_in_the_loss():
     """SGD(weight_decay=lam) takes the same steps as adding (lam/2) * l2_penalty to the loss."""
     lam = 0.3
@@ -138,6 +142,7 @@ def test_adam_amsgrad_by_hand():
     assert w2 == pytest.approx(-1 - 2 / math.sqrt(8 / 0.75), rel=1e-14)
 
 
+@pytest.mark.tutorial07
 def test_adam_weight_decay_is_added_to_the_gradient():
     # w0 = 2, weight_decay 0.5
     # step 1: g = 4 + 0.5*2 = 5; m = 2.5, v = 12.5; m^ = 5, v^ = 25; w = 2 - 5/5 = 1
@@ -150,6 +155,7 @@ def test_adam_weight_decay_is_added_to_the_gradient():
     assert w2 == pytest.approx(1 - (2 / 0.75) / math.sqrt(7.375 / 0.75), rel=1e-14)
 
 
+@pytest.mark.tutorial07
 def test_adamw_decays_the_weights_directly():
     # w0 = 2, lr = 1, weight_decay 0.5: each step first multiplies w by 1 - 1*0.5
     # step 1: w = 2*0.5 = 1, then the Adam step with the plain gradient 4: w = 1 - 1 = 0
@@ -711,6 +717,7 @@ def test_clip_errors():
         clip_grad_value_([a, 1.0], 1.0)
 
 
+@pytest.mark.tutorial07
 def test_l1_and_l2_penalty_values():
     a, b = param([1.0, -2.0]), param([[3.0], [-0.5]])
     assert l1_penalty([a, b]).item() == pytest.approx(6.5)
@@ -718,6 +725,7 @@ def test_l1_and_l2_penalty_values():
     assert l2_penalty(a).item() == pytest.approx(5.0)
 
 
+@pytest.mark.tutorial07
 def test_l1_and_l2_penalty_gradients():
     rs = np.random.default_rng(0)
     # keep every element away from 0, where |w| has a kink

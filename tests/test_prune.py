@@ -7,6 +7,8 @@ import minicnn as mc
 import minicnn.nn as nn
 from minicnn.nn.utils import prune
 
+pytestmark = pytest.mark.tutorial12        # what tutorials/12_*.ipynb teaches (tests/README.md)
+
 try:
     import torch
     import torch.nn.utils.prune as tprune

@@ -7,6 +7,8 @@ import pytest
 from minicnn.cli import main
 from minicnn.train import load_checkpoint
 
+pytestmark = pytest.mark.tutorial12        # what tutorials/12_*.ipynb teaches (tests/README.md)
+
 TINY = ["--limit-train", "300", "--limit-test", "100", "--no-progress"]
 
 

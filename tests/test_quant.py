@@ -9,6 +9,8 @@ import minicnn.functional as F
 from minicnn import models, nn, quant
 from minicnn.backend import to_host
 
+pytestmark = pytest.mark.tutorial13        # what tutorials/13_*.ipynb teaches (tests/README.md)
+
 try:
     import torch
 except ImportError:           # the hand-worked cases below still run

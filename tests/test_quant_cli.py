@@ -9,6 +9,8 @@ from minicnn import models
 from minicnn.cli import main
 from minicnn.train import save_checkpoint
 
+pytestmark = pytest.mark.tutorial13        # what tutorials/13_*.ipynb teaches (tests/README.md)
+
 
 def test_quantize_then_evaluate_predict_and_export(tmp_path, capsys):
     pytest.importorskip("onnxruntime")

@@ -5,6 +5,8 @@ import pytest
 from minicnn.cli import build_loaders, main
 from minicnn.data import stratified_split
 
+pytestmark = pytest.mark.tutorial08        # what tutorials/08_*.ipynb teaches (tests/README.md)
+
 
 def test_stratified_split_is_disjoint_covering_stratified_and_seeded():
     labels = np.repeat(np.arange(10), [100, 50, 30, 20, 10, 10, 10, 10, 10, 250])

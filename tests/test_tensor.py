@@ -5,6 +5,8 @@ import pytest
 import minicnn as mc
 import minicnn.functional as F
 
+pytestmark = pytest.mark.tutorial01        # what tutorials/01_*.ipynb teaches (tests/README.md)
+
 
 def t64(a, requires_grad=True):
     return mc.tensor(np.asarray(a, dtype=np.float64), requires_grad=requires_grad, dtype="float64")

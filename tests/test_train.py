@@ -18,6 +18,8 @@ from minicnn.train import EarlyStopping, evaluate, fit, load_checkpoint, save_ch
 
 from conftest import full_data_dir, quadrant_images
 
+pytestmark = pytest.mark.tutorial00        # what tutorials/00_*.ipynb teaches (tests/README.md)
+
 
 # -- models -------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(models.MODELS))
@@ -157,6 +159,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resuming_matches_an_uninterrupted_run(tmp
         np.testing.assert_allclose(_weights(model)[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
 
 
+@pytest.mark.tutorial07
 def test_early_stopping_stops_and_restores_the_best_weights():
     stopper = EarlyStopping(patience=2, monitor="val_loss")
     model = _tiny_model()

@@ -11,6 +11,8 @@ from minicnn.train import load_checkpoint
 
 from conftest import full_data_dir
 
+pytestmark = pytest.mark.tutorial11        # what tutorials/11_*.ipynb teaches (tests/README.md)
+
 
 def _snapshot(model):
     return {k: v.numpy().copy() for k, v in model.state_dict().items()}

@@ -22,6 +22,8 @@ from minicnn.tune import (LRFindResult, SpaceError, exponential_lrs, lr_find, pa
 
 from conftest import quadrant_images
 
+pytestmark = pytest.mark.tutorial16        # what tutorials/16_*.ipynb teaches (tests/README.md)
+
 
 # -----------------------------------------------------------------------------
 # lr_find

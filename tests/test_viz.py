@@ -13,6 +13,8 @@ import minicnn.metrics as M
 import minicnn.nn as nn
 import minicnn.viz as V
 
+pytestmark = pytest.mark.tutorial08        # what tutorials/08_*.ipynb teaches (tests/README.md)
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
