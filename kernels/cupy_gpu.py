@@ -2,7 +2,7 @@
 
 Same functions, same signatures, same numbers as :mod:`numpy_ref` (the
 specification — read it first; the tests hold this module to it). Arrays in
-and out are ``cupy.ndarray``s in GPU memory; nothing here copies to the host.
+and out are ``cupy.ndarray`` arrays in GPU memory; nothing here copies to the host.
 
 How a kernel runs
 -----------------

@@ -1,17 +1,17 @@
 """Numerical gradient checking: does backward agree with the definition of a derivative?
 
 For a function ``f`` and a random fixed weighting ``v`` of its outputs, we
-compare, for every element x_i of every input that requires a gradient,
+compare, for every element x_i of every input that requires a gradient::
 
     analytic:  (J^T v)_i          from one call of backward(v)
     numeric:   [s(x + eps e_i) - s(x - eps e_i)] / (2 eps),   s(x) = sum(v * f(x))
 
 Central differences have error O(eps^2), so in float64 with eps = 1e-6 the two
 agree to about 1e-9 relative for a correct backward; a wrong backward is off by
-order 1. In float32 the rounding error of f (about 1e-7 * |f|) divided by eps
+order 1. In float32 the rounding error of f (about ``1e-7 * |f|``) divided by eps
 swamps the comparison — which is why gradient checks are done in float64.
 
-An element passes when |analytic - numeric| <= atol + rtol * |numeric|.
+An element passes when ``|analytic - numeric| <= atol + rtol * |numeric|``.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``mc.summary``: what a network costs — parameters, multiply-accumulates, memory.
+"""``mc.summary``: what a network costs — parameters, multiply-accumulates, memory::
 
     import minicnn as mc
     from minicnn.models import ReferenceCNN
@@ -8,7 +8,7 @@
 
 It runs one forward pass (in eval mode, without autograd) with a forward hook
 on every module, so it sees the real output shapes — also of custom
-``forward``s such as a residual block — and then puts the model back in the
+``forward`` methods such as a residual block — and then puts the model back in the
 modes it was in.
 
 What is counted, and how

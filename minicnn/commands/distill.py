@@ -3,7 +3,7 @@
 A train plug-in (``cli.TRAIN_PLUGINS``): with ``--teacher`` the training step
 becomes :class:`minicnn.distill.DistillationStep` — the student (``--model``)
 learns from the teacher's softened probabilities and the hard labels. Without
-``--teacher`` nothing changes.
+``--teacher`` nothing changes. For example::
 
     minicnn train --dataset mnist --model reference-bn --out runs/teacher
     minicnn train --dataset mnist --model <small> --teacher runs/teacher/best.ckpt \\

@@ -1,4 +1,4 @@
-"""``minicnn train`` options for transfer learning (a TRAIN_PLUGIN, see ``cli.TRAIN_PLUGINS``).
+"""``minicnn train`` options for transfer learning (a TRAIN_PLUGIN, see ``cli.TRAIN_PLUGINS``)::
 
     minicnn train --dataset mnist --out runs/mnist                       # pretrain
     minicnn train --dataset fashion-mnist --init-from runs/mnist/best.ckpt --reset-head \\

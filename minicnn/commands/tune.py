@@ -1,5 +1,7 @@
 """``minicnn lr-find`` and ``minicnn tune``: the command-line side of :mod:`minicnn.tune`.
 
+For example::
+
     minicnn lr-find --optimizer sgd                  # the range test; prints suggestions, writes the plot
     minicnn tune --trials 20 --sampler tpe --epochs 3 \\
         --space lr=1e-4:1e-1:log --space batch_size=32,64,128 --space optimizer=sgd,momentum,adam

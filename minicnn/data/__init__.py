@@ -1,4 +1,4 @@
-"""Data: datasets, the IDX file format, safe downloads, batching and augmentation.
+"""Data: datasets, the IDX file format, safe downloads, batching and augmentation. For example::
 
     from minicnn.data import MNIST, DataLoader, transforms as T
     train = MNIST(train=True)                      # local copy, cache, or download

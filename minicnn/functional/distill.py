@@ -44,9 +44,11 @@ def _xlogy(x):
 class KLDivFn(Function):
     """Pointwise l = t (log t - x)  [or e^t (t - x) with log_target], then reduced.
 
-    dl/dx = -t                [-e^t]
-    dl/dt = log t + 1 - x     [e^t (t - x + 1)]    (PyTorch's gradient for t; at t = 0
-                                                    log t is -inf, as in PyTorch)
+    The gradients::
+
+        dl/dx = -t                [-e^t]
+        dl/dt = log t + 1 - x     [e^t (t - x + 1)]    (PyTorch's gradient for t; at t = 0
+                                                        log t is -inf, as in PyTorch)
     """
 
     def forward(self, x, t, reduction, log_target):

@@ -64,7 +64,7 @@ def check_window_fits(op, hw, k, padding, dilation):
 
 
 def stable_sigmoid(x):
-    """1 / (1 + e^-x) on an array, stable: e^-|x| never overflows."""
+    """``1 / (1 + e^-x)`` on an array, stable: ``e^-|x|`` never overflows."""
     xp = current.xp
     z = xp.exp(-xp.abs(x))                       # in (0, 1]
     return xp.where(x >= 0, 1 / (1 + z), z / (1 + z))

@@ -128,7 +128,7 @@ class MSELossFn(Function):
 
 
 class SmoothL1LossFn(Function):
-    """Huber-like: L = 0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta, d = x - t.
+    """Huber-like: ``L = 0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta``, ``d = x - t``.
 
     dL/dd = d / beta inside the quadratic zone, sign(d) outside.
     """
@@ -151,7 +151,7 @@ class SmoothL1LossFn(Function):
 
 
 class BCEWithLogitsFn(Function):
-    """Binary cross-entropy on logits x with targets y in [0, 1]:
+    """Binary cross-entropy on logits x with targets y in [0, 1]::
 
         L = -[y log s(x) + (1 - y) log(1 - s(x))] = max(x, 0) - x y + log(1 + e^-|x|)
 

@@ -217,7 +217,7 @@ class SqrtFn(Function):
 
 
 class AbsFn(Function):
-    """y = |x|.   dx = gy * sign(x)  (0 at x = 0, as PyTorch)."""
+    """``y = |x|``.   ``dx = gy * sign(x)``  (0 at x = 0, as PyTorch)."""
 
     def forward(self, x):
         self.save_for_backward(x)

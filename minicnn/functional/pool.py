@@ -83,7 +83,7 @@ class AdaptiveAvgPool2dFn(Function):
     """y[n,c,i,j] = mean of x over rows bin_i and columns bin_j (see adaptive_bins).
 
     The bins cover the input exactly and may overlap by one pixel when the sizes
-    do not divide. Backward: each pixel of bin (i, j) receives gy[i, j] / |bin|.
+    do not divide. Backward: each pixel of bin (i, j) receives ``gy[i, j] / |bin|``.
     """
 
     def forward(self, x, output_size):

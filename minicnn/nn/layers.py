@@ -24,7 +24,7 @@ class Linear(Module):
     """y = x W^T + b.  weight (out_features, in_features), bias (out_features,).
 
     Default init (PyTorch): W, b ~ U(-1/sqrt(in_features), 1/sqrt(in_features)),
-    i.e. kaiming_uniform_ with a = sqrt(5).
+    i.e. ``kaiming_uniform_`` with a = sqrt(5).
     """
 
     def __init__(self, in_features, out_features, bias=True):

@@ -10,7 +10,7 @@ channel c, SyncBatchNorm instead all-reduces three numbers over the ranks::
     xhat = (x - mu) / sqrt(var + eps),   y = gamma * xhat + beta
 
 (the sums are taken in float64: ``S2/M - mu^2`` subtracts two close numbers
-when |mu| >> std, and float32 would lose most of the digits).
+when ``|mu| >> std``, and float32 would lose most of the digits).
 
 Backward. mu and var depend on every rank's x, so the usual closed form (see
 ``functional/norm.py``) needs means over the global batch too — two more

@@ -171,10 +171,7 @@ class MultiStepLR(LRScheduler):
 
 
 class ExponentialLR(LRScheduler):
-    """Multiply the learning rate by ``gamma`` every epoch::
-
-        lr_t = base_lr * gamma ^ t
-    """
+    """Multiply the learning rate by ``gamma`` every epoch: ``lr_t = base_lr * gamma ^ t``."""
 
     def __init__(self, optimizer, gamma):
         self.gamma = _check_float("ExponentialLR", "gamma", gamma)
