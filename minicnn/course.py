@@ -445,7 +445,7 @@ def prove_checks(path, timeout=120, kernel_name="python3") -> Proof:
     """
     import time
 
-    from nbclient import NotebookClient            # installed with minicnn[dev] (through nbmake)
+    from nbclient import NotebookClient            # installed with minicnn[dev]
     import nbformat
 
     name = os.path.basename(path)

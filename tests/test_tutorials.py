@@ -1,4 +1,4 @@
-"""The tutorials' house rules (their execution is CI's `pytest --nbmake` run over tutorials/).
+"""The tutorials' house rules (their execution is the docs build's, in tests/test_docs.py).
 
 Notebooks are stored with outputs stripped: small, reviewable diffs, and no
 stale numbers that disagree with what the code prints today. Each one must
