@@ -368,34 +368,50 @@ def _cmd(folder, *extra):
             "--space", "lr=1e-4:1e-2:log", *FAST, *extra]
 
 
+def _kill_mid_trial(folder, attempts=3):
+    """Start a long study, SIGKILL it while a trial runs (after at least one finished).
+
+    Returns (the finished trials seen just before the kill, the study after it). A kill can
+    land just after the running trial finished (trials on TINY are short); then the study is
+    started again and killed again — each attempt continues the same study.
+    """
+    for _ in range(attempts):
+        proc = subprocess.Popen(_cmd(folder, "--trials", "50", "--epochs", "30"), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            deadline = time.time() + 240
+            while time.time() < deadline:
+                time.sleep(0.2)
+                if proc.poll() is not None:
+                    pytest.fail("the tune process ended before it was killed: " + proc.stderr.read().decode())
+                if not os.path.exists(folder / "tune.db"):
+                    continue
+                try:
+                    trials = load(folder).trials
+                except KeyError:                                 # the study is not created yet
+                    continue
+                if trials and trials[-1].state.name == "RUNNING" and \
+                        any(t.state.name == "COMPLETE" for t in trials):
+                    break
+            else:
+                pytest.fail("no trial finished in time")
+            proc.send_signal(signal.SIGKILL)                     # a real signal, no clean-up
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == -signal.SIGKILL
+        before = {t.number: t.value for t in trials if t.state.name == "COMPLETE"}
+        study = load(folder)
+        if study.trials[-1].state.name == "RUNNING":             # killed mid-trial, as intended
+            return before, study
+    pytest.fail(f"in {attempts} attempts the kill always landed between two trials")
+
+
 def test_a_killed_worker_loses_no_finished_trial_and_the_study_resumes(tmp_path):
-    proc = subprocess.Popen(_cmd(tmp_path, "--trials", "50", "--epochs", "3"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            time.sleep(0.5)
-            if proc.poll() is not None:
-                pytest.fail("the tune process ended before it was killed: " + proc.stderr.read().decode())
-            if not os.path.exists(tmp_path / "tune.db"):
-                continue
-            try:
-                states = [t.state.name for t in load(tmp_path).trials]
-            except KeyError:                                     # the study is not created yet
-                continue
-            if states.count("COMPLETE") >= 1 and states[-1] == "RUNNING":
-                # the running trial is mid-training: its first epoch's checkpoint folder exists
-                break
-        else:
-            pytest.fail("no trial finished in time")
-        proc.send_signal(signal.SIGKILL)                         # a real signal, no clean-up
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-    study = load(tmp_path)
+    before, study = _kill_mid_trial(tmp_path)
     finished = {t.number: t.value for t in study.trials if t.state.name == "COMPLETE"}
+    assert {k: finished.get(k) for k in before} == before         # nothing that had finished was lost
     assert len(finished) >= 1 and study.trials[-1].state.name == "RUNNING"
     r = subprocess.run(_cmd(tmp_path, "--trials", "1"), capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
