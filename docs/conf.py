@@ -58,6 +58,10 @@ myst_heading_anchors = 3             # README's [Data](#data) links resolve to h
 
 # --- myst-nb: execute the tutorials ------------------------------------------
 nb_execution_mode = os.environ.get("MINICNN_DOCS_EXECUTE", "cache")
+if nb_execution_mode not in ("cache", "force", "off", "auto", "inline"):
+    from sphinx.errors import ConfigError
+    raise ConfigError(f"MINICNN_DOCS_EXECUTE: expected cache, force or off (or myst-nb's auto or inline), "
+                     f"got {nb_execution_mode!r}")
 nb_execution_timeout = 600           # seconds per cell; the slowest tutorial cell takes ~1 min on 2 cores
 # A failing tutorial is a warning (-W: the build fails) with the cell's traceback,
 # saved in <html>/reports/tutorials/NN_name.err.log; the build goes on with the

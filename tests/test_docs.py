@@ -5,7 +5,7 @@ notebook top to bottom in tutorials/ (as a student would run it), so their
 self-checks, figures and numbers are tested and rendered in one pass (this
 replaced pytest's nbmake run, which executed them a second time).
 
-One build per test session (about 6 minutes on 2 cores, nearly all of it the
+One build per test session (about 4 minutes on 2 cores, nearly all of it the
 notebooks); the tests below then read what it left:
 
 * the build itself: no warning at all (a broken link, a docstring that is not
