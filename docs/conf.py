@@ -71,6 +71,32 @@ nb_execution_show_tb = True
 nb_execution_in_temp = False         # run in tutorials/, as `jupyter notebook` would
 nb_execution_cache_path = str(ROOT / "docs" / "_build" / ".jupyter_cache")
 nb_merge_streams = True
+
+# Tutorials whose data a fresh machine may not have. The project's rule for full
+# data: found through MINICNN_DATA_DIR (or the download cache, or downloaded,
+# checksum-verified); where none of these works (no copy and no network), the
+# tutorial is rendered without executing it, and the reason is written to
+# <html>/reports/not_executed.json, from which tests/test_docs.py skips it.
+NEEDS_DATA = {"tutorials/11_transfer_learning": "fashion-mnist"}
+
+
+def _data_missing():
+    """{docname: why it cannot run here} for the NEEDS_DATA tutorials."""
+    if nb_execution_mode == "off":
+        return {}
+    from minicnn.data import DownloadError, get_dataset
+    missing = {}
+    for docname, dataset in NEEDS_DATA.items():
+        try:
+            for train in (True, False):
+                get_dataset(dataset, train=train, download=True)
+        except DownloadError as e:
+            missing[docname] = f"{dataset} is not available here: {str(e).splitlines()[0]} (set MINICNN_DATA_DIR)"
+    return missing
+
+
+NOT_EXECUTED = _data_missing()
+nb_execution_excludepatterns = [f"{docname}.ipynb" for docname in NOT_EXECUTED]
 # Figures inline, whatever the environment says (MPLBACKEND=Agg, common in CI,
 # would make plt.show() draw nothing and the pages lose their figures).
 os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
@@ -125,5 +151,13 @@ def _source_links_to_viewcode(app, doctree, docname):
         ref.replace_self(nodes.reference("", "", *ref.children, internal=True, refuri=uri))
 
 
+def _write_not_executed(app):
+    import json
+    reports = pathlib.Path(app.outdir) / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "not_executed.json").write_text(json.dumps(NOT_EXECUTED, indent=1))
+
+
 def setup(app):
     app.connect("doctree-resolved", _source_links_to_viewcode)
+    app.connect("builder-inited", _write_not_executed)
