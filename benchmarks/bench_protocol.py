@@ -139,8 +139,26 @@ def _torch_runner(mode, batch, threads, device="cpu"):
     return train_step if mode == "train" else infer_step
 
 
+def _use_checkout(path):
+    """Import minicnn from the checkout in ``path``, its own kernels/ included (an editable
+    install of this checkout would otherwise map minicnn.kernels to this one's)."""
+    import importlib.util
+    sys.path.insert(0, path)
+    folder = os.path.join(path, "kernels")
+    spec = importlib.util.spec_from_file_location("minicnn.kernels", os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["minicnn.kernels"] = module
+    spec.loader.exec_module(module)
+    import minicnn
+    if not minicnn.__file__.startswith(path):
+        raise RuntimeError(f"bench_protocol: wanted the minicnn of {path}, imported {minicnn.__file__}")
+
+
 def worker(contender, mode, batch, threads):
     """Serve 'warmup' / 'block' / 'memory' commands from the parent, one JSON line each."""
+    if os.environ.get("MINICNN_BENCH_CHECKOUT"):
+        _use_checkout(os.environ["MINICNN_BENCH_CHECKOUT"])
     if contender in ("torch", "torch-cuda"):
         step = _torch_runner(mode, batch, threads, "cuda" if contender == "torch-cuda" else "cpu")
     else:
@@ -171,7 +189,10 @@ class Worker:
     def __init__(self, contender, mode, batch, threads):
         env = dict(os.environ)
         if contender.startswith("minicnn-"):
-            env["MINICNN_BACKEND"] = contender.split("-", 1)[1]
+            backend, _, checkout = contender.split("-", 1)[1].partition("@")
+            env["MINICNN_BACKEND"] = backend
+            if checkout:                             # minicnn-numba@DIR: the minicnn of another checkout
+                env["MINICNN_BENCH_CHECKOUT"] = os.path.abspath(checkout)
         self.name = contender
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", contender, "--mode", mode,
@@ -323,7 +344,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--contenders", default="minicnn-numba,minicnn-numpy,torch",
-                    help="comma-separated: minicnn-<backend>, torch, torch-cuda (default: %(default)s)")
+                    help="comma-separated: minicnn-<backend>, torch, torch-cuda; minicnn-<backend>@DIR "
+                         "runs the minicnn of the checkout in DIR (a before/after comparison in one run) "
+                         "(default: %(default)s)")
     ap.add_argument("--configs", default=",".join(f"{m}:{b}" for m, b in CONFIGS),
                     help="comma-separated mode:batch pairs (default: %(default)s)")
     ap.add_argument("--rounds", type=int, default=7)

@@ -33,7 +33,8 @@ import _model  # noqa: E402
 
 KERNELS = ("im2col", "col2im", "max_pool2d_forward", "max_pool2d_backward",
            "avg_pool2d_forward", "avg_pool2d_backward",
-           "bias_relu_max_pool2d_forward", "bias_relu_max_pool2d_backward")
+           "bias_relu_max_pool2d_forward", "bias_relu_max_pool2d_backward",
+           "conv2d_bias_relu_max_pool2d_forward", "conv2d_bias_relu_max_pool2d_backward")
 
 
 class ExclusiveTimer:

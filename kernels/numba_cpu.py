@@ -16,8 +16,12 @@ below says which axis it splits and why that is safe.
 
 Each public function is a thin Python wrapper: it checks and normalises the
 arguments, allocates the output, and calls its ``_kernel``. Matrix products
-are not here: they stay in BLAS (``@``), which is faster than any loop we
-would write.
+are BLAS's, which is faster than any loop we would write — but this module
+calls BLAS itself, from inside its compiled loops (``np.dot`` in Numba code),
+one single-threaded call per thread: ``matmul`` (the layers' products), and
+the whole convolution + ReLU + max-pooling layer done a chunk of images at a
+time, so that the chunk's arrays stay in the core's cache (the end of this
+file says why both pay).
 
 Index conventions (as in numpy_ref)::
 
@@ -103,23 +107,33 @@ def _float_array(a, name, ndim):
 # -----------------------------------------------------------------------------
 # im2col / col2im
 # -----------------------------------------------------------------------------
+_serial = njit(cache=True)      # a building block, run inside one thread of a parallel kernel
+
+
+@_serial
+def _im2col_row(xp, out, row, kh, kw, sh, sw, dh, dw):
+    """One row of the columns: out[n, oy, ox] = xp[n, c, i*dh + oy*sh, j*dw + ox*sw],
+    where row = (c*kh + i)*kw + j — what kernel tap (i, j) of channel c reads at
+    every output position (out: (N, oh, ow), a view of that row)."""
+    c, i, j = row // (kh * kw), row // kw % kh, row % kw
+    seen = xp[:, c, i * dh::sh, j * dw::sw]           # seen[n, oy, ox]: what tap (i, j) reads
+    N, oh, ow = out.shape
+    for n in range(N):
+        for oy in range(oh):
+            for ox in range(ow):
+                out[n, oy, ox] = seen[n, oy, ox]
+
+
 @_jit
-def _im2col_kernel(xp, cols, kh, kw, sh, sw, dh, dw, oh, ow):
-    """cols[(c, i, j), (n, oy, ox)] = xp[n, c, i*dh + oy*sh, j*dw + ox*sw]   (xp: padded x).
+def _im2col_kernel(xp, cols, kh, kw, sh, sw, dh, dw):
+    """cols[(c, i, j), n, oy, ox] = xp[n, c, i*dh + oy*sh, j*dw + ox*sw]   (xp: padded x).
 
     Parallel over the C*kh*kw rows of ``cols``: each task fills one whole row,
     so no two threads write the same element. (Splitting finer, into (row,
     image) pieces, spends more time making views than copying: 1.4x slower.)
     """
-    N, C = xp.shape[0], xp.shape[1]
-    for row in prange(C * kh * kw):                   # row = (c*kh + i)*kw + j
-        c, i, j = row // (kh * kw), row // kw % kh, row % kw
-        seen = xp[:, c, i * dh::sh, j * dw::sw]       # seen[n, oy, ox]: what tap (i, j) reads
-        out = cols[row].reshape(N, oh, ow)
-        for n in range(N):
-            for oy in range(oh):
-                for ox in range(ow):
-                    out[n, oy, ox] = seen[n, oy, ox]
+    for row in prange(cols.shape[0]):
+        _im2col_row(xp, cols[row], row, kh, kw, sh, sw, dh, dw)
 
 
 def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
@@ -129,32 +143,38 @@ def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
     dilation = as_pair(dilation, "dilation")
     N, C, H, W = x.shape
     oh, ow = output_hw(H, W, kh, kw, stride, padding, dilation)
-    cols = np.empty((C * kh * kw, N * oh * ow), dtype=x.dtype)
-    _im2col_kernel(pad_planes(x, padding), cols, kh, kw, *stride, *dilation, oh, ow)
-    return cols
+    cols = np.empty((C * kh * kw, N, oh, ow), dtype=x.dtype)
+    _im2col_kernel(pad_planes(x, padding), cols, kh, kw, *stride, *dilation)
+    return cols.reshape(C * kh * kw, N * oh * ow)
+
+
+@_serial
+def _col2im_channel(cols, dxp, c, kh, kw, sh, sw, dh, dw):
+    """Add channel c's kh*kw rows of ``cols`` (K, N, oh, ow) back into its image planes:
+    dxp[n, c, i*dh + oy*sh, j*dw + ox*sw] += cols[(c*kh + i)*kw + j, n, oy, ox],
+    the taps in the order (i, j), as in the reference."""
+    N, oh, ow = cols.shape[1], cols.shape[2], cols.shape[3]
+    for i in range(kh):
+        for j in range(kw):
+            touched = dxp[:, c, i * dh::sh, j * dw::sw]   # the pixels tap (i, j) read
+            grad = cols[(c * kh + i) * kw + j]
+            for n in range(N):
+                for oy in range(oh):
+                    for ox in range(ow):
+                        touched[n, oy, ox] += grad[n, oy, ox]
 
 
 @_jit
-def _col2im_kernel(cols, dxp, kh, kw, sh, sw, dh, dw, oh, ow):
-    """dxp[n, c, i*dh + oy*sh, j*dw + ox*sw] += cols[(c, i, j), (n, oy, ox)]   (dxp: padded dx).
+def _col2im_kernel(cols, dxp, kh, kw, sh, sw, dh, dw):
+    """dxp[n, c, i*dh + oy*sh, j*dw + ox*sw] += cols[(c, i, j), n, oy, ox]   (dxp: padded dx).
 
     Parallel over the C channels: the rows of ``cols`` that add into channel c
     are its own kh*kw rows and no other channel's, so each thread adds only
-    into its own channel — a race-free scatter-add. Within a channel the taps
-    are added in the order (i, j), as in the reference. (With a single input
+    into its own channel — a race-free scatter-add. (With a single input
     channel this runs on one thread; the first layer rarely needs its dx.)
     """
-    N, C = dxp.shape[0], dxp.shape[1]
-    for c in prange(C):
-        for i in range(kh):
-            for j in range(kw):
-                row = (c * kh + i) * kw + j
-                touched = dxp[:, c, i * dh::sh, j * dw::sw]   # the pixels tap (i, j) read
-                grad = cols[row].reshape(N, oh, ow)
-                for n in range(N):
-                    for oy in range(oh):
-                        for ox in range(ow):
-                            touched[n, oy, ox] += grad[n, oy, ox]
+    for c in prange(dxp.shape[1]):
+        _col2im_channel(cols, dxp, c, kh, kw, sh, sw, dh, dw)
 
 
 def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
@@ -169,7 +189,7 @@ def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)
                          f"x_shape {tuple(x_shape)}, got {cols.shape}")
     ph, pw = padding
     dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
-    _col2im_kernel(cols, dxp, kh, kw, *stride, *dilation, oh, ow)
+    _col2im_kernel(cols.reshape(C * kh * kw, N, oh, ow), dxp, kh, kw, *stride, *dilation)
     return dxp[:, :, ph:ph + H, pw:pw + W]
 
 
@@ -247,76 +267,85 @@ def max_pool2d_backward(gy, argmax, x_shape, kh, kw, stride, padding):
 # -----------------------------------------------------------------------------
 # Fused: a convolution's bias + ReLU + max pooling, in one pass
 # -----------------------------------------------------------------------------
+@_serial
+def _bias_relu_max_pool_plane(image, b, pooled, winner, kh, kw, sh, sw, minus_infinity):
+    """One (H, W) plane of the conv output: pooled[oy, ox] = relu(max over the window of
+    image + b); winner = the winning tap i*kw + j, or -1 where relu clipped the window
+    (see numpy_ref). ``best`` starts at -inf and ``>`` is strict: the first maximum wins.
+
+    ``minus_infinity`` comes in as a scalar of the image's dtype: a float64 ``-np.inf``
+    here would make every comparison a float64 one (2.5x slower in float32)."""
+    oh, ow = pooled.shape
+    for oy in range(oh):
+        for ox in range(ow):
+            best, tap = minus_infinity, 0
+            for i in range(kh):
+                row = image[oy * sh + i]
+                for j in range(kw):
+                    v = row[ox * sw + j] + b
+                    if v > best:
+                        best, tap = v, i * kw + j
+            if best > 0:
+                pooled[oy, ox], winner[oy, ox] = best, tap
+            else:                                     # relu(max) = 0: no gradient here
+                pooled[oy, ox], winner[oy, ox] = 0, -1
+
+
+@_serial
+def _bias_relu_max_pool_plane_2x2(image, b, pooled, winner, minus_infinity):
+    """The same for 2x2 windows with stride 2, the four taps written out.
+
+    Nothing else changes — the taps are compared in the order 0, 1, 2, 3 with
+    a strict ``>`` — but with the tap loops unrolled the compiler keeps
+    ``best`` and ``tap`` in registers and turns the comparisons into selects
+    instead of branches: 5x faster than the general loop on the reference
+    CNN's (32, N, 26, 26) conv output.
+    """
+    oh, ow = pooled.shape
+    for oy in range(oh):
+        top, bottom = image[2 * oy], image[2 * oy + 1]     # the window's two rows
+        pooled_row, winner_row = pooled[oy], winner[oy]
+        for ox in range(ow):
+            best, tap = minus_infinity, 0
+            v = top[2 * ox] + b
+            if v > best:
+                best, tap = v, 0
+            v = top[2 * ox + 1] + b
+            if v > best:
+                best, tap = v, 1
+            v = bottom[2 * ox] + b
+            if v > best:
+                best, tap = v, 2
+            v = bottom[2 * ox + 1] + b
+            if v > best:
+                best, tap = v, 3
+            positive = best > 0
+            pooled_row[ox] = best if positive else 0
+            winner_row[ox] = tap if positive else -1
+
+
+@_serial
+def _pool_one(image, b, pooled, winner, kh, kw, sh, sw, minus_infinity):
+    """The fused forward of one plane, by the fast path when the window is 2x2 / stride 2."""
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2:
+        _bias_relu_max_pool_plane_2x2(image, b, pooled, winner, minus_infinity)
+    else:
+        _bias_relu_max_pool_plane(image, b, pooled, winner, kh, kw, sh, sw, minus_infinity)
+
+
 @_jit
-def _bias_relu_max_pool_forward_kernel(y, bias, out, argmax, kh, kw, sh, sw):
-    """out[n, c, oy, ox] = relu(max over the window of y[c, n] + bias[c]); argmax = the
-    winning tap, or -1 where relu clipped the window (see numpy_ref).
+def _bias_relu_max_pool_forward_kernel(y, bias, out, argmax, kh, kw, sh, sw, minus_infinity):
+    """out[n, c] = relu(max pool(y[c, n] + bias[c])), plane by plane.
 
     One pass: every element of the (C, N, H, W) conv output is read once, and
     only the pooled result is written, already in (N, C, oh, ow) order.
-    ``best`` starts at -inf and ``>`` is strict, exactly as in
-    ``_max_pool_forward_kernel``. Parallel over the C*N planes: each window
-    lies inside one plane, and each plane writes its own output plane.
+    Parallel over the C*N planes: each window lies inside one plane, and each
+    plane writes its own output plane.
     """
     C, N = y.shape[0], y.shape[1]
-    oh, ow = out.shape[2], out.shape[3]
     for plane in prange(C * N):
         c, n = plane // N, plane % N
-        image, b = y[c, n], bias[c]                   # (H, W), the channel's bias
-        pooled, winner = out[n, c], argmax[n, c]      # (oh, ow) each
-        for oy in range(oh):
-            for ox in range(ow):
-                best, tap = -np.inf, 0
-                for i in range(kh):
-                    row = image[oy * sh + i]
-                    for j in range(kw):
-                        v = row[ox * sw + j] + b
-                        if v > best:
-                            best, tap = v, i * kw + j
-                if best > 0:
-                    pooled[oy, ox], winner[oy, ox] = best, tap
-                else:                                 # relu(max) = 0: no gradient here
-                    pooled[oy, ox], winner[oy, ox] = 0, -1
-
-
-@_jit
-def _bias_relu_max_pool_2x2_forward_kernel(y, bias, out, argmax, minus_infinity):
-    """The same for 2x2 windows with stride 2, the four taps written out.
-
-    Nothing else changes — ``best`` starts at -inf and the taps are compared
-    in the order 0, 1, 2, 3 with a strict ``>`` — but with the tap loops
-    unrolled the compiler keeps ``best`` and ``tap`` in registers and turns
-    the comparisons into selects instead of branches: 5x faster than the
-    general kernel on the reference CNN's (32, N, 26, 26) conv output.
-    (``minus_infinity`` comes in as a scalar of y's dtype: a float64 ``-np.inf``
-    here would make every comparison a float64 one, 2.5x slower.)
-    """
-    C, N = y.shape[0], y.shape[1]
-    oh, ow = out.shape[2], out.shape[3]
-    for plane in prange(C * N):
-        c, n = plane // N, plane % N
-        image, b = y[c, n], bias[c]
-        pooled, winner = out[n, c], argmax[n, c]
-        for oy in range(oh):
-            top, bottom = image[2 * oy], image[2 * oy + 1]     # the window's two rows
-            pooled_row, winner_row = pooled[oy], winner[oy]
-            for ox in range(ow):
-                best, tap = minus_infinity, 0
-                v = top[2 * ox] + b
-                if v > best:
-                    best, tap = v, 0
-                v = top[2 * ox + 1] + b
-                if v > best:
-                    best, tap = v, 1
-                v = bottom[2 * ox] + b
-                if v > best:
-                    best, tap = v, 2
-                v = bottom[2 * ox + 1] + b
-                if v > best:
-                    best, tap = v, 3
-                positive = best > 0
-                pooled_row[ox] = best if positive else 0
-                winner_row[ox] = tap if positive else -1
+        _pool_one(y[c, n], bias[c], out[n, c], argmax[n, c], kh, kw, sh, sw, minus_infinity)
 
 
 def bias_relu_max_pool2d_forward(y, bias, kh, kw, stride):
@@ -325,66 +354,87 @@ def bias_relu_max_pool2d_forward(y, bias, kh, kw, stride):
     stride = as_pair(stride, "stride")
     C, N, H, W = y.shape
     oh, ow = output_hw(H, W, kh, kw, stride, (0, 0), (1, 1))
-    # no bias: add zeros (x + 0.0 is x, up to the sign of a zero that relu clips anyway)
-    bias = np.zeros(C, dtype=y.dtype) if bias is None else _float_array(bias, "bias", 1)
+    bias = _bias_or_zeros(bias, C, y.dtype)
     out = np.empty((N, C, oh, ow), dtype=y.dtype)
-    argmax = np.empty((N, C, oh, ow), dtype=np.int8 if kh * kw <= 127 else np.int32)
-    bias = bias.astype(y.dtype, copy=False)
-    if (kh, kw) == (2, 2) and stride == (2, 2):       # the course's networks: 5x faster
-        _bias_relu_max_pool_2x2_forward_kernel(y, bias, out, argmax, y.dtype.type(-np.inf))
-    else:
-        _bias_relu_max_pool_forward_kernel(y, bias, out, argmax, kh, kw, *stride)
+    argmax = np.empty((N, C, oh, ow), dtype=_tap_dtype(kh, kw))
+    _bias_relu_max_pool_forward_kernel(y, bias, out, argmax, kh, kw, *stride, y.dtype.type(-np.inf))
     return out, argmax
 
 
-@_jit
-def _bias_relu_max_pool_backward_kernel(gout, argmax, dy, kw, sh, sw):
-    """dy[c, n, the pixel window (oy, ox)'s winner read] += gout[n, c, oy, ox], unless clipped.
-
-    Each (c, n) plane of dy is zeroed and then filled by its own windows only,
-    so the planes are independent: parallel over C*N.
-    """
-    C, N, H, W = dy.shape
-    oh, ow = gout.shape[2], gout.shape[3]
-    for plane in prange(C * N):
-        c, n = plane // N, plane % N
-        image, grad, winner = dy[c, n], gout[n, c], argmax[n, c]
-        for r in range(H):
-            for q in range(W):
-                image[r, q] = 0
-        for oy in range(oh):
-            for ox in range(ow):
-                t = winner[oy, ox]
-                if t >= 0:
-                    image[oy * sh + t // kw, ox * sw + t % kw] += grad[oy, ox]
+def _bias_or_zeros(bias, C, dtype):
+    """The bias in the data's dtype; no bias: zeros (x + 0.0 is x, up to the sign of a
+    zero that relu clips anyway)."""
+    if bias is None:
+        return np.zeros(C, dtype=dtype)
+    return _float_array(bias, "bias", 1).astype(dtype, copy=False)
 
 
-@_jit
-def _bias_relu_max_pool_2x2_backward_kernel(gout, argmax, dy):
+def _tap_dtype(kh, kw):
+    """argmax's dtype, as in the reference: int8 when every tap number fits."""
+    return np.int8 if kh * kw <= 127 else np.int32
+
+
+@_serial
+def _unpool_plane(grad, winner, image, kw, sh, sw):
+    """The fused backward of one plane: image = 0, then image[the pixel window (oy, ox)'s
+    winner read] += grad[oy, ox], unless relu clipped the window (winner -1)."""
+    H, W = image.shape
+    oh, ow = grad.shape
+    for r in range(H):
+        for q in range(W):
+            image[r, q] = 0
+    for oy in range(oh):
+        for ox in range(ow):
+            t = winner[oy, ox]
+            if t >= 0:
+                image[oy * sh + t // kw, ox * sw + t % kw] += grad[oy, ox]
+
+
+@_serial
+def _unpool_plane_2x2(grad, winner, image):
     """The same for 2x2 windows with stride 2: the windows tile the plane, so each
-    element of dy is written exactly once — gout where its tap won, else 0 — and
-    no separate zeroing pass is needed (only the odd last row and column, which
-    no window covers, are zeroed). 2.5x faster than the general kernel.
+    element of the plane is written exactly once — grad where its tap won, else 0 —
+    and no separate zeroing pass is needed (only the odd last row and column, which
+    no window covers, are zeroed). 2.5x faster than the general loop.
     """
-    C, N, H, W = dy.shape
-    oh, ow = gout.shape[2], gout.shape[3]
+    H, W = image.shape
+    oh, ow = grad.shape
+    for oy in range(oh):
+        top, bottom = image[2 * oy], image[2 * oy + 1]
+        grad_row, winner_row = grad[oy], winner[oy]
+        for ox in range(ow):
+            g, t = grad_row[ox], winner_row[ox]
+            top[2 * ox] = g if t == 0 else 0
+            top[2 * ox + 1] = g if t == 1 else 0
+            bottom[2 * ox] = g if t == 2 else 0
+            bottom[2 * ox + 1] = g if t == 3 else 0
+        for q in range(2 * ow, W):                  # an odd width's last column
+            top[q], bottom[q] = 0, 0
+    for r in range(2 * oh, H):                      # an odd height's last row
+        for q in range(W):
+            image[r, q] = 0
+
+
+@_serial
+def _unpool_one(grad, winner, image, kh, kw, sh, sw):
+    """The fused backward of one plane, by the fast path when the window is 2x2 / stride 2."""
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2:
+        _unpool_plane_2x2(grad, winner, image)
+    else:
+        _unpool_plane(grad, winner, image, kw, sh, sw)
+
+
+@_jit
+def _bias_relu_max_pool_backward_kernel(gout, argmax, dy, kh, kw, sh, sw):
+    """dy[c, n] = the plane's gradient routed to each window's winner (0 elsewhere).
+
+    Each (c, n) plane of dy is written by its own windows only, so the planes
+    are independent: parallel over C*N.
+    """
+    C, N = dy.shape[0], dy.shape[1]
     for plane in prange(C * N):
         c, n = plane // N, plane % N
-        image, grad, winner = dy[c, n], gout[n, c], argmax[n, c]
-        for oy in range(oh):
-            top, bottom = image[2 * oy], image[2 * oy + 1]
-            grad_row, winner_row = grad[oy], winner[oy]
-            for ox in range(ow):
-                g, t = grad_row[ox], winner_row[ox]
-                top[2 * ox] = g if t == 0 else 0
-                top[2 * ox + 1] = g if t == 1 else 0
-                bottom[2 * ox] = g if t == 2 else 0
-                bottom[2 * ox + 1] = g if t == 3 else 0
-            for q in range(2 * ow, W):                  # an odd width's last column
-                top[q], bottom[q] = 0, 0
-        for r in range(2 * oh, H):                      # an odd height's last row
-            for q in range(W):
-                image[r, q] = 0
+        _unpool_one(gout[n, c], argmax[n, c], dy[c, n], kh, kw, sh, sw)
 
 
 def bias_relu_max_pool2d_backward(gout, argmax, y_shape, kh, kw, stride):
@@ -396,11 +446,288 @@ def bias_relu_max_pool2d_backward(gout, argmax, y_shape, kh, kw, stride):
                          f"{gout.shape} differ")
     stride = as_pair(stride, "stride")
     dy = np.empty(tuple(int(s) for s in y_shape), dtype=gout.dtype)
-    if (kh, kw) == (2, 2) and stride == (2, 2):
-        _bias_relu_max_pool_2x2_backward_kernel(gout, argmax, dy)
-    else:
-        _bias_relu_max_pool_backward_kernel(gout, argmax, dy, kw, *stride)
+    _bias_relu_max_pool_backward_kernel(gout, argmax, dy, kh, kw, *stride)
     return dy
+
+
+# -----------------------------------------------------------------------------
+# The whole layer — convolution, bias, ReLU, max pooling — a chunk of images at a time
+# -----------------------------------------------------------------------------
+# The fused kernels above still leave the layer as four passes over memory:
+# im2col writes the columns of the whole batch, the matrix product reads them
+# and writes the conv output y, the pooling kernel reads y; in the backward,
+# dY, the column gradient and col2im likewise. At batch 128 those arrays are
+# 11-18 MB each — far bigger than a core's cache — and between the passes the
+# BLAS library's threads and Numba's take turns on the cores.
+#
+# The kernels below do the same arithmetic a few images at a time, inside one
+# parallel loop over chunks of images: each thread makes a chunk's columns,
+# multiplies them (a single-threaded BLAS call from inside the thread),
+# pools the result and moves on, and the chunk's arrays never leave its cache.
+# The backward recomputes the chunk's columns from x instead of keeping the
+# whole batch's (so the layer keeps x: 9x less memory than the columns of a
+# 3x3 convolution), and each chunk writes its own partial dW and db, summed in
+# chunk order at the end — the same result whatever the number of threads.
+# The numbers equal the reference's: the forward bit for bit (the same dot
+# products), the gradients to rounding (dW and db are summed in another order).
+# The layer that calls these is functional/fused.py's ConvReLUMaxPool2dFn; its
+# readable version is the composition im2col -> W @ cols -> bias_relu_max_pool2d.
+_CHUNK_BYTES = 1 << 20     # aim for ~1 MiB of working arrays per chunk: they stay in a core's L2
+
+
+def images_per_chunk(N, floats_per_image, itemsize):
+    """How many images a chunk holds: as many as fit ``_CHUNK_BYTES`` of working arrays,
+    but at least 8 chunks (so that up to 8 threads all get work), and at least one image.
+    It depends on the shapes only, never on the thread count: the partial sums of dW and db
+    are then the same, and so is the result, on any number of threads."""
+    fit = _CHUNK_BYTES // max(1, floats_per_image * itemsize)
+    return int(max(1, min(fit, -(-N // 8))))
+
+
+@_jit
+def _conv_relu_pool_forward_kernel(xp, w2, bias, out, argmax, kh, kw, sh, sw, dh, dw, oh, ow,
+                                   pkh, pkw, psh, psw, per_chunk, minus_infinity):
+    """out[n, co] = relu(max pool(conv(x, w)[n, co] + bias[co])), per chunk of images.
+
+    Shapes: xp (N, C, Hp, Wp) the padded input, w2 (Cout, K = C*kh*kw), out and
+    argmax (N, Cout, ph, pw). Per chunk of m images (L = m*oh*ow)::
+
+        cols = im2col(xp[chunk])        # (K, m, oh, ow)
+        y    = w2 @ cols                # (Cout, m, oh, ow), one BLAS call
+        out[chunk], argmax[chunk] = the fused pooling of each (co, n) plane of y
+
+    Parallel over the chunks: each writes only its own images' outputs.
+    """
+    N = xp.shape[0]
+    Cout, K = w2.shape
+    for chunk in prange((N + per_chunk - 1) // per_chunk):
+        n0 = chunk * per_chunk
+        m = min(N, n0 + per_chunk) - n0
+        images = xp[n0:n0 + m]
+        cols = np.empty((K, m, oh, ow), dtype=xp.dtype)
+        for row in range(K):
+            _im2col_row(images, cols[row], row, kh, kw, sh, sw, dh, dw)
+        y = np.empty((Cout, m, oh, ow), dtype=xp.dtype)
+        np.dot(w2, cols.reshape((K, m * oh * ow)), y.reshape((Cout, m * oh * ow)))
+        for co in range(Cout):
+            for n in range(m):
+                _pool_one(y[co, n], bias[co], out[n0 + n, co], argmax[n0 + n, co],
+                          pkh, pkw, psh, psw, minus_infinity)
+
+
+@_jit
+def _conv_relu_pool_backward_kernel(gout, argmax, xp, w2, dxp, dw_parts, db_parts, need_dx,
+                                    kh, kw, sh, sw, dh, dw, oh, ow, pkh, pkw, psh, psw, per_chunk):
+    """The adjoint of the forward kernel, per chunk of images (L = m*oh*ow)::
+
+        dy   = the pooled gradient routed to each window's winner   (Cout, m, oh, ow)
+        db_parts[chunk] = dy @ ones                                  (Cout,)
+        cols = im2col(xp[chunk])                                     (K, m, oh, ow), recomputed
+        dw_parts[chunk] = dy @ cols^T                                (Cout, K)
+        dxp[chunk] = col2im(w2^T @ dy)                               if need_dx
+
+    Parallel over the chunks: each writes its own partial sums and its own
+    images' input gradient. The caller sums the partials in chunk order.
+    """
+    N, C = xp.shape[0], xp.shape[1]
+    Cout, K = w2.shape
+    for chunk in prange((N + per_chunk - 1) // per_chunk):
+        n0 = chunk * per_chunk
+        m = min(N, n0 + per_chunk) - n0
+        L = m * oh * ow
+        dy = np.empty((Cout, m, oh, ow), dtype=xp.dtype)
+        for co in range(Cout):
+            for n in range(m):
+                _unpool_one(gout[n0 + n, co], argmax[n0 + n, co], dy[co, n], pkh, pkw, psh, psw)
+        dy2 = dy.reshape((Cout, L))
+        np.dot(dy2, np.ones(L, dtype=xp.dtype), db_parts[chunk])
+        images = xp[n0:n0 + m]
+        cols = np.empty((K, m, oh, ow), dtype=xp.dtype)
+        for row in range(K):
+            _im2col_row(images, cols[row], row, kh, kw, sh, sw, dh, dw)
+        np.dot(dy2, cols.reshape((K, L)).T, dw_parts[chunk])
+        if need_dx:
+            dcols = np.dot(w2.T, dy2).reshape((K, m, oh, ow))
+            dimages = dxp[n0:n0 + m]
+            dimages[:] = 0
+            for c in range(C):
+                _col2im_channel(dcols, dimages, c, kh, kw, sh, sw, dh, dw)
+
+
+class _OneBlasThread:
+    """While active, the BLAS library that Numba calls runs each call on one thread.
+
+    The kernels here call BLAS from inside Numba's threads (``np.dot`` in compiled
+    code calls SciPy's BLAS); a BLAS that started threads of its own there would
+    put 4 threads on 2 cores. ``threadpoolctl`` finds the BLAS libraries loaded in
+    the process and sets their thread counts. Switching a library's count costs
+    ~0.1 ms (measured: it doubled the time of the fully connected layers' products),
+    so the copy that only SciPy uses (pip's wheels bundle one in ``scipy.libs``,
+    and NumPy has its own in ``numpy.libs``) is set to one thread once and left so
+    — SciPy's own linear algebra then runs on one thread in this process; a library
+    that NumPy may share (conda, a system BLAS) is set to one thread on entry and
+    given its count back on exit, so NumPy's ``@`` keeps its threads.
+    """
+
+    _shared = None                   # the BLAS libraries to switch on every entry
+
+    def __enter__(self):
+        if _OneBlasThread._shared is None:
+            _OneBlasThread._shared = _blas_libraries_to_switch()
+        self.before = [lib.get_num_threads() for lib in self._shared]
+        for lib in self._shared:
+            lib.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        for lib, n in zip(self._shared, self.before):
+            lib.set_num_threads(n)
+
+
+def _blas_libraries_to_switch():
+    """Set SciPy's private BLAS to one thread for good; return the BLAS libraries that
+    SciPy may share with NumPy (to be switched on every entry)."""
+    import numpy
+    import scipy
+    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba's np.dot calls: load it first)
+    from threadpoolctl import ThreadpoolController
+
+    def bundled_with(module):         # pip's wheels: <site-packages>/<name>.libs/
+        home = os.path.dirname(os.path.dirname(os.path.abspath(module.__file__)))
+        return os.path.join(home, module.__name__ + ".libs")
+    shared = []
+    for lib in ThreadpoolController().lib_controllers:
+        if lib.user_api != "blas":
+            continue
+        folder = os.path.dirname(os.path.abspath(lib.filepath))
+        if folder == bundled_with(scipy):
+            lib.set_num_threads(1)            # SciPy's own copy: only SciPy and Numba call it
+        elif folder != bundled_with(numpy):   # NumPy's own copy: Numba never calls it
+            shared.append(lib)
+    return shared
+
+
+def _conv_pool_geometry(x, w, stride, padding, dilation, pool_kh, pool_kw, pool_stride):
+    """The options as pairs, and the sizes: (N, C, Cout, kh, kw, oh, ow, ph, pw)."""
+    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
+    dilation, pool_stride = as_pair(dilation, "dilation"), as_pair(pool_stride, "pool_stride")
+    pool_kernel = (int(pool_kh), int(pool_kw))
+    N, C, H, W = x.shape
+    Cout, Cw, kh, kw = w.shape
+    if Cw != C:
+        raise ValueError(f"conv2d_bias_relu_max_pool2d: x has {C} channels but the weight "
+                         f"{tuple(w.shape)} expects {Cw} (this kernel has no groups)")
+    oh, ow = output_hw(H, W, kh, kw, stride, padding, dilation)
+    ph, pw = output_hw(oh, ow, *pool_kernel, pool_stride, (0, 0), (1, 1))
+    return stride, padding, dilation, pool_kernel, pool_stride, (N, C, Cout, kh, kw, oh, ow, ph, pw)
+
+
+def conv2d_bias_relu_max_pool2d_forward(x, w, bias, stride, padding, dilation, pool_kh, pool_kw,
+                                        pool_stride, per_chunk=None):
+    """``(out, argmax)`` = max_pool2d(relu(conv2d(x, w) + bias)), a chunk of images at a time.
+
+    x (N, C, H, W), w (Cout, C, kh, kw), bias (Cout,) or None; out and argmax
+    (N, Cout, ph, pw) exactly as :func:`bias_relu_max_pool2d_forward` returns
+    them for the convolution's output. No groups. ``per_chunk`` images per
+    chunk (default: :func:`images_per_chunk`).
+    """
+    x, w = _float_array(x, "conv2d_bias_relu_max_pool2d: x", 4), _float_array(w, "weight", 4)
+    stride, padding, dilation, (pkh, pkw), pstride, dims = _conv_pool_geometry(
+        x, w, stride, padding, dilation, pool_kh, pool_kw, pool_stride)
+    N, C, Cout, kh, kw, oh, ow, ph, pw = dims
+    w2 = w.astype(x.dtype, copy=False).reshape(Cout, C * kh * kw)
+    if per_chunk is None:
+        per_chunk = images_per_chunk(N, (C * kh * kw + Cout) * oh * ow, x.itemsize)
+    out = np.empty((N, Cout, ph, pw), dtype=x.dtype)
+    argmax = np.empty((N, Cout, ph, pw), dtype=_tap_dtype(pkh, pkw))
+    with _OneBlasThread():
+        _conv_relu_pool_forward_kernel(pad_planes(x, padding), w2, _bias_or_zeros(bias, Cout, x.dtype),
+                                       out, argmax, kh, kw, *stride, *dilation, oh, ow,
+                                       pkh, pkw, *pstride, int(per_chunk), x.dtype.type(-np.inf))
+    return out, argmax
+
+
+def conv2d_bias_relu_max_pool2d_backward(gout, argmax, x, w, stride, padding, dilation,
+                                         pool_kh, pool_kw, pool_stride, need_dx=True, per_chunk=None):
+    """``(dx or None, dw, db)`` of :func:`conv2d_bias_relu_max_pool2d_forward`, given the
+    pooled gradient ``gout`` and the forward's ``argmax`` (both (N, Cout, ph, pw))."""
+    gout = _float_array(gout, "conv2d_bias_relu_max_pool2d_backward: gout", 4)
+    x, w = _float_array(x, "x", 4), _float_array(w, "weight", 4)
+    argmax = np.ascontiguousarray(argmax)
+    stride, padding, dilation, (pkh, pkw), pstride, dims = _conv_pool_geometry(
+        x, w, stride, padding, dilation, pool_kh, pool_kw, pool_stride)
+    N, C, Cout, kh, kw, oh, ow, ph, pw = dims
+    if gout.shape != (N, Cout, ph, pw) or argmax.shape != gout.shape:
+        raise ValueError(f"conv2d_bias_relu_max_pool2d_backward: expected gout and argmax of shape "
+                         f"{(N, Cout, ph, pw)}, got {gout.shape} and {argmax.shape}")
+    K = C * kh * kw
+    w2 = w.astype(x.dtype, copy=False).reshape(Cout, K)
+    if per_chunk is None:
+        per_chunk = images_per_chunk(N, (2 * K + Cout) * oh * ow, x.itemsize)
+    chunks = -(-N // int(per_chunk))
+    dw_parts = np.empty((chunks, Cout, K), dtype=x.dtype)
+    db_parts = np.empty((chunks, Cout), dtype=x.dtype)
+    xp = pad_planes(x, padding)
+    dxp = np.empty(xp.shape if need_dx else (1, 1, 1, 1), dtype=x.dtype)
+    with _OneBlasThread():
+        _conv_relu_pool_backward_kernel(gout.astype(x.dtype, copy=False), argmax, xp, w2, dxp,
+                                        dw_parts, db_parts, bool(need_dx), kh, kw, *stride,
+                                        *dilation, oh, ow, pkh, pkw, *pstride, int(per_chunk))
+    dw = dw_parts.sum(axis=0).reshape(w.shape)        # in chunk order: the same for any thread count
+    db = db_parts.sum(axis=0)
+    dx = None
+    if need_dx:
+        (ph_, pw_), (H, W) = padding, x.shape[2:]
+        dx = dxp[:, :, ph_:ph_ + H, pw_:pw_ + W]
+    return dx, dw, db
+
+
+# -----------------------------------------------------------------------------
+# Matrix products on Numba's threads (optional: only this backend has it)
+# -----------------------------------------------------------------------------
+# NumPy's ``a @ b`` runs on the BLAS library's own threads, and after each
+# product OpenBLAS's worker spins for ~0.1 s waiting for more (it can only be
+# told not to before NumPy is imported: OPENBLAS_THREAD_TIMEOUT). Every Numba
+# kernel that runs in that window shares a core with the spinner — measured,
+# the whole-layer kernel above took 1.6-2x its time right after a NumPy
+# product. So this backend multiplies on Numba's threads too: each thread
+# computes a block of rows of the result with a single-threaded BLAS call,
+# and the BLAS library's threads never wake up during training.
+_SMALL_PRODUCT = 1 << 16          # fewer multiply-adds than this: one call, one thread
+
+
+@_jit
+def _matmul_kernel(a, b, out, rows_per_task):
+    """out[r0:r1] = a[r0:r1] @ b for each block of rows: parallel over the blocks
+    (each writes its own rows of ``out``)."""
+    M = a.shape[0]
+    for task in prange((M + rows_per_task - 1) // rows_per_task):
+        r0 = task * rows_per_task
+        r1 = min(M, r0 + rows_per_task)
+        np.dot(a[r0:r1], b, out[r0:r1])
+
+
+def matmul(a, b):
+    """``a @ b`` for 2-D (or stacks of 2-D, 3-D) float arrays of one dtype, the rows of the
+    result split over Numba's threads; anything else goes to NumPy's ``@``."""
+    if (a.ndim != b.ndim or a.ndim not in (2, 3) or a.dtype != b.dtype
+            or a.dtype not in (np.float32, np.float64) or a.shape[-1] != b.shape[-2]):
+        return a @ b
+    if a.ndim == 3:
+        if a.shape[0] != b.shape[0]:
+            return a @ b
+        return np.stack([matmul(a[g], b[g]) for g in range(a.shape[0])])
+    M, N = a.shape[0], b.shape[1]
+    if M * N * a.shape[1] < _SMALL_PRODUCT or M < 2:
+        return a @ b
+    a = np.ascontiguousarray(a)                       # its row blocks must be contiguous
+    if not (b.flags.c_contiguous or b.flags.f_contiguous):
+        b = np.ascontiguousarray(b)
+    out = np.empty((M, N), dtype=a.dtype)
+    import numba
+    with _OneBlasThread():
+        _matmul_kernel(a, b, out, -(-M // numba.get_num_threads()))
+    return out
 
 
 # -----------------------------------------------------------------------------

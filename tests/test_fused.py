@@ -188,7 +188,12 @@ def test_the_function_equals_the_three_functions(cpu_backend):
     b = mc.tensor(rs.standard_normal(5), dtype="float64")
     fused = conv2d_relu_max_pool2d(x, w, b, padding=1, pool_kernel_size=2)
     unfused = F.max_pool2d(F.relu(F.conv2d(x, w, b, padding=1)), 2)
-    np.testing.assert_array_equal(fused.numpy(), unfused.numpy())
+    if cpu_backend == "numba":
+        # the whole-layer kernel multiplies a chunk of images per BLAS call: the same dot
+        # products, which BLAS may round differently for a matrix of another width
+        np.testing.assert_allclose(fused.numpy(), unfused.numpy(), rtol=1e-14, atol=1e-14)
+    else:
+        np.testing.assert_array_equal(fused.numpy(), unfused.numpy())
 
 
 def test_bad_arguments_are_named():
@@ -299,3 +304,206 @@ def test_inference_records_no_graph():
     with mc.no_grad():
         out = model(mc.tensor(np.zeros((2, 1, 28, 28), np.float32)))
     assert out._ctx is None and out.shape == (2, 10)
+
+
+# -- 5. numba's whole layer, a chunk of images at a time, against the composition ----------------
+# kernels/numba_cpu.py: conv2d_bias_relu_max_pool2d_forward/_backward do what ConvReLUMaxPool2dFn
+# composes from numpy_ref's kernels (im2col -> W @ cols -> bias_relu_max_pool2d), per chunk of
+# images, calling BLAS from Numba's threads. The composition below is the specification.
+numba_cpu = pytest.importorskip("minicnn.kernels.numba_cpu")
+
+
+@st.composite
+def layer_cases(draw, integer_valued=False):
+    """x, w, bias or None, conv options, pool window and stride, images per chunk."""
+    n, c, cout = draw(st.integers(1, 5)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 1)), draw(st.integers(0, 1)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pkh, pkw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pstride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    if draw(st.booleans()):                        # the fast path's window, often
+        pkh = pkw = 2
+        pstride = (2, 2)
+    # the smallest input whose conv output still holds one pool window
+    h = draw(st.integers(max(1, (pkh - 1) * stride[0] + 1 + dilation[0] * (kh - 1) - 2 * padding[0]), 12))
+    w_ = draw(st.integers(max(1, (pkw - 1) * stride[1] + 1 + dilation[1] * (kw - 1) - 2 * padding[1]), 12))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if integer_valued:                             # exact sums in any order: ties, clipped windows
+        x = rng.integers(-2, 3, (n, c, h, w_)).astype(dtype)
+        w = rng.integers(-2, 3, (cout, c, kh, kw)).astype(dtype)
+        b = rng.integers(-2, 3, cout).astype(dtype)
+    else:
+        x = rng.standard_normal((n, c, h, w_)).astype(dtype)
+        w = rng.standard_normal((cout, c, kh, kw)).astype(dtype)
+        b = rng.standard_normal(cout).astype(dtype)
+    per_chunk = draw(st.integers(1, n + 1))
+    return x, w, (b if draw(st.booleans()) else None), (stride, padding, dilation, pkh, pkw, pstride), per_chunk
+
+
+def _layer_by_composition(x, w, b, options, gp_seed=12):
+    """Forward and backward of the layer with numpy_ref's kernels, as ConvReLUMaxPool2dFn composes them."""
+    stride, padding, dilation, pkh, pkw, pstride = options
+    N, Cout, (kh, kw) = x.shape[0], w.shape[0], w.shape[2:]
+    cols = ref.im2col(x, kh, kw, stride, padding, dilation)
+    oh = ref.conv_out_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
+    ow = ref.conv_out_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
+    w2 = w.reshape(Cout, -1)
+    y = (w2 @ cols).reshape(Cout, N, oh, ow)
+    p, arg = ref.bias_relu_max_pool2d_forward(y, b, pkh, pkw, pstride)
+    gp = np.random.default_rng(gp_seed).standard_normal(p.shape).astype(x.dtype)
+    if np.all(np.mod(x, 1) == 0):                  # integer-valued case: integer gradient too
+        gp = np.round(gp * 2)
+    dy = ref.bias_relu_max_pool2d_backward(gp, arg, y.shape, pkh, pkw, pstride).reshape(Cout, -1)
+    dx = ref.col2im(w2.T @ dy, x.shape, kh, kw, stride, padding, dilation)
+    return p, arg, gp, dx, (dy @ cols.T).reshape(w.shape), dy.sum(axis=1)
+
+
+def _layer_by_chunks(x, w, b, options, gp, arg, per_chunk):
+    stride, padding, dilation, pkh, pkw, pstride = options
+    p, argmax = numba_cpu.conv2d_bias_relu_max_pool2d_forward(x, w, b, stride, padding, dilation,
+                                                              pkh, pkw, pstride, per_chunk=per_chunk)
+    dx, dw, db = numba_cpu.conv2d_bias_relu_max_pool2d_backward(gp, arg, x, w, stride, padding, dilation,
+                                                                pkh, pkw, pstride, per_chunk=per_chunk)
+    return p, argmax, dx, dw, db
+
+
+@SETTINGS
+@given(case=layer_cases(integer_valued=True))
+def test_whole_layer_equals_the_composition_exactly_on_integers(case):
+    """Integer values: every sum is exact in any order, so chunking may change nothing —
+    outputs, argmax (ties and clipped windows included) and all three gradients equal."""
+    x, w, b, options, per_chunk = case
+    p_ref, arg_ref, gp, dx_ref, dw_ref, db_ref = _layer_by_composition(x, w, b, options)
+    p, arg, dx, dw, db = _layer_by_chunks(x, w, b, options, gp, arg_ref, per_chunk)
+    assert p.dtype == x.dtype and arg.dtype == arg_ref.dtype
+    for got, want in ((p, p_ref), (arg, arg_ref), (dx, dx_ref), (dw, dw_ref), (db, db_ref)):
+        np.testing.assert_array_equal(got, want)
+    assert b is not None or db.shape == (w.shape[0],)
+
+
+@SETTINGS
+@given(case=layer_cases())
+def test_whole_layer_equals_the_composition_to_rounding(case):
+    x, w, b, options, per_chunk = case
+    p_ref, arg_ref, gp, dx_ref, dw_ref, db_ref = _layer_by_composition(x, w, b, options)
+    p, arg, dx, dw, db = _layer_by_chunks(x, w, b, options, gp, arg_ref, per_chunk)
+    tol = 50 * np.finfo(x.dtype).eps
+    np.testing.assert_allclose(p, p_ref, rtol=tol, atol=tol)
+    if x.dtype == np.float64:                      # a near-tie in float32 may round either way
+        np.testing.assert_array_equal(arg, arg_ref)
+    scale = max(1.0, float(np.abs(gp).max()) * max(1.0, float(np.abs(x).max()) + float(np.abs(w).max())))
+    for got, want in ((dx, dx_ref), (dw, dw_ref), (db, db_ref)):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale * x.shape[0] * 9)
+
+
+def test_whole_layer_on_the_reference_cnns_shapes():
+    """The two layers of the reference CNN at batch 37 (chunks of unequal size), float32."""
+    rs = np.random.default_rng(13)
+    for c, h, cout in ((1, 28, 32), (32, 13, 64)):
+        x = rs.standard_normal((37, c, h, h)).astype(np.float32)
+        w = (rs.standard_normal((cout, c, 3, 3)) / 3).astype(np.float32)
+        b = rs.standard_normal(cout).astype(np.float32)
+        options = ((1, 1), (0, 0), (1, 1), 2, 2, (2, 2))
+        p_ref, arg_ref, gp, dx_ref, dw_ref, db_ref = _layer_by_composition(x, w, b, options)
+        p, arg, dx, dw, db = _layer_by_chunks(x, w, b, options, gp, arg_ref, None)
+        np.testing.assert_allclose(p, p_ref, rtol=1e-5, atol=1e-5)
+        assert (arg == arg_ref).mean() > 0.999       # float32 near-ties may round either way
+        for got, want in ((dx, dx_ref), (dw, dw_ref), (db, db_ref)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_whole_layer_gives_the_same_bits_on_any_number_of_threads():
+    """The chunks depend on the shapes only, and dW, db are summed in chunk order."""
+    import numba
+    rs = np.random.default_rng(14)
+    x = rs.standard_normal((50, 8, 12, 12)).astype(np.float32)
+    w = rs.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    b = rs.standard_normal(16).astype(np.float32)
+    options = ((1, 1), (1, 1), (1, 1), 2, 2, (2, 2))
+    _, arg, gp, *_ = _layer_by_composition(x, w, b, options)
+    runs = []
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, before):
+            numba.set_num_threads(threads)
+            runs.append(_layer_by_chunks(x, w, b, options, gp, arg, None))
+    finally:
+        numba.set_num_threads(before)
+    for one, many in zip(*runs):
+        np.testing.assert_array_equal(one, many)
+
+
+def test_whole_layer_leaves_numpys_blas_threads_alone():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+              if lib["user_api"] == "blas" and "scipy.libs" not in lib["filepath"]}
+    rs = np.random.default_rng(15)
+    x = rs.standard_normal((4, 2, 8, 8)).astype(np.float32)
+    w = rs.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    numba_cpu.conv2d_bias_relu_max_pool2d_forward(x, w, None, 1, 0, 1, 2, 2, 2)
+    after = {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+             if lib["filepath"] in before}
+    assert after == before
+
+
+def test_whole_layer_names_a_wrong_shape():
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="x has 3 channels but the weight"):
+        numba_cpu.conv2d_bias_relu_max_pool2d_forward(x, np.zeros((4, 2, 3, 3), np.float32), None,
+                                                      1, 0, 1, 2, 2, 2)
+    p, arg = numba_cpu.conv2d_bias_relu_max_pool2d_forward(x, np.zeros((4, 3, 3, 3), np.float32), None,
+                                                           1, 0, 1, 2, 2, 2)
+    with pytest.raises(ValueError, match=r"expected gout and argmax of shape \(2, 4, 3, 3\)"):
+        numba_cpu.conv2d_bias_relu_max_pool2d_backward(p[:1], arg[:1], x, np.zeros((4, 3, 3, 3), np.float32),
+                                                       1, 0, 1, 2, 2, 2)
+
+
+def test_the_layer_uses_the_whole_layer_kernel_on_numba_only_without_groups():
+    """ConvReLUMaxPool2dFn keeps x (not the columns) when the backend has the kernel."""
+    from minicnn.functional.fused import ConvReLUMaxPool2dFn
+    rs = np.random.default_rng(16)
+    previous = mc.get_backend()
+    try:
+        for name, groups, whole in (("numba", 1, True), ("numba", 2, False), ("numpy", 1, False)):
+            mc.set_backend(name)
+            x = mc.tensor(rs.standard_normal((2, 4, 9, 9)), requires_grad=True)
+            w = mc.tensor(rs.standard_normal((6, 4 // groups, 3, 3)), requires_grad=True)
+            out = conv2d_relu_max_pool2d(x, w, None, groups=groups)
+            fn = out._ctx
+            assert isinstance(fn, ConvReLUMaxPool2dFn) and fn.whole_layer is whole
+            assert (fn.saved_tensors[0].shape == x.shape) is whole     # x itself, or the columns
+    finally:
+        mc.set_backend(previous)
+
+
+# -- 6. numba's matmul: the layers' products on Numba's threads ----------------------------------
+@pytest.mark.parametrize("shape", [(64, 1600, 128), (128, 128, 1600), (3, 5, 7), (1, 300, 300), (257, 33, 65)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_matmul_equals_the_product(shape, dtype):
+    m, k, n = shape
+    rs = np.random.default_rng(17)
+    a = rs.standard_normal((m, k)).astype(dtype)
+    b = rs.standard_normal((k, n)).astype(dtype)
+    tol = 20 * np.finfo(dtype).eps * k
+    for left, right in ((a, b), (np.asfortranarray(a), b), (a, np.asfortranarray(b)), (b.T.T, a.T.T),
+                        (np.ascontiguousarray(b.T).T.T, np.ascontiguousarray(a.T).T.T)):
+        if left.shape[1] != right.shape[0]:
+            continue
+        got = numba_cpu.matmul(left, right)
+        np.testing.assert_allclose(got, left @ right, rtol=tol, atol=tol)
+        assert got.dtype == dtype
+
+
+def test_numba_matmul_stacks_and_falls_back():
+    rs = np.random.default_rng(18)
+    a, b = rs.standard_normal((3, 40, 50)), rs.standard_normal((3, 50, 60))
+    np.testing.assert_allclose(numba_cpu.matmul(a, b), a @ b, rtol=1e-12)
+    v = rs.standard_normal(50)
+    np.testing.assert_allclose(numba_cpu.matmul(a[0], v), a[0] @ v)             # a vector: NumPy's @
+    ints = np.arange(6).reshape(2, 3)
+    np.testing.assert_array_equal(numba_cpu.matmul(ints, ints.T), ints @ ints.T)  # integers: NumPy's @
+    with pytest.raises(ValueError):
+        numba_cpu.matmul(a[0], a[0])                                             # (40, 50) @ (40, 50)

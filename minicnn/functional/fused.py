@@ -54,17 +54,40 @@ class ConvReLUMaxPool2dFn(Conv2dFn):
 
     Backward: the fused kernel's adjoint turns gp into dY (Cout, N, oh, ow),
     and Conv2dFn's backward takes it from there (dW, dx via col2im, db).
+
+    The numba backend does all of this in one kernel per direction,
+    ``conv2d_bias_relu_max_pool2d_forward`` / ``_backward``: the same steps a few
+    images at a time, so that each chunk's columns and conv output stay in the
+    core's cache; it keeps x instead of the columns and recomputes a chunk's
+    columns in the backward (no groups; with groups, the steps above).
+    ``tests/test_fused.py`` proves it equal to the steps above.
     """
 
     def forward(self, x, w, b, stride, padding, dilation, groups, pool_size, pool_stride):
+        self.pool = (*pool_size, pool_stride)
+        whole_layer = getattr(current.kernels, "conv2d_bias_relu_max_pool2d_forward", None)
+        self.whole_layer = whole_layer is not None and groups == 1
+        if self.whole_layer:
+            # numba: the same numbers, a few images at a time, in cache (kernels/numba_cpu.py);
+            # the backward recomputes each chunk's columns from x instead of keeping them
+            self.conv = (stride, padding, dilation)
+            p, argmax = whole_layer(x, w, b, *self.conv, *self.pool)
+            self.save_for_backward(x, w, argmax)
+            return p                                                      # (N, Cout, ph, pw)
         y = self.product(x, w, stride, padding, dilation, groups)        # (Cout, N, oh, ow)
-        self.y_shape, self.pool = y.shape, (*pool_size, pool_stride)
+        self.y_shape = y.shape
         p, argmax = current.kernels.bias_relu_max_pool2d_forward(y, b, *self.pool)
         self.save_for_backward(*self.saved_tensors, argmax)              # the product's (cols, w_g), argmax
         return p                                                          # (N, Cout, ph, pw)
 
     def backward(self, gp):
         argmax = self.saved_tensors[-1]                                   # (N, Cout, ph, pw)
+        if self.whole_layer:
+            x, w = self.saved_tensors[:2]
+            needs = self.needs_input_grad
+            dx, dw, db = current.kernels.conv2d_bias_relu_max_pool2d_backward(
+                gp, argmax, x, w, *self.conv, *self.pool, need_dx=needs[0])
+            return dx, (dw if needs[1] else None), (db if len(needs) > 2 and needs[2] else None)
         dy = current.kernels.bias_relu_max_pool2d_backward(gp, argmax, self.y_shape,
                                                            *self.pool)    # (Cout, N, oh, ow)
         return self.product_backward(dy)

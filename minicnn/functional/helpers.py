@@ -6,7 +6,9 @@
 * :func:`check_4d` and :func:`check_window_fits` — the input checks of every
   windowed operation (conv2d, unfold, the poolings, the fused layer);
 * :func:`stable_sigmoid` and :func:`stable_softplus` — array math that never
-  overflows, shared by the activations and the losses.
+  overflows, shared by the activations and the losses;
+* :func:`matmul` — the layers' matrix products (the numba backend runs them on
+  its own threads).
 
 Checks live here and in the functional wrappers only: they run once, on the
 user's arguments, before any Function or kernel sees them. The kernels
@@ -21,7 +23,7 @@ from ..kernels.geometry import conv_out_size
 from ..tensor import _shape_str as shape_str
 
 __all__ = ["pair", "conv_output_shape", "check_4d", "check_window_fits", "shape_str",
-           "stable_sigmoid", "stable_softplus"]
+           "stable_sigmoid", "stable_softplus", "matmul"]
 
 
 def pair(value, name, minimum):
@@ -73,3 +75,13 @@ def stable_sigmoid(x):
 def stable_softplus(x):
     """ln(1 + e^x) on an array, stable (logaddexp)."""
     return current.xp.logaddexp(0, x)
+
+
+def matmul(a, b):
+    """``a @ b`` for the backend's arrays, by its ``matmul`` kernel where it has one.
+
+    The numba backend has one: the same BLAS product, called from Numba's threads
+    (see kernels/numba_cpu.py for why); the others multiply with ``@``.
+    """
+    fast = getattr(current.kernels, "matmul", None)
+    return a @ b if fast is None else fast(a, b)

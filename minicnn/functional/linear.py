@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..tensor import Function, Tensor
-from .helpers import shape_str
+from .helpers import matmul, shape_str
 
 
 class LinearFn(Function):
@@ -15,7 +15,7 @@ class LinearFn(Function):
     def forward(self, x, weight, bias):
         self.x_shape = x.shape
         x2 = x.reshape(-1, x.shape[-1])                       # (N, in)
-        y = x2 @ weight.T                                     # (N, out)
+        y = matmul(x2, weight.T)                              # (N, out)
         if bias is not None:
             y += bias
         self.save_for_backward(x2, weight)
@@ -24,8 +24,8 @@ class LinearFn(Function):
     def backward(self, gy):
         x2, weight = self.saved_tensors
         g2 = gy.reshape(-1, gy.shape[-1])                     # (N, out)
-        dx = (g2 @ weight).reshape(self.x_shape) if self.needs_input_grad[0] else None
-        dw = g2.T @ x2 if self.needs_input_grad[1] else None
+        dx = matmul(g2, weight).reshape(self.x_shape) if self.needs_input_grad[0] else None
+        dw = matmul(g2.T, x2) if self.needs_input_grad[1] else None
         db = g2.sum(axis=0) if self.needs_input_grad[2] else None
         return dx, dw, db
 
