@@ -49,17 +49,20 @@ prove inside the innermost loop:
 Two process settings matter as much as the loops (both measured in
 ``benchmarks/README.md``), so importing this module makes them:
 
-* Threads. Numba's OpenMP workers and the BLAS library's workers take turns
-  on the same cores: a matrix product, a kernel, a product... By default an
-  OpenMP worker spins for milliseconds after each parallel loop, waiting for
-  more work, and steals the core from the BLAS thread that runs next. We ask
-  OpenMP to sleep at once (``OMP_WAIT_POLICY=PASSIVE``) unless you set the
-  variable yourself; it must happen before Numba starts its thread pool (and
-  it applies to any OpenMP library loaded later in this process). The BLAS
-  threads spin too (OpenBLAS: about 0.1 s after each product), and that can
-  only be shortened before NumPy is first imported, with the environment
-  variable ``OPENBLAS_THREAD_TIMEOUT=4``; ``benchmarks/README.md`` shows what
-  it is worth.
+* Threads. Every multi-threaded thing a training step does runs on Numba's
+  threads: the loops here, and the matrix products too (BLAS is called from
+  inside them, one thread per call; see ``matmul`` and the whole-layer
+  kernels). A second thread pool — NumPy's OpenBLAS — would spin for ~0.1 s
+  after each product and take a core from Numba's threads (measured: the
+  next kernel ran 1.6-2x slower). Numba's OpenMP workers, in turn, should
+  wait a little between two parallel loops rather than sleep: woken from
+  sleep, a loop took 50-70 us to start on this project's VM, against 2 us
+  for a worker still spinning — and a step starts ~20 of them. So we ask
+  GNU OpenMP to spin for 100,000 rounds (about a millisecond) before it
+  sleeps, ``GOMP_SPINCOUNT=100000``, unless you set ``GOMP_SPINCOUNT`` or
+  ``OMP_WAIT_POLICY`` yourself; it must happen before Numba starts its
+  thread pool (and it applies to any OpenMP library loaded later in this
+  process).
 * Memory. A training step allocates and frees the same big arrays every
   time (im2col columns, activations, gradients). glibc hands big blocks back
   to the operating system on ``free``, and the next step gets them back one
@@ -79,7 +82,8 @@ import numpy as np
 
 from .geometry import as_pair, conv_out_size, output_hw, pad_planes  # noqa: F401 (conv_out_size: part of every kernel module)
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # see "Threads" above
+if "OMP_WAIT_POLICY" not in os.environ:                  # see "Threads" above
+    os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 from numba import njit, prange  # noqa: E402
 
@@ -693,7 +697,7 @@ def conv2d_bias_relu_max_pool2d_backward(gout, argmax, x, w, stride, padding, di
 # product. So this backend multiplies on Numba's threads too: each thread
 # computes a block of rows of the result with a single-threaded BLAS call,
 # and the BLAS library's threads never wake up during training.
-_SMALL_PRODUCT = 1 << 16          # fewer multiply-adds than this: one call, one thread
+_SMALL_PRODUCT = 1 << 18   # fewer multiply-adds: NumPy's @, which OpenBLAS then runs on one thread
 
 
 @_jit
@@ -708,26 +712,25 @@ def _matmul_kernel(a, b, out, rows_per_task):
 
 
 def matmul(a, b):
-    """``a @ b`` for 2-D (or stacks of 2-D, 3-D) float arrays of one dtype, the rows of the
-    result split over Numba's threads; anything else goes to NumPy's ``@``."""
+    """``a @ b`` for 2-D (or stacks of 2-D, 3-D) float arrays of one dtype, the rows of each
+    result split over Numba's threads; anything else, and small products, go to NumPy's ``@``."""
     if (a.ndim != b.ndim or a.ndim not in (2, 3) or a.dtype != b.dtype
-            or a.dtype not in (np.float32, np.float64) or a.shape[-1] != b.shape[-2]):
+            or a.dtype not in (np.float32, np.float64) or a.shape[-1] != b.shape[-2]
+            or (a.ndim == 3 and a.shape[0] != b.shape[0])
+            or a.shape[-2] * a.shape[-1] * b.shape[-1] < _SMALL_PRODUCT or a.shape[-2] < 2):
         return a @ b
-    if a.ndim == 3:
-        if a.shape[0] != b.shape[0]:
-            return a @ b
-        return np.stack([matmul(a[g], b[g]) for g in range(a.shape[0])])
-    M, N = a.shape[0], b.shape[1]
-    if M * N * a.shape[1] < _SMALL_PRODUCT or M < 2:
-        return a @ b
-    a = np.ascontiguousarray(a)                       # its row blocks must be contiguous
-    if not (b.flags.c_contiguous or b.flags.f_contiguous):
-        b = np.ascontiguousarray(b)
-    out = np.empty((M, N), dtype=a.dtype)
     import numba
+    stack = a.ndim == 3
+    a3, b3 = (a, b) if stack else (a[None], b[None])
+    out = np.empty((a3.shape[0], a3.shape[1], b3.shape[2]), dtype=a.dtype)
+    rows_per_task = -(-a3.shape[1] // numba.get_num_threads())
     with _OneBlasThread():
-        _matmul_kernel(a, b, out, -(-M // numba.get_num_threads()))
-    return out
+        for g in range(a3.shape[0]):
+            left, right = np.ascontiguousarray(a3[g]), b3[g]      # left's row blocks: contiguous
+            if not (right.flags.c_contiguous or right.flags.f_contiguous):
+                right = np.ascontiguousarray(right)
+            _matmul_kernel(left, right, out[g], rows_per_task)
+    return out if stack else out[0]
 
 
 # -----------------------------------------------------------------------------

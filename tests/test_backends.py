@@ -253,3 +253,20 @@ def test_to_host_and_to_device_cross_the_boundary_explicitly(simulator):
     assert type(h) is np.ndarray and h.tolist() == [0.0, 1.0, 2.0]
     mc.set_backend("numpy")
     assert type(to_device(a)) is np.ndarray                   # device -> host when the backend is a CPU
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, ("100000", None)),                                         # spin ~1 ms, then sleep
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, (None, "PASSIVE")),            # the user's choice is kept
+    ({"GOMP_SPINCOUNT": "5"}, ("5", None)),
+])
+def test_numba_kernels_set_how_long_openmp_threads_spin(env, expected):
+    """kernels/numba_cpu.py asks GNU OpenMP to spin briefly between parallel loops (a loop
+    started from sleep took 50-70 us), unless the user set the policy or the count."""
+    pytest.importorskip("numba")
+    code = ("import os, minicnn.kernels.numba_cpu; "
+            "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == [str(e) for e in expected]

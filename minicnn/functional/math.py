@@ -11,6 +11,7 @@ import numpy as np
 
 from ..backend import current
 from ..tensor import Function, Tensor, _lift
+from .helpers import matmul as array_matmul
 
 
 def unbroadcast(grad, shape):
@@ -154,7 +155,7 @@ class MatMulFn(Function):
                              f"of the left ({ka}) must equal the "
                              f"{'first' if b.ndim == 1 else 'second-to-last'} axis of the right ({kb})")
         self.save_for_backward(a, b)
-        return a @ b
+        return array_matmul(a, b)
 
     def backward(self, gy):
         xp = current.xp
@@ -170,10 +171,10 @@ class MatMulFn(Function):
             g2 = g2[..., :, None]                        # (..., n, 1)
         da = db = None
         if self.needs_input_grad[0]:
-            da = g2 @ xp.swapaxes(b2, -1, -2)
+            da = array_matmul(g2, xp.swapaxes(b2, -1, -2))
             da = unbroadcast(da, a2.shape).reshape(a.shape)
         if self.needs_input_grad[1]:
-            db = xp.swapaxes(a2, -1, -2) @ g2
+            db = array_matmul(xp.swapaxes(a2, -1, -2), g2)
             db = unbroadcast(db, b2.shape).reshape(b.shape)
         return da, db
 
