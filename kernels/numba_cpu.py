@@ -497,18 +497,24 @@ def bias_relu_max_pool2d_backward(gout, argmax, y_shape, kh, kw, stride):
 _CHUNK_BYTES = 1 << 20     # aim for ~1 MiB of working arrays per chunk: they stay in a core's L2
 
 
-def images_per_chunk(N, floats_per_image, itemsize):
-    """How many images a chunk holds: as many as fit ``_CHUNK_BYTES`` of working arrays,
-    but at least 8 chunks (so that up to 8 threads all get work), and at least one image.
-    It depends on the shapes only, never on the thread count: the partial sums of dW and db
-    are then the same, and so is the result, on any number of threads."""
-    fit = _CHUNK_BYTES // max(1, floats_per_image * itemsize)
-    return int(max(1, min(fit, -(-N // 8))))
+def chunk_count(N, floats_per_image, itemsize, per_chunk=None):
+    """How many chunks the N images are cut into: enough that each holds at most
+    ``_CHUNK_BYTES`` of working arrays, rounded up to a multiple of 8 (so that 1, 2, 4 or
+    8 threads all get the same number of chunks), and never more than N. The chunks'
+    sizes then differ by at most one image (chunk k holds images k*N//chunks to
+    (k+1)*N//chunks - 1). It depends on the shapes only, never on the thread count: the
+    partial sums of dW and db are then the same, and so is the result, on any number of
+    threads. ``per_chunk`` (tests, benchmarks): ceil(N / per_chunk) chunks instead."""
+    if per_chunk is not None:
+        return int(max(1, min(N, -(-N // max(1, int(per_chunk))))))
+    fit = max(1, _CHUNK_BYTES // max(1, floats_per_image * itemsize))   # images per chunk
+    chunks = -(-N // fit)
+    return int(max(1, min(N, -(-chunks // 8) * 8)))
 
 
 @_jit
 def _conv_relu_pool_forward_kernel(xp, w2, bias, out, argmax, kh, kw, sh, sw, dh, dw, oh, ow,
-                                   pkh, pkw, psh, psw, per_chunk, minus_infinity):
+                                   pkh, pkw, psh, psw, chunks, minus_infinity):
     """out[n, co] = relu(max pool(conv(x, w)[n, co] + bias[co])), per chunk of images.
 
     Shapes: xp (N, C, Hp, Wp) the padded input, w2 (Cout, K = C*kh*kw), out and
@@ -522,9 +528,9 @@ def _conv_relu_pool_forward_kernel(xp, w2, bias, out, argmax, kh, kw, sh, sw, dh
     """
     N = xp.shape[0]
     Cout, K = w2.shape
-    for chunk in prange((N + per_chunk - 1) // per_chunk):
-        n0 = chunk * per_chunk
-        m = min(N, n0 + per_chunk) - n0
+    for chunk in prange(chunks):
+        n0 = chunk * N // chunks
+        m = (chunk + 1) * N // chunks - n0
         images = xp[n0:n0 + m]
         cols = np.empty((K, m, oh, ow), dtype=xp.dtype)
         for row in range(K):
@@ -539,7 +545,7 @@ def _conv_relu_pool_forward_kernel(xp, w2, bias, out, argmax, kh, kw, sh, sw, dh
 
 @_jit
 def _conv_relu_pool_backward_kernel(gout, argmax, xp, w2, dxp, dw_parts, db_parts, need_dx,
-                                    kh, kw, sh, sw, dh, dw, oh, ow, pkh, pkw, psh, psw, per_chunk):
+                                    kh, kw, sh, sw, dh, dw, oh, ow, pkh, pkw, psh, psw, chunks):
     """The adjoint of the forward kernel, per chunk of images (L = m*oh*ow)::
 
         dy   = the pooled gradient routed to each window's winner   (Cout, m, oh, ow)
@@ -553,9 +559,9 @@ def _conv_relu_pool_backward_kernel(gout, argmax, xp, w2, dxp, dw_parts, db_part
     """
     N, C = xp.shape[0], xp.shape[1]
     Cout, K = w2.shape
-    for chunk in prange((N + per_chunk - 1) // per_chunk):
-        n0 = chunk * per_chunk
-        m = min(N, n0 + per_chunk) - n0
+    for chunk in prange(chunks):
+        n0 = chunk * N // chunks
+        m = (chunk + 1) * N // chunks - n0
         L = m * oh * ow
         dy = np.empty((Cout, m, oh, ow), dtype=xp.dtype)
         for co in range(Cout):
@@ -650,22 +656,21 @@ def conv2d_bias_relu_max_pool2d_forward(x, w, bias, stride, padding, dilation, p
 
     x (N, C, H, W), w (Cout, C, kh, kw), bias (Cout,) or None; out and argmax
     (N, Cout, ph, pw) exactly as :func:`bias_relu_max_pool2d_forward` returns
-    them for the convolution's output. No groups. ``per_chunk`` images per
-    chunk (default: :func:`images_per_chunk`).
+    them for the convolution's output. No groups. ``per_chunk``: about that many
+    images per chunk (default: as many as fit in cache, see :func:`chunk_count`).
     """
     x, w = _float_array(x, "conv2d_bias_relu_max_pool2d: x", 4), _float_array(w, "weight", 4)
     stride, padding, dilation, (pkh, pkw), pstride, dims = _conv_pool_geometry(
         x, w, stride, padding, dilation, pool_kh, pool_kw, pool_stride)
     N, C, Cout, kh, kw, oh, ow, ph, pw = dims
     w2 = w.astype(x.dtype, copy=False).reshape(Cout, C * kh * kw)
-    if per_chunk is None:
-        per_chunk = images_per_chunk(N, (C * kh * kw + Cout) * oh * ow, x.itemsize)
+    chunks = chunk_count(N, (C * kh * kw + Cout) * oh * ow, x.itemsize, per_chunk)
     out = np.empty((N, Cout, ph, pw), dtype=x.dtype)
     argmax = np.empty((N, Cout, ph, pw), dtype=_tap_dtype(pkh, pkw))
     with _OneBlasThread():
         _conv_relu_pool_forward_kernel(pad_planes(x, padding), w2, _bias_or_zeros(bias, Cout, x.dtype),
                                        out, argmax, kh, kw, *stride, *dilation, oh, ow,
-                                       pkh, pkw, *pstride, int(per_chunk), x.dtype.type(-np.inf))
+                                       pkh, pkw, *pstride, chunks, x.dtype.type(-np.inf))
     return out, argmax
 
 
@@ -684,9 +689,7 @@ def conv2d_bias_relu_max_pool2d_backward(gout, argmax, x, w, stride, padding, di
                          f"{(N, Cout, ph, pw)}, got {gout.shape} and {argmax.shape}")
     K = C * kh * kw
     w2 = w.astype(x.dtype, copy=False).reshape(Cout, K)
-    if per_chunk is None:
-        per_chunk = images_per_chunk(N, (2 * K + Cout) * oh * ow, x.itemsize)
-    chunks = -(-N // int(per_chunk))
+    chunks = chunk_count(N, (2 * K + Cout) * oh * ow, x.itemsize, per_chunk)
     dw_parts = np.empty((chunks, Cout, K), dtype=x.dtype)
     db_parts = np.empty((chunks, Cout), dtype=x.dtype)
     xp = pad_planes(x, padding)
@@ -694,7 +697,7 @@ def conv2d_bias_relu_max_pool2d_backward(gout, argmax, x, w, stride, padding, di
     with _OneBlasThread():
         _conv_relu_pool_backward_kernel(gout.astype(x.dtype, copy=False), argmax, xp, w2, dxp,
                                         dw_parts, db_parts, bool(need_dx), kh, kw, *stride,
-                                        *dilation, oh, ow, pkh, pkw, *pstride, int(per_chunk))
+                                        *dilation, oh, ow, pkh, pkw, *pstride, chunks)
     dw = dw_parts.sum(axis=0).reshape(w.shape)        # in chunk order: the same for any thread count
     db = db_parts.sum(axis=0)
     dx = None
