@@ -20,8 +20,8 @@ are BLAS's, which is faster than any loop we would write — but this module
 calls BLAS itself, from inside its compiled loops (``np.dot`` in Numba code),
 one single-threaded call per thread: ``matmul`` (the layers' products), and
 the whole convolution + ReLU + max-pooling layer done a chunk of images at a
-time, so that the chunk's arrays stay in the core's cache (the end of this
-file says why both pay).
+time, so that the chunk's arrays stay in the core's cache (their sections
+below say why both pay).
 
 Index conventions (as in numpy_ref)::
 
