@@ -507,3 +507,15 @@ def test_numba_matmul_stacks_and_falls_back():
     np.testing.assert_array_equal(numba_cpu.matmul(ints, ints.T), ints @ ints.T)  # integers: NumPy's @
     with pytest.raises(ValueError):
         numba_cpu.matmul(a[0], a[0])                                             # (40, 50) @ (40, 50)
+
+
+def test_gradcheck_when_the_input_needs_no_gradient(backend):
+    """The first layer's case (images need no gradient): the chunked kernel skips dx."""
+    rs = np.random.default_rng(19)
+    x = mc.tensor(rs.standard_normal((5, 1, 10, 10)), dtype="float64")          # requires_grad False
+    w = mc.tensor(rs.standard_normal((4, 1, 3, 3)), requires_grad=True, dtype="float64")
+    b = mc.tensor(rs.standard_normal(4), requires_grad=True, dtype="float64")
+    out = conv2d_relu_max_pool2d(x, w, b)
+    out.sum().backward()
+    assert x.grad is None and w.grad is not None
+    assert mc.gradcheck(lambda w, b: conv2d_relu_max_pool2d(x, w, b), (w, b))
