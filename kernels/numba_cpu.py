@@ -490,8 +490,10 @@ def bias_relu_max_pool2d_backward(gout, argmax, y_shape, kh, kw, stride):
 # whole batch's (so the layer keeps x: 9x less memory than the columns of a
 # 3x3 convolution), and each chunk writes its own partial dW and db, summed in
 # chunk order at the end — the same result whatever the number of threads.
-# The numbers equal the reference's: the forward bit for bit (the same dot
-# products), the gradients to rounding (dW and db are summed in another order).
+# The numbers equal the reference's up to rounding: the same dot products, but
+# BLAS may round one differently in a product of another width, and dW and db
+# are summed in another order (on integer-valued data, where every sum is exact,
+# they are equal bit for bit — tests/test_fused.py checks both).
 # The layer that calls these is functional/fused.py's ConvReLUMaxPool2dFn; its
 # readable version is the composition im2col -> W @ cols -> bias_relu_max_pool2d.
 _CHUNK_BYTES = 1 << 20     # aim for ~1 MiB of working arrays per chunk: they stay in a core's L2
