@@ -263,7 +263,6 @@ def test_to_host_and_to_device_cross_the_boundary_explicitly(simulator):
 def test_numba_kernels_set_how_long_openmp_threads_spin(env, expected):
     """kernels/numba_cpu.py asks GNU OpenMP to spin briefly between parallel loops (a loop
     started from sleep took 50-70 us), unless the user set the policy or the count."""
-    pytest.importorskip("numba")
     code = ("import os, minicnn.kernels.numba_cpu; "
             "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
     base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}

@@ -32,7 +32,6 @@ def test_bench_protocol_requires_real_mnist_and_checks_its_options():
 
 
 def test_profile_conv_block_runs_and_accounts_for_every_piece():
-    pytest.importorskip("numba")
     p = subprocess.run([sys.executable, str(BENCH / "profile_conv_block.py"), "--batch", "8", "--repeats", "1"],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr

@@ -310,7 +310,7 @@ def test_inference_records_no_graph():
 # kernels/numba_cpu.py: conv2d_bias_relu_max_pool2d_forward/_backward do what ConvReLUMaxPool2dFn
 # composes from numpy_ref's kernels (im2col -> W @ cols -> bias_relu_max_pool2d), per chunk of
 # images, calling BLAS from Numba's threads. The composition below is the specification.
-numba_cpu = pytest.importorskip("minicnn.kernels.numba_cpu")
+from minicnn.kernels import numba_cpu  # noqa: E402  (numba is a dependency: no skip)
 
 
 @st.composite
@@ -437,7 +437,7 @@ def test_whole_layer_gives_the_same_bits_on_any_number_of_threads():
 
 
 def test_whole_layer_leaves_numpys_blas_threads_alone():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threadpoolctl
     before = {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()
               if lib["user_api"] == "blas" and "scipy.libs" not in lib["filepath"]}
     rs = np.random.default_rng(15)
