@@ -60,7 +60,7 @@ def main(argv=None):
     from minicnn import models
     from minicnn.cli import _model_from_checkpoint
     from minicnn.data import DataLoader
-    from minicnn.distill import DistillationStep
+    from minicnn.compress.distill import DistillationStep
     from minicnn.train import load_checkpoint
 
     if not args.data_dir:

@@ -40,7 +40,7 @@ def main(argv=None):
 
     import minicnn as mc
     from minicnn import compress, models
-    from minicnn.commands.prune import _finetune
+    from minicnn.compress.prune_cli import _finetune
     from minicnn.nn.utils import prune
     from minicnn.train import fit, load_checkpoint, save_checkpoint
 

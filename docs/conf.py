@@ -112,7 +112,7 @@ napoleon_numpy_docstring = True
 
 # --- links to the source: highlighted pages, not downloads -------------------
 # The notebooks and README link to the code they explain, e.g.
-# [tensor.py](../minicnn/tensor.py): right on GitHub, but Sphinx turns a link to
+# [tensor.py](../minicnn/autograd/tensor.py): right on GitHub, but Sphinx turns a link to
 # a .py file into a download. On the site, send it to viewcode's highlighted
 # copy of the module instead (whose objects link on to their API entries).
 from docutils import nodes             # noqa: E402

@@ -38,28 +38,41 @@ _kernels_of_a_checkout()
 
 from .backend import BackendError, get_backend, set_backend  # noqa: E402
 from .functional.shape import cat, concatenate, stack  # noqa: E402
-from .gradcheck import GradcheckError, gradcheck  # noqa: E402
+from .autograd.gradcheck import GradcheckError, gradcheck  # noqa: E402
 from .rng import manual_seed  # noqa: E402
-from .serialization import load, save  # noqa: E402
-from .anomaly import detect_anomaly  # noqa: E402
-from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor  # noqa: E402
+from .io import load, save  # noqa: E402
+from .autograd.anomaly import detect_anomaly  # noqa: E402
+from .autograd.tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor  # noqa: E402
 
 from . import functional  # noqa: E402  (after tensor: functional builds on it)
 from . import nn  # noqa: E402
 from . import optim  # noqa: E402
 from . import data  # noqa: E402
 from . import models  # noqa: E402
-from .summary import Summary, summary  # noqa: E402  (the function; the module is minicnn.summary's file)
 
 __version__ = "0.1.0"
 
 
+# Loaded on first use, so that ``import minicnn`` loads only the engine: the training loop brings
+# tqdm and the downloader, the plots matplotlib, the techniques their own dependencies.
+_LAZY = {
+    "train": ("minicnn.train", None), "metrics": ("minicnn.train.metrics", None),
+    "viz": ("minicnn.train.viz", None), "summary": ("minicnn.train.summary", "summary"),
+    "Summary": ("minicnn.train.summary", "Summary"), "onnx": ("minicnn.quant.onnx", None),
+    "attacks": ("minicnn.attacks", None), "explain": ("minicnn.explain", None),
+    "compress": ("minicnn.compress", None), "tune": ("minicnn.tune", None),
+    "transfer": ("minicnn.transfer", None), "distributed": ("minicnn.distributed", None),
+    "quant": ("minicnn.quant", None), "course": ("minicnn.course", None),
+}
+
+
 def __getattr__(name):
-    """``mc.train``, ``mc.metrics`` and ``mc.viz`` load on first use (the training loop brings
-    tqdm and the downloader, viz matplotlib): ``import minicnn`` loads only the engine."""
-    if name in ("train", "metrics", "viz"):
+    """``mc.train``, ``mc.summary``, ``mc.attacks``, ... load on first use (see ``_LAZY``)."""
+    if name in _LAZY:
         import importlib
-        return importlib.import_module(f".{name}", __name__)
+        module, attribute = _LAZY[name]
+        value = importlib.import_module(module)
+        return value if attribute is None else getattr(value, attribute)
     raise AttributeError(f"module 'minicnn' has no attribute {name!r}")
 
 

@@ -51,7 +51,7 @@ def tiny_model(bn, seed=0):
 def _grads_identical(model):
     flat = np.concatenate([mc.backend.to_host(p.grad.data).ravel() for p in model.parameters()])
     return dist.get_world_size() == 1 or all(
-        np.array_equal(g, flat) for g in dist._world.comm.allgather(flat))
+        np.array_equal(g, flat) for g in dist.data_parallel._world.comm.allgather(flat))
 
 
 def train_tiny(bn, sync=True, global_batch=GLOBAL_BATCH, steps=STEPS, lr=0.1, checks=None):
@@ -77,7 +77,7 @@ def train_tiny(bn, sync=True, global_batch=GLOBAL_BATCH, steps=STEPS, lr=0.1, ch
             checks["grads_identical"] = checks.get("grads_identical", True) and _grads_identical(model)
         opt.step()
         if checks is not None and world > 1:
-            hashes = dist._world.comm.allgather(dist.state_hash(model))
+            hashes = dist.data_parallel._world.comm.allgather(dist.state_hash(model))
             checks["params_identical"] = checks.get("params_identical", True) and len(set(hashes)) == 1
     return {k: mc.backend.to_host(v.data).copy() for k, v in model.state_dict().items()}
 
@@ -139,7 +139,7 @@ def syncbn_direct(C=3):
     xs = mc.tensor(x[part], requires_grad=True, dtype="float64")
     ys = sync(xs)
     (ys * mc.tensor(w[part], dtype="float64")).sum().backward()
-    comm = dist._world.comm
+    comm = dist.data_parallel._world.comm
     gather = (lambda a: np.concatenate(comm.allgather(a))) if world > 1 else (lambda a: a)
     y_all, dx_all = gather(ys.numpy()), gather(xs.grad.numpy())
     dgamma = np.array(dist.all_reduce_numbers(sync.weight.grad.numpy().tolist()))
@@ -167,7 +167,7 @@ def mismatch_checks():
     except ValueError as e:
         out["weights"] = str(e)
     dist.DistributedDataParallel(seeded)               # broadcast: now identical
-    out["after_broadcast"] = len(set(dist._world.comm.allgather(dist.state_hash(seeded)))) == 1
+    out["after_broadcast"] = len(set(dist.data_parallel._world.comm.allgather(dist.state_hash(seeded)))) == 1
     return out
 
 
@@ -186,7 +186,7 @@ def main_equivalence(out_dir):
     mask = F.dropout(mc.tensor(np.ones(64)), 0.5).numpy()
     dist.seed_per_rank(0, epoch=3)
     again = F.dropout(mc.tensor(np.ones(64)), 0.5).numpy()
-    masks = dist._world.comm.allgather(mask) if world > 1 else [mask]
+    masks = dist.data_parallel._world.comm.allgather(mask) if world > 1 else [mask]
     checks["dropout_repeatable"] = bool(np.array_equal(mask, again))
     checks["dropout_distinct_ranks"] = len({m.tobytes() for m in masks}) == world
     if world > 1:
@@ -201,7 +201,7 @@ def main_equivalence(out_dir):
 
 def main_cli_fault(argv):
     """`minicnn train --distributed ...` in which rank 1 raises at its 4th training batch."""
-    from minicnn import cli
+    from minicnn.cli import commands as cli
     from minicnn.data import loader
     rank, world = dist.init()
     if rank == 1:

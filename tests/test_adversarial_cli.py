@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import minicnn as mc
-from minicnn import attacks, explain, viz
+from minicnn import attacks, explain
+from minicnn.train import viz
 from minicnn.cli import main
 
 from test_attacks import small_cnn, images

@@ -12,7 +12,7 @@ import minicnn as mc
 import minicnn.nn as nn
 from minicnn import optim
 from minicnn.cli import main
-from minicnn.train import CheckpointError, load_checkpoint, save_checkpoint
+from minicnn.train.loop import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def _small_model():

@@ -27,7 +27,7 @@ import minicnn as mc
 import minicnn.functional as F
 from minicnn import models, nn
 from minicnn.backend import current
-from minicnn.tensor import Function
+from minicnn.autograd.tensor import Function
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -135,12 +135,12 @@ def _run(code, cwd=None, strip_editable=False):
                           capture_output=True, text=True, timeout=120)
 
 
-PUBLIC = ["minicnn", "minicnn.tensor", "minicnn.functional", "minicnn.nn", "minicnn.optim",
-          "minicnn.data", "minicnn.models", "minicnn.train", "minicnn.gradcheck", "minicnn.backend",
-          "minicnn.serialization", "minicnn.summary", "minicnn.metrics", "minicnn.viz",
-          "minicnn.compress", "minicnn.distill", "minicnn.attacks", "minicnn.explain", "minicnn.tune",
-          "minicnn.transfer", "minicnn.quant", "minicnn.distributed", "minicnn.onnx", "minicnn.cli",
-          "minicnn.nn.utils.prune", "minicnn.nn.sync_batchnorm", "minicnn.data.loader",
+PUBLIC = ["minicnn", "minicnn.autograd.tensor", "minicnn.functional", "minicnn.nn", "minicnn.optim",
+          "minicnn.data", "minicnn.models", "minicnn.train", "minicnn.autograd.gradcheck", "minicnn.backend",
+          "minicnn.io", "minicnn.train.summary", "minicnn.train.metrics", "minicnn.train.viz",
+          "minicnn.compress", "minicnn.compress.distill", "minicnn.attacks", "minicnn.explain", "minicnn.tune",
+          "minicnn.transfer", "minicnn.quant", "minicnn.distributed", "minicnn.quant.onnx", "minicnn.cli",
+          "minicnn.nn.utils.prune", "minicnn.distributed.sync_batchnorm", "minicnn.data.loader",
           "minicnn.data.download", "minicnn.kernels.numpy_ref", "minicnn.kernels.geometry"]
 PUBLIC += [f"minicnn.functional.{m.name}" for m in pkgutil.iter_modules([str(ROOT / "minicnn" / "functional")])]
 

@@ -20,7 +20,8 @@ import sys
 
 import pytest
 
-from minicnn import cli, course
+from minicnn.cli import commands as cli
+from minicnn.course import notebooks as course
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TUTORIALS = sorted((ROOT / "tutorials").glob("*.ipynb"))

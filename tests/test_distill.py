@@ -8,7 +8,7 @@ import pytest
 import minicnn as mc
 import minicnn.functional as F
 import minicnn.nn as nn
-from minicnn.distill import DistillationStep
+from minicnn.compress.distill import DistillationStep
 from minicnn.train import fit
 
 pytestmark = pytest.mark.tutorial12        # what tutorials/12_*.ipynb teaches (tests/README.md)

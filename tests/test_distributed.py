@@ -21,7 +21,7 @@ import minicnn.nn as nn
 from minicnn import distributed as dist
 from minicnn import models
 from minicnn.data import DataLoader
-from minicnn.nn.sync_batchnorm import SyncBatchNormFn
+from minicnn.distributed.sync_batchnorm import SyncBatchNormFn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "mpi_worker.py")
@@ -286,7 +286,7 @@ def test_a_failing_rank_aborts_the_job_quickly(tmp_path):
 
 
 def test_cli_distributed_in_one_process(tmp_path, capsys):
-    from minicnn import cli
+    from minicnn.cli import commands as cli
     out = tmp_path / "one"
     args = TRAIN[2:] + ["--epochs", "1", "--out", str(out), "--scale-lr", "linear", "--lr", "0.002"]
     assert cli.main(args) == 0
@@ -301,7 +301,7 @@ def test_cli_distributed_in_one_process(tmp_path, capsys):
 
 
 def test_cli_distributed_refuses_a_nan_policy_that_would_desynchronise_ranks(tmp_path, capsys):
-    from minicnn import cli
+    from minicnn.cli import commands as cli
     args = TRAIN[2:] + ["--epochs", "1", "--out", str(tmp_path / "x"), "--nan-policy", "skip-batch"]
     assert cli.main(args) == 2
     assert "--distributed supports only --nan-policy stop, got 'skip-batch'" in capsys.readouterr().err
@@ -337,12 +337,12 @@ def test_gpu_allreduce_matches_one_process(mode, tmp_path, reference_weights):
 
 def test_launched_by_mpirun_without_mpi4py_is_an_error(monkeypatch):
     """N copies that each believe they are alone would train N unrelated models: refuse clearly."""
-    monkeypatch.setattr(dist, "_world", dist._World())
+    monkeypatch.setattr(dist.data_parallel, "_world", dist.data_parallel._World())
     monkeypatch.setitem(sys.modules, "mpi4py", None)          # import mpi4py now fails
     monkeypatch.setenv("PMI_SIZE", "2")
     with pytest.raises(RuntimeError, match="MPI launcher with 2 processes, but mpi4py cannot be used"):
         dist.init()
-    monkeypatch.setattr(dist, "_world", dist._World())
+    monkeypatch.setattr(dist.data_parallel, "_world", dist.data_parallel._World())
     monkeypatch.delenv("PMI_SIZE")
     assert dist.init() == (0, 1)                               # alone and without MPI: a world of one
     assert "mpi4py unavailable" in dist.mpi_library()
@@ -351,8 +351,8 @@ def test_launched_by_mpirun_without_mpi4py_is_an_error(monkeypatch):
 def test_mid_epoch_checkpoint_gets_this_ranks_shard(tmp_path):
     """interrupted.ckpt holds rank 0's order; on resume each rank must take its own shard again."""
     import argparse
-    from minicnn.cli import Run
-    from minicnn.commands import distributed as plugin
+    from minicnn.cli.commands import Run
+    from minicnn.distributed import cli as plugin
     from minicnn.train import save_checkpoint
     model = mpi_worker.tiny_model(bn=False)
     path = save_checkpoint(tmp_path / "interrupted.ckpt", model, epoch=1, batch=2,

@@ -92,7 +92,7 @@ def test_tutorial_runs_and_its_page_shows_the_outputs(site, notebook):
 def test_api_reference_documents_the_public_classes_with_their_source(site):
     _, _, html = site
     api = {p.stem: p.read_text() for p in (html / "docs" / "api").glob("*.html")}
-    expected = {"core": ["minicnn.tensor.Tensor", "minicnn.tensor.Function", "minicnn.gradcheck.gradcheck"],
+    expected = {"core": ["minicnn.autograd.tensor.Tensor", "minicnn.autograd.tensor.Function", "minicnn.autograd.gradcheck.gradcheck"],
                 "functional": ["minicnn.functional.conv.Conv2dFn", "minicnn.functional.conv.conv2d"],
                 "nn": ["minicnn.nn.layers.Conv2d", "minicnn.nn.module.Module"],
                 "optim": ["minicnn.optim.adam.Adam"],
@@ -105,7 +105,7 @@ def test_api_reference_documents_the_public_classes_with_their_source(site):
 
 
 def test_links_to_the_source_open_its_highlighted_page(site):
-    """[tensor.py](../minicnn/tensor.py) in a notebook is a download in plain Sphinx; docs/conf.py sends it to viewcode."""
+    """[tensor.py](../minicnn/autograd/tensor.py) in a notebook is a download in plain Sphinx; docs/conf.py sends it to viewcode."""
     _, _, html = site
     page = (html / "tutorials" / "01_autograd.html").read_text()
     assert 'href="../_modules/minicnn/tensor.html"' in page, "01_autograd's link to tensor.py should open the source page"

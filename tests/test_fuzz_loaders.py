@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import minicnn as mc
 import minicnn.nn as nn
 from minicnn import optim
-from minicnn.cli import CLIError, load_image_28x28
+from minicnn.cli.commands import CLIError, load_image_28x28
 from minicnn.data import idx
-from minicnn.train import CheckpointError, load_checkpoint, save_checkpoint
+from minicnn.train.loop import CheckpointError, load_checkpoint, save_checkpoint
 
 FUZZ = settings(max_examples=120, deadline=timedelta(seconds=5), derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])

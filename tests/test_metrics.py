@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import minicnn as mc
-import minicnn.metrics as M
+import minicnn.train.metrics as M
 
 pytestmark = pytest.mark.tutorial08        # what tutorials/08_*.ipynb teaches (tests/README.md)
 
@@ -320,8 +320,8 @@ def test_against_sklearn(rng):
 
 def test_metrics_and_viz_are_reachable_as_attributes():
     import minicnn
-    import minicnn.viz
-    assert minicnn.metrics.accuracy is M.accuracy
-    assert minicnn.viz.plot_history is minicnn.viz.plot_history
+    import minicnn.train.viz
+    assert minicnn.train.metrics.accuracy is M.accuracy
+    assert minicnn.train.viz.plot_history is minicnn.train.viz.plot_history
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         minicnn.nonexistent

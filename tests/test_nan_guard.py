@@ -6,7 +6,7 @@ import minicnn as mc
 import minicnn.functional as F
 import minicnn.nn as nn
 from minicnn import optim
-from minicnn.anomaly import AnomalyError
+from minicnn.autograd.anomaly import AnomalyError
 from minicnn.cli import main
 from minicnn.data import DataLoader
 from minicnn.train import NonFiniteLossError, fit, load_checkpoint

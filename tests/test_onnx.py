@@ -1,4 +1,4 @@
-"""minicnn.onnx: every built-in model exported, checked by onnx.checker and run by onnxruntime
+"""minicnn.quant.onnx: every built-in model exported, checked by onnx.checker and run by onnxruntime
 (equal to minicnn within 1e-5 relative); the int8 model as QDQ; an unknown operation is an
 error naming its layer."""
 import numpy as np

@@ -8,11 +8,11 @@ import textwrap
 import pytest
 
 from minicnn.cli import main
-from minicnn.runlock import LOCK_NAME, RunLockError, acquire, release, run_lock
+from minicnn.train.runlock import LOCK_NAME, RunLockError, acquire, release, run_lock
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from minicnn.runlock import run_lock
+    from minicnn.train.runlock import run_lock
     with run_lock(sys.argv[1]):
         print("locked", flush=True)
         sys.stdin.readline()                 # hold the lock until the test closes our stdin

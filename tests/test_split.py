@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from minicnn.cli import build_loaders, main
+from minicnn.cli.commands import build_loaders, main
 from minicnn.data import stratified_split
 
 pytestmark = pytest.mark.tutorial08        # what tutorials/08_*.ipynb teaches (tests/README.md)

@@ -241,7 +241,7 @@ def test_reference_cnn_on_a_real_mnist_subset_reaches_95_5_percent_within_budget
     """12,000 real MNIST training digits, two epochs of Adam 1e-3, batch 64: >= 95.5 % on the first
     2,000 test digits, in < 120 s. (PyTorch 2.13, same data, model and hyperparameters: 96.45 %;
     minicnn measured 96.40 %.)"""
-    from minicnn.cli import build_loaders
+    from minicnn.cli.commands import build_loaders
     mc.manual_seed(0)
     train, _, test, source, _ = build_loaders("mnist", 64, data_dir=full_data_dir(), download=False,
                                            limit_train=12_000, limit_test=2_000)

@@ -163,12 +163,12 @@ def test_cli_evaluate_and_predict_rebuild_a_new_model_with_its_options(tmp_path,
 @pytest.mark.parametrize("name,kwargs", [("mobilenet", {"width": 0.25}), ("plain-8", {}), ("resnet-20", {}),
                                          ("plain-20", {}), ("resnet-8", {}), ("reference", {"width": 2.0})])
 def test_a_checkpoint_rebuilds_every_new_model(tmp_path, name, kwargs):
-    from minicnn.cli import _model_from_checkpoint
+    from minicnn.cli.commands import model_from_checkpoint
     from minicnn.train import save_checkpoint
     model = models.get_model(name, num_classes=7, **kwargs).eval()
     path = str(tmp_path / "m.ckpt")
     save_checkpoint(path, model, config={"model_name": name, "num_classes": 7, "model_kwargs": kwargs})
-    rebuilt, _ = _model_from_checkpoint(load_checkpoint(path))
+    rebuilt, _ = model_from_checkpoint(load_checkpoint(path))
     x = mc.tensor(np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32))
     with mc.no_grad():
         np.testing.assert_array_equal(rebuilt(x).numpy(), model(x).numpy())

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 import minicnn as mc
-from minicnn import cli, nn, optim, rng
+from minicnn import nn, optim, rng
+from minicnn.cli import commands as cli
 from minicnn.data import DataLoader
-from minicnn.tune import (LRFindResult, SpaceError, exponential_lrs, lr_find, parse_dimension, parse_space,
-                          sampler_seed, suggest_minimum, suggest_steepest, suggest_valley)
+from minicnn.tune import LRFindResult, exponential_lrs, lr_find, suggest_minimum, suggest_steepest, suggest_valley
+from minicnn.tune.search import SpaceError, parse_dimension, parse_space, sampler_seed
 
 from conftest import quadrant_images
 
@@ -190,7 +191,7 @@ OPTIONS = None
 def options():
     global OPTIONS
     if OPTIONS is None:
-        from minicnn.commands.tune import train_options
+        from minicnn.tune.cli import train_options
         OPTIONS = train_options()
     return OPTIONS
 
@@ -268,7 +269,7 @@ def tune(tmp_path, *extra, capsys=None):
 
 
 def load(folder, url=None):
-    from minicnn.tune import open_storage
+    from minicnn.tune.search import open_storage
     url = url or "sqlite:///" + os.path.join(os.path.abspath(folder), "tune.db")
     return optuna.load_study(study_name="minicnn", storage=open_storage(url))
 
@@ -457,5 +458,5 @@ def test_model_shape_options_reach_the_model_and_the_checkpoint(tmp_path):
     assert run.model[0].weight.shape == (32, 1, 5, 5) and run.model[9].p == 0.25
     assert run.config["model_kwargs"] == {"kernel_size": 5, "dropout": 0.25}
     state = {"config": run.config, "model": run.model.state_dict()}
-    rebuilt, _ = cli._model_from_checkpoint(state)
+    rebuilt, _ = cli.model_from_checkpoint(state)
     assert rebuilt[0].weight.shape == (32, 1, 5, 5)

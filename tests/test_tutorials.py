@@ -35,4 +35,4 @@ def test_notebook_is_stripped_and_follows_the_rules(path):
         f"{path.name} needs a self-check (an assert with a message)"
     assert re.search(r"plt\.|plot_|imshow|display\(", text), f"{path.name} needs at least one figure"
     assert re.search(r"\]\(\.\./(minicnn|kernels)/", text), \
-        f"{path.name} should link to the minicnn source it explains, e.g. [tensor.py](../minicnn/tensor.py)"
+        f"{path.name} should link to the minicnn source it explains, e.g. [tensor.py](../minicnn/autograd/tensor.py)"

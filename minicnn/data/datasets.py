@@ -407,7 +407,7 @@ class EmbeddedDigits(ArrayDataset):
 # By name, for the command line
 # ----------------------------------------------------------------------------
 DATASETS = {"mnist": MNIST, "fashion-mnist": FashionMNIST, "digits": EmbeddedDigits}
-_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
+ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
             "embedded": "digits"}
 
 
@@ -418,7 +418,7 @@ def get_dataset(name, train=True, root=None, download=True, transform=None, **kw
     digits have no files to find.
     """
     key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
+    key = ALIASES.get(key, key)
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
     if key == "digits":

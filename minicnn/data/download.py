@@ -15,7 +15,7 @@ proxy error page, bit rot)                  compared with :data:`CHECKSUMS`; try
                                             mirror
 the process is killed mid-download          bytes go to a hidden ``.part`` file, renamed
                                             to the real name only once verified
-                                            (see :mod:`minicnn.data.atomic`)
+                                            (see :mod:`minicnn.io`)
 every mirror fails                          :class:`DownloadError` listing every URL
                                             with its error
 ==========================================  ===========================================
@@ -48,7 +48,7 @@ import zlib
 
 from tqdm import tqdm
 
-from .atomic import atomic_write
+from ..io import atomic_write
 from .idx import DataError
 
 #: Base URLs, in the order they are tried. A file's URL is base + file name.

@@ -37,7 +37,7 @@ import zlib
 
 import numpy as np
 
-from .atomic import atomic_write
+from ..io import atomic_write
 
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801

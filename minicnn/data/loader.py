@@ -30,14 +30,10 @@ import numbers
 import numpy as np
 
 from .. import rng as _rng
+from ..io import to_numpy
 from ..backend import to_device, to_host
-from ..tensor import Tensor
+from ..autograd.tensor import Tensor
 from .transforms import to_float
-
-
-def _host(value):
-    """A NumPy array from a Tensor, a backend array or a number."""
-    return to_host(value.data if isinstance(value, Tensor) else value)
 
 
 class DataLoader:
@@ -148,8 +144,8 @@ class DataLoader:
             x, y = to_float(images[index]), labels[index]          # one gather each
         else:
             items = [self.dataset[int(i)] for i in index]
-            x = np.stack([to_float(_host(img)) for img, _ in items])
-            y = np.array([int(_host(label)) for _, label in items])
+            x = np.stack([to_float(to_numpy(img)) for img, _ in items])
+            y = np.array([int(to_numpy(label)) for _, label in items])
         if x.ndim == 3:
             x = x[:, None]                                          # (B, H, W) -> (B, 1, H, W)
         if self.transform is not None:

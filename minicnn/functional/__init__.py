@@ -1,6 +1,6 @@
 """Differentiable functions (``import minicnn.functional as F``), PyTorch's names.
 
-Each module holds a few :class:`~minicnn.tensor.Function` subclasses — forward
+Each module holds a few :class:`~minicnn.autograd.tensor.Function` subclasses — forward
 and backward side by side, the math in the docstring — and the plain functions
 that validate arguments and call them.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from ..backend import current
-from ..tensor import Function, Tensor
+from ..autograd.tensor import Function, Tensor
 from .helpers import stable_sigmoid, stable_softplus
 
 

@@ -26,7 +26,7 @@ two terms' gradients comparable as T changes.
 from __future__ import annotations
 
 from ..backend import current
-from ..tensor import Function, Tensor
+from ..autograd.tensor import Function, Tensor
 from .helpers import shape_str
 from .activation import log_softmax, softmax
 from .loss import cross_entropy

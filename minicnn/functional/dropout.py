@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .. import rng
 from ..backend import to_device
-from ..tensor import Function, Tensor
+from ..autograd.tensor import Function, Tensor
 
 
 class DropoutFn(Function):

@@ -37,7 +37,7 @@ call it directly.
 from __future__ import annotations
 
 from ..backend import current
-from ..tensor import Tensor
+from ..autograd.tensor import Tensor
 from .conv import Conv2dFn, check_conv2d_args
 from .helpers import check_window_fits, conv_output_shape, pair, shape_str
 

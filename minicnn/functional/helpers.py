@@ -20,7 +20,7 @@ import numbers
 
 from ..backend import current
 from ..kernels.geometry import conv_out_size
-from ..tensor import _shape_str as shape_str
+from ..autograd.tensor import shape_str
 
 __all__ = ["pair", "conv_output_shape", "check_4d", "check_window_fits", "shape_str",
            "stable_sigmoid", "stable_softplus", "matmul"]

@@ -1,7 +1,7 @@
 """The fully connected (affine) layer as one Function."""
 from __future__ import annotations
 
-from ..tensor import Function, Tensor
+from ..autograd.tensor import Function, Tensor
 from .helpers import matmul, shape_str
 
 

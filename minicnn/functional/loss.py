@@ -6,7 +6,7 @@ element or sample), as in PyTorch.
 from __future__ import annotations
 
 from ..backend import current
-from ..tensor import Function, Tensor
+from ..autograd.tensor import Function, Tensor
 from .helpers import shape_str, stable_sigmoid
 
 _REDUCTIONS = ("mean", "sum", "none")

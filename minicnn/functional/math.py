@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import current
-from ..tensor import Function, Tensor, _lift
+from ..autograd.tensor import Function, Tensor, lift
 from .helpers import matmul as array_matmul
 
 
@@ -288,9 +288,9 @@ def clip(x, min=None, max=None):  # noqa: A002 - PyTorch's names
 
 
 def maximum(a, b):
-    a = a if isinstance(a, Tensor) else _lift(a, b)
-    return MaximumFn.apply(a, _lift(b, a))
+    a = a if isinstance(a, Tensor) else lift(a, b)
+    return MaximumFn.apply(a, lift(b, a))
 
 
 def matmul(a, b):
-    return MatMulFn.apply(a, _lift(b, a))
+    return MatMulFn.apply(a, lift(b, a))

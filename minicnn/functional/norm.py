@@ -22,7 +22,7 @@ In evaluation mu and var are constants: dx = gy * gamma / sqrt(running_var + eps
 from __future__ import annotations
 
 from ..backend import current
-from ..tensor import Function, Tensor
+from ..autograd.tensor import Function, Tensor
 from .helpers import shape_str
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numbers
 
 from ..backend import current
-from ..tensor import Function, Tensor
+from ..autograd.tensor import Function, Tensor
 from .helpers import check_4d, check_window_fits, pair
 
 

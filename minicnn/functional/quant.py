@@ -33,7 +33,7 @@ import numbers
 import numpy as np
 
 from ..backend import current, to_device
-from ..tensor import Function, Tensor
+from ..autograd.tensor import Function, Tensor
 
 
 def _check_range(name, quant_min, quant_max):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 
 from ..backend import current
-from ..tensor import Function
+from ..autograd.tensor import Function
 
 
 def _normalize_axes(axis, ndim, op):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 
 from ..backend import current
-from ..tensor import Function, Tensor
+from ..autograd.tensor import Function, Tensor
 from .helpers import shape_str
 
 

@@ -6,7 +6,7 @@ scatter-add that sends each column entry back to the pixel it came from.
 from __future__ import annotations
 
 from ..backend import current
-from ..tensor import Function, Tensor
+from ..autograd.tensor import Function, Tensor
 from .helpers import check_4d, check_window_fits, pair
 
 

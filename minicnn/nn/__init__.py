@@ -7,12 +7,20 @@ from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2
                      Normalize, ReLU,
                      Sigmoid, SiLU, SmoothL1Loss, Softmax, Tanh)
 from .module import Module, Parameter
-from .sync_batchnorm import SyncBatchNorm
 
 __all__ = [
     "fusion", "init", "utils", "Module", "Parameter", "Sequential", "ModuleList", "Linear", "Conv2d", "MaxPool2d",
     "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "Flatten",
     "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "Mish", "GELU", "Softmax",
-    "LogSoftmax", "SyncBatchNorm", "CrossEntropyLoss", "NLLLoss", "MSELoss", "SmoothL1Loss", "BCEWithLogitsLoss",
+    "LogSoftmax", "CrossEntropyLoss", "NLLLoss", "MSELoss", "SmoothL1Loss", "BCEWithLogitsLoss",
     "Normalize", "MixedPool2d", "DepthwiseSeparableConv2d",
 ]
+
+
+def __getattr__(name):
+    """``nn.SyncBatchNorm`` lives with the rest of data-parallel training (minicnn/distributed/);
+    it loads on first use, so that nn does not import distributed (which builds on nn)."""
+    if name == "SyncBatchNorm":
+        from ..distributed.sync_batchnorm import SyncBatchNorm
+        return SyncBatchNorm
+    raise AttributeError(f"module 'minicnn.nn' has no attribute {name!r}")

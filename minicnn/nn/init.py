@@ -19,7 +19,7 @@ import math
 
 from .. import rng
 from ..backend import to_device
-from ..tensor import Tensor
+from ..autograd.tensor import Tensor
 
 
 def calculate_gain(nonlinearity, param=None):

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from .. import functional as F
-from ..tensor import Tensor
+from ..autograd.tensor import Tensor
 from . import init
 from .module import Module, Parameter
 
@@ -121,7 +121,7 @@ class AdaptiveAvgPool2d(Module):
         return f"output_size={self.output_size}"
 
 
-class _BatchNorm(Module):
+class BatchNormBase(Module):
     """Shared by BatchNorm1d / BatchNorm2d: weight (gamma) = 1, bias (beta) = 0,
     buffers running_mean = 0, running_var = 1, num_batches_tracked = 0."""
 
@@ -160,12 +160,12 @@ class _BatchNorm(Module):
                 f"track_running_stats={self.track_running_stats}")
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(BatchNormBase):
     """Batch norm over (N, C) features: statistics per feature over the batch."""
     expected_ndim = 2
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(BatchNormBase):
     """Batch norm over (N, C, H, W): statistics per channel over N, H and W."""
     expected_ndim = 4
 

@@ -34,7 +34,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..backend import to_device
-from ..tensor import Tensor, _resolve_dtype, _shape_str
+from ..autograd.tensor import Tensor, resolve_dtype, shape_str
 
 
 class Parameter(Tensor):
@@ -224,7 +224,7 @@ class Module:
 
     def to(self, dtype):
         """Convert floating parameters and buffers to ``dtype`` in place; returns self."""
-        dtype = _resolve_dtype(dtype)
+        dtype = resolve_dtype(dtype)
         for t in list(self.parameters()) + list(self.buffers()):
             if t.data.dtype.kind == "f":
                 t.data = t.data.astype(dtype)
@@ -274,7 +274,7 @@ class Module:
             if k in given:
                 shape = tuple(getattr(given[k], "shape", np.shape(given[k])))
                 if shape != target.shape:
-                    wrong.append(f"{k}: expected shape {_shape_str(target.shape)}, got {_shape_str(shape)}")
+                    wrong.append(f"{k}: expected shape {shape_str(target.shape)}, got {shape_str(shape)}")
         problems = []
         if strict and missing:
             problems.append("missing keys: " + ", ".join(missing))

@@ -34,7 +34,7 @@ import numbers
 import warnings
 from bisect import bisect_right
 
-from ..tensor import Tensor
+from ..autograd.tensor import Tensor
 from .optimizer import Optimizer
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",

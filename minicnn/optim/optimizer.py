@@ -39,7 +39,7 @@ from collections import defaultdict
 import numpy as np
 
 from ..backend import to_device, to_host
-from ..tensor import Tensor, _shape_str, enable_grad, no_grad
+from ..autograd.tensor import Tensor, shape_str, enable_grad, no_grad
 
 
 class Optimizer:
@@ -208,8 +208,8 @@ class Optimizer:
                     grad = p.grad.data
                     if grad.shape != p.data.shape:
                         raise ValueError(f"{type(self).__name__}.step: a parameter of shape "
-                                         f"{_shape_str(p.shape)} has a gradient of shape "
-                                         f"{_shape_str(grad.shape)}")
+                                         f"{shape_str(p.shape)} has a gradient of shape "
+                                         f"{shape_str(grad.shape)}")
                     self.update_param(p, grad, self.state[p], group)
         self._step_count += 1
         return loss
@@ -309,8 +309,8 @@ def _to_param_backend(value, p, key, optimizer_name):
         return copy.deepcopy(value)
     if tuple(value.shape) != p.shape:
         raise ValueError(f"{optimizer_name}.load_state_dict: state {key!r} has shape "
-                         f"{_shape_str(tuple(value.shape))} but its parameter has shape "
-                         f"{_shape_str(p.shape)}")
+                         f"{shape_str(tuple(value.shape))} but its parameter has shape "
+                         f"{shape_str(p.shape)}")
     dtype = p.dtype if value.dtype.kind == "f" else value.dtype
     array = to_device(to_host(value), dtype=dtype)
     return array.copy()

@@ -23,25 +23,18 @@ import os
 import numpy as np
 
 from ..backend import to_host
+from ..io import write_bytes
 
 INT8 = "minicnn-int8"
 FP16 = "minicnn-fp16"
 
 
 def _atomic_save(tensors, path, metadata):
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        save_file({k: np.array(v, order="C", copy=True) for k, v in tensors.items()}, tmp,  # keeps 0-d arrays 0-d
-                  metadata={k: json.dumps(v) for k, v in metadata.items()})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return write_bytes(path, save({k: np.array(v, order="C", copy=True) for k, v in tensors.items()},  # 0-d stays 0-d
+                                  metadata={k: json.dumps(v) for k, v in metadata.items()}))
 
 
 def _metadata(path):

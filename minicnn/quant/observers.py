@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import to_host
-from ..tensor import Tensor
+from ..io import to_numpy
 
 EPS = np.float32(np.finfo(np.float32).eps)
 
@@ -41,10 +40,6 @@ PER_CHANNEL = ("per_channel_affine", "per_channel_symmetric")
 
 class ObserverError(ValueError):
     """An observer cannot give qparams (e.g. it has seen no data)."""
-
-
-def _host(x):
-    return to_host(x.data if isinstance(x, Tensor) else x)
 
 
 def calculate_qparams(min_val, max_val, dtype, qscheme, eps=EPS):
@@ -89,7 +84,7 @@ class ObserverBase:
 
     def __call__(self, x):
         if self.enabled:
-            self.observe(_host(x))
+            self.observe(to_numpy(x))
         return x
 
     forward = __call__

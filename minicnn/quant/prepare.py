@@ -30,8 +30,8 @@ import copy
 
 from .. import functional as F
 from .. import nn
-from ..tensor import Tensor, no_grad
-from ..train import Callback
+from ..autograd.tensor import Tensor, no_grad
+from ..train.loop import Callback
 from .fuse import ConvReLU2d, LinearReLU, QuantError, _FusedReLU, flatten_layers, fuse
 from .observers import (MinMaxObserver, MovingAverageMinMaxObserver, ObserverError,
                         PerChannelMinMaxObserver, PercentileObserver)

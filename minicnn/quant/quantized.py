@@ -35,7 +35,7 @@ from .. import functional as F
 from .. import nn
 from ..backend import current, to_device, to_host
 from ..kernels import numpy_ref
-from ..tensor import Tensor, no_grad
+from ..autograd.tensor import Tensor, no_grad
 from .fuse import QuantError
 
 

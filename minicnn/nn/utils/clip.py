@@ -51,7 +51,7 @@ import math
 import numbers
 
 from ...backend import current
-from ...tensor import Tensor
+from ...autograd.tensor import Tensor
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "l1_penalty", "l2_penalty"]
 

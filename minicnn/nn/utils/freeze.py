@@ -19,6 +19,8 @@ leaves them alone, even when the whole model is later put in ``train()``.
 """
 from __future__ import annotations
 
+import contextlib
+
 __all__ = ["freeze", "unfreeze"]
 
 
@@ -47,3 +49,23 @@ def unfreeze(module):
     for bn in _batchnorms(module):
         bn.__dict__.pop("_frozen_eval", None)
     return module
+
+
+@contextlib.contextmanager
+def frozen(model):
+    """``with frozen(model):`` eval mode and no parameter gradients inside (attacks, attributions); mode, flags and ``.grad`` restored after.
+
+    Turning ``requires_grad`` off also makes the backward pass skip the
+    weight gradients, which attacks never need.
+    """
+    was_training = model.training
+    saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    model.eval()
+    for p, _, _ in saved:
+        p.requires_grad = False
+    try:
+        yield model
+    finally:
+        for p, flag, grad in saved:
+            p.requires_grad, p.grad = flag, grad
+        model.train(was_training)

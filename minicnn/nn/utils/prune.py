@@ -37,7 +37,7 @@ import numbers
 import numpy as np
 
 from ...backend import current, to_host
-from ...tensor import Tensor
+from ...autograd.tensor import Tensor
 
 __all__ = ["BasePruningMethod", "PruningContainer", "Identity", "L1Unstructured", "RandomUnstructured",
            "LnStructured", "CustomFromMask", "identity", "l1_unstructured", "random_unstructured",

@@ -1,0 +1,475 @@
+"""Tensor, Function and reverse-mode automatic differentiation.
+
+The whole engine fits on one screen:
+
+* A :class:`Tensor` holds an array (``.data``), a flag ``requires_grad``, and —
+  if an operation made it — the :class:`Function` that did (``._ctx``).
+* A :class:`Function` has a ``forward`` (arrays in, one array out; it saves what
+  the backward will need) and a ``backward`` (the gradient of the loss w.r.t.
+  its output in, one gradient per input out). ``Function.apply`` runs the
+  forward and, when gradients are wanted, links the output to the function and
+  the function to its inputs. Calling operations therefore *records a graph*
+  as a side effect: "define by run".
+* :meth:`Tensor.backward` sorts that graph topologically (every node after all
+  the nodes that use it), then walks it once from the output to the leaves,
+  calling each function's ``backward`` and adding up the gradients that arrive
+  at each tensor — a tensor used twice receives the sum (the multivariate chain
+  rule). The walk is iterative, so a chain of 10,000 operations does not hit
+  Python's recursion limit.
+
+Only leaves (tensors you created, such as parameters) keep their ``.grad``;
+intermediate gradients are dropped once used, as in PyTorch (call
+``retain_grad()`` on an intermediate to keep its gradient).
+"""
+from __future__ import annotations
+
+import contextlib
+import numbers
+
+import numpy as np
+
+from ..backend import current, to_device, to_host
+
+# ----------------------------------------------------------------------------
+# Gradient mode
+# ----------------------------------------------------------------------------
+_grad_enabled = True
+_anomaly = None          # set by mc.detect_anomaly(): checks every Function's results
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Context manager: operations inside record no graph (evaluation, updates)."""
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+@contextlib.contextmanager
+def enable_grad():
+    """Context manager: turn gradient recording back on inside ``no_grad``."""
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, True
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+# ----------------------------------------------------------------------------
+# dtypes
+# ----------------------------------------------------------------------------
+DEFAULT_FLOAT = np.float32
+
+
+def resolve_dtype(dtype):
+    """Accept np.float32, "float64", np.dtype(...) or a Python type; return np.dtype."""
+    if dtype is None:
+        return None
+    try:
+        return np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"dtype: expected a NumPy dtype such as np.float32 or "
+                        f"'float64', got {dtype!r}") from e
+
+
+def _as_array(data, dtype=None):
+    """Turn array-likes (lists, scalars, NumPy or CuPy arrays) into a backend array.
+
+    Floats default to float32 (the framework's working precision); integer and
+    boolean data keep their type (class labels are int64). Pass ``dtype`` to
+    choose, e.g. ``dtype="float64"`` for gradient checks.
+    """
+    dtype = resolve_dtype(dtype)
+    xp = current.xp
+    if isinstance(data, Tensor):
+        data = data.data
+    if not isinstance(data, xp.ndarray):
+        # lists and scalars; host arrays go to the device, device arrays to the host
+        data = xp.asarray(to_host(data)) if xp is np else to_device(data)
+    if dtype is None:
+        if data.dtype.kind == "f" and data.dtype != DEFAULT_FLOAT:
+            data = data.astype(DEFAULT_FLOAT)
+        elif data.dtype.kind not in "fiub":
+            raise TypeError(f"tensor data must be numeric, got dtype {data.dtype}")
+    elif data.dtype != dtype:
+        data = data.astype(dtype)
+    return data
+
+
+def shape_str(shape):
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+# ----------------------------------------------------------------------------
+# Tensor
+# ----------------------------------------------------------------------------
+class Tensor:
+    """An n-dimensional array that remembers how it was computed.
+
+    Attributes:
+        data: the backend array (``numpy.ndarray`` or ``cupy.ndarray``).
+        grad: a :class:`Tensor` with the accumulated gradient, or ``None``.
+        requires_grad: whether operations on this tensor are recorded.
+    """
+
+    __array_ufunc__ = None      # make NumPy defer: ndarray * Tensor -> Tensor.__rmul__
+    __array_priority__ = 1000
+
+    def __init__(self, data, requires_grad=False, dtype=None):
+        self.data = _as_array(data, dtype)
+        if requires_grad and self.data.dtype.kind != "f":
+            raise TypeError("only floating-point tensors can require gradients, "
+                            f"got dtype {self.data.dtype}")
+        self.requires_grad = bool(requires_grad)
+        self.grad = None
+        self._ctx = None            # the Function that produced this tensor, if any
+        self._retain_grad = False
+
+    # -- basic properties ------------------------------------------------
+    shape = property(lambda self: tuple(self.data.shape))
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: int(self.data.size))
+
+    @property
+    def is_leaf(self) -> bool:
+        """True for tensors not produced by a recorded operation (e.g. parameters)."""
+        return self._ctx is None
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        body = np.array2string(to_host(self.data), precision=4, separator=", ",
+                               prefix="tensor(")
+        extra = f", dtype={self.dtype}" if self.dtype != DEFAULT_FLOAT else ""
+        if self._ctx is not None:
+            extra += f", grad_fn=<{type(self._ctx).__name__}>"
+        elif self.requires_grad:
+            extra += ", requires_grad=True"
+        return f"tensor({body}{extra})"
+
+    # -- conversion --------------------------------------------------------
+    def numpy(self) -> np.ndarray:
+        """A host NumPy copy of the data (never a view into a live tensor)."""
+        return np.array(to_host(self.data), copy=True)
+
+    def item(self):
+        """The single value of a one-element tensor, as a Python number."""
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {shape_str(self.shape)}")
+        return to_host(self.data).reshape(()).item()
+
+    def tolist(self):
+        return to_host(self.data).tolist()
+
+    def detach(self) -> "Tensor":
+        """A new tensor sharing the data but cut off from the graph."""
+        return Tensor(self.data, dtype=self.data.dtype)
+
+    def astype(self, dtype) -> "Tensor":
+        """A differentiable cast (float32 <-> float64)."""
+        from ..functional.math import CastFn
+        return CastFn.apply(self, dtype=resolve_dtype(dtype))
+
+    def float(self):
+        return self.astype(np.float32)
+
+    def double(self):
+        return self.astype(np.float64)
+
+    def requires_grad_(self, flag=True) -> "Tensor":
+        if flag and self.data.dtype.kind != "f":
+            raise TypeError(f"only floating-point tensors can require gradients, got {self.dtype}")
+        self.requires_grad = bool(flag)
+        return self
+
+    def retain_grad(self):
+        """Keep ``.grad`` on this intermediate tensor after backward (debugging)."""
+        self._retain_grad = True
+
+    def zero_grad(self):
+        self.grad = None
+
+    # -- autograd ------------------------------------------------------------
+    def backward(self, grad=None):
+        """Accumulate d(self)/d(leaf) * grad into ``.grad`` of every leaf that requires it.
+
+        ``grad`` is the gradient of some final scalar w.r.t. this tensor; it may
+        be omitted only when this tensor has a single element (then it is 1).
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() called on a tensor that does not require grad: "
+                               "none of the tensors it was computed from has requires_grad=True")
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward() without a gradient needs a scalar (one-element) tensor, "
+                    f"got shape {shape_str(self.shape)}; reduce it first (e.g. .sum()) "
+                    "or pass grad= with the same shape")
+            grad = current.xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else _as_array(grad, self.dtype)
+            if grad.shape != self.data.shape:
+                raise ValueError(f"backward(grad): expected a gradient of shape {shape_str(self.shape)}, "
+                                 f"got {shape_str(grad.shape)}")
+
+        # 1. Topological order by iterative depth-first search: a node is
+        #    appended only after every node it depends on.
+        order, visited, stack = [], set(), [(self, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if children_done:
+                order.append(node)
+                continue
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            stack.append((node, True))
+            if node._ctx is not None:
+                for parent in node._ctx.inputs:
+                    if parent is not None and parent.requires_grad and id(parent) not in visited:
+                        stack.append((parent, False))
+
+        # 2. Walk from the output back to the leaves, summing gradients.
+        grads = {id(self): grad}
+        for node in reversed(order):
+            g = grads.pop(id(node), None)
+            if g is None:
+                continue
+            if node._ctx is None or node._retain_grad:
+                node._accumulate(g)
+            if node._ctx is None:
+                continue
+            fn = node._ctx
+            input_grads = fn.backward(g)
+            if not isinstance(input_grads, tuple):
+                input_grads = (input_grads,)
+            if _anomaly is not None:
+                _anomaly.backward(fn, input_grads)
+            if len(input_grads) != len(fn.inputs):
+                raise RuntimeError(f"{type(fn).__name__}.backward returned {len(input_grads)} "
+                                   f"gradients for {len(fn.inputs)} inputs")
+            for parent, pg in zip(fn.inputs, input_grads):
+                if parent is None or pg is None or not parent.requires_grad:
+                    continue
+                if pg.shape != parent.data.shape:
+                    raise RuntimeError(f"{type(fn).__name__}.backward returned a gradient of shape "
+                                       f"{shape_str(pg.shape)} for an input of shape "
+                                       f"{shape_str(parent.shape)}")
+                key = id(parent)
+                grads[key] = pg if key not in grads else grads[key] + pg
+
+    def _accumulate(self, g):
+        if g.dtype != self.data.dtype:
+            g = g.astype(self.data.dtype)
+        if self.grad is None:
+            # a copy: two leaves must never share one gradient array
+            # (in-place clipping of one would silently change the other)
+            self.grad = Tensor(g.copy(), dtype=g.dtype)
+        else:
+            self.grad = Tensor(self.grad.data + g, dtype=g.dtype)
+
+    # -- operators (the Functions live in minicnn/functional/) ----------------
+    def __add__(self, other):  return _math.AddFn.apply(self, lift(other, self))
+    def __radd__(self, other): return _math.AddFn.apply(lift(other, self), self)
+    def __sub__(self, other):  return _math.SubFn.apply(self, lift(other, self))
+    def __rsub__(self, other): return _math.SubFn.apply(lift(other, self), self)
+    def __mul__(self, other):  return _math.MulFn.apply(self, lift(other, self))
+    def __rmul__(self, other): return _math.MulFn.apply(lift(other, self), self)
+    def __truediv__(self, other):  return _math.DivFn.apply(self, lift(other, self))
+    def __rtruediv__(self, other): return _math.DivFn.apply(lift(other, self), self)
+    def __neg__(self): return _math.NegFn.apply(self)
+    def __pos__(self): return self
+
+    def __pow__(self, exponent):
+        if isinstance(exponent, numbers.Number):
+            return _math.PowScalarFn.apply(self, exponent=exponent)
+        return _math.PowFn.apply(self, lift(exponent, self))
+
+    def __rpow__(self, base):
+        return _math.PowFn.apply(lift(base, self), self)
+
+    def __matmul__(self, other):  return _math.MatMulFn.apply(self, lift(other, self))
+    def __rmatmul__(self, other): return _math.MatMulFn.apply(lift(other, self), self)
+
+    # comparisons give boolean tensors outside the graph (no gradient)
+    def _compare(self, other, op):
+        other = other.data if isinstance(other, Tensor) else other
+        return Tensor(op(self.data, other))
+
+    def __eq__(self, other): return self._compare(other, lambda a, b: a == b)
+    def __ne__(self, other): return self._compare(other, lambda a, b: a != b)
+    def __lt__(self, other): return self._compare(other, lambda a, b: a < b)
+    def __le__(self, other): return self._compare(other, lambda a, b: a <= b)
+    def __gt__(self, other): return self._compare(other, lambda a, b: a > b)
+    def __ge__(self, other): return self._compare(other, lambda a, b: a >= b)
+    __hash__ = object.__hash__   # tensors are hashable by identity, as in PyTorch
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor of shape {shape_str(self.shape)} is "
+                             "ambiguous; use .any() or .all()")
+        return bool(self.item())
+
+    def __getitem__(self, index):
+        return _shape.GetItemFn.apply(self, index=_unwrap_index(index))
+
+    # -- elementwise math --------------------------------------------------
+    def exp(self):  return _math.ExpFn.apply(self)
+    def log(self):  return _math.LogFn.apply(self)
+    def sqrt(self): return _math.SqrtFn.apply(self)
+    def abs(self):  return _math.AbsFn.apply(self)
+
+    def clip(self, min=None, max=None):
+        return _math.ClipFn.apply(self, low=min, high=max)
+
+    clamp = clip
+
+    # -- reductions ----------------------------------------------------------
+    def sum(self, axis=None, keepdims=False):
+        return _red.SumFn.apply(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return _red.MeanFn.apply(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return _red.MaxFn.apply(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis=None, keepdims=False):
+        return -_red.MaxFn.apply(-self, axis=axis, keepdims=keepdims)
+
+    def var(self, axis=None, keepdims=False, unbiased=False):
+        return _red.var(self, axis=axis, keepdims=keepdims, unbiased=unbiased)
+
+    def argmax(self, axis=None):
+        return Tensor(self.data.argmax(axis=axis))
+
+    def any(self):
+        return bool(self.data.any())
+
+    def all(self):
+        return bool(self.data.all())
+
+    # -- shape ---------------------------------------------------------------
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return _shape.ReshapeFn.apply(self, shape=shape)
+
+    view = reshape
+
+    def transpose(self, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return _shape.TransposeFn.apply(self, axes=axes or None)
+
+    @property
+    def T(self):
+        return _shape.TransposeFn.apply(self, axes=None)
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        return _shape.flatten(self, start_dim, end_dim)
+
+
+def lift(value, like: Tensor) -> Tensor:
+    """Wrap a number or array as a constant tensor with ``like``'s dtype for floats."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, numbers.Number):
+        return Tensor(current.xp.asarray(value, dtype=like.dtype), dtype=like.dtype)
+    return Tensor(value)
+
+
+def _unwrap_index(index):
+    """Tensors used as indices become their arrays (t[mask], t[idx])."""
+    if isinstance(index, Tensor):
+        return index.data
+    if isinstance(index, tuple):
+        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    return index
+
+
+def tensor(data, requires_grad=False, dtype=None) -> Tensor:
+    """Create a leaf tensor (``mc.tensor([[1., 2.]], requires_grad=True)``)."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def as_tensor(value, dtype=None) -> Tensor:
+    return value if isinstance(value, Tensor) else Tensor(value, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------
+# Function
+# ----------------------------------------------------------------------------
+class Function:
+    """One differentiable operation: ``forward`` and ``backward`` side by side.
+
+    Subclasses implement
+
+    * ``forward(self, *arrays, **options) -> array`` — compute the output from
+      the input arrays;
+    * ``backward(self, grad_output) -> grad or tuple of grads`` — one gradient
+      (an array of the input's shape, or ``None``) per tensor input.
+
+    **What backward needs** is kept in one way, PyTorch's
+    (``torch.autograd.Function``'s ``ctx``, here the Function itself):
+
+    * arrays: ``self.save_for_backward(x, w, ...)`` in forward, then
+      ``x, w, ... = self.saved_tensors`` in backward;
+    * everything else (shapes, strides, flags, scalars): plain attributes,
+      ``self.stride = stride``.
+
+    ``self.needs_input_grad[i]`` tells backward whether input ``i`` wants a
+    gradient, so it can skip work that nobody will use.
+    """
+
+    inputs = ()
+    needs_input_grad = ()
+    saved_tensors = ()
+
+    def save_for_backward(self, *arrays):
+        """Keep ``arrays`` (or ``None``) for backward, which reads them as ``self.saved_tensors``."""
+        self.saved_tensors = arrays
+
+    def __repr__(self):
+        return f"<{type(self).__name__}>"
+
+    @classmethod
+    def apply(cls, *inputs, **options) -> Tensor:
+        """Run forward; if any input requires grad (and grad mode is on), record it."""
+        fn = cls()
+        arrays = [t.data if t is not None else None for t in inputs]
+        requires_grad = _grad_enabled and any(t is not None and t.requires_grad for t in inputs)
+        if requires_grad:
+            fn.needs_input_grad = tuple(t is not None and t.requires_grad for t in inputs)
+        out = Tensor.__new__(Tensor)           # skip __init__'s conversions: forward gives an array
+        data = fn.forward(*arrays, **options)
+        if not isinstance(data, current.xp.ndarray):   # NumPy turns full reductions into scalars
+            data = current.xp.asarray(data)
+        out.data = data
+        if _anomaly is not None:
+            _anomaly.forward(fn, inputs, data)
+        out.grad, out._retain_grad = None, False
+        out.requires_grad = requires_grad
+        if requires_grad:
+            fn.inputs = inputs
+            out._ctx = fn
+        else:
+            out._ctx = None
+        return out
+
+
+# The operator methods above call into these modules; they import this one,
+# so they are loaded last (Tensor and Function already exist by then).
+from ..functional import math as _math          # noqa: E402
+from ..functional import reductions as _red     # noqa: E402
+from ..functional import shape as _shape        # noqa: E402

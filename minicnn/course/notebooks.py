@@ -1,0 +1,462 @@
+"""The course a teacher runs: exercises in the tutorials, and a student version without the solutions.
+
+Every tutorial ends with a section of exercises, written with nbgrader's conventions:
+
+* A markdown cell whose first line is ``## Exercises`` opens the section. Each
+  exercise is a markdown cell stating it (``### Exercise 2 — the adjoint of
+  im2col``), a **solution cell** and, right after it, a **check cell**.
+* In a solution cell the reference solution sits between a ``### BEGIN SOLUTION``
+  line and a ``### END SOLUTION`` line. Code before and after the markers stays in
+  the student's version (a ``def f(x):`` line above them, a line using the
+  result below them).
+* The check cell asserts the result numerically; its messages say what was
+  expected and what was got.
+* A code cell elsewhere in the notebook tagged ``exercise-setup`` (Jupyter's cell
+  tags) is one the exercises need, such as a class they extend; the proof below
+  runs it first. Everything else the exercises use, the section sets up itself.
+
+:func:`build_student` writes the student version: every solution region becomes
+``raise NotImplementedError("exercise: <what to do>")`` at the region's
+indentation, and every output is cleared. :func:`prove_checks` shows that the
+checks can fail: in a fresh kernel it runs the section with each exercise's stub,
+then its check (which must fail), then the solution, then the check again (which
+must pass). On the command line::
+
+    minicnn course list                       # the exercises of every tutorial
+    minicnn course build-student OUT_DIR      # the notebooks without solutions, in OUT_DIR
+
+Notebooks are read and written as plain JSON (the ``.ipynb`` format), so none
+of this needs Jupyter; only :func:`prove_checks` runs a kernel (``nbclient``,
+installed with ``pip install "minicnn[dev]"``).
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+
+from ..io import write_bytes, write_text
+
+BEGIN = "### BEGIN SOLUTION"
+END = "### END SOLUTION"
+SETUP_TAG = "exercise-setup"
+SECTION_HEADING = re.compile(r"^##\s+Exercises\b")
+STUB = '{indent}# YOUR CODE HERE\n{indent}raise NotImplementedError({message})\n'
+
+
+class CourseError(ValueError):
+    """A notebook that does not follow the exercise conventions; the message names it and the cell."""
+
+
+# -----------------------------------------------------------------------------
+# Reading and writing notebooks
+# -----------------------------------------------------------------------------
+def default_tutorials_dir() -> str:
+    """The repository's ``tutorials/`` folder, next to the ``minicnn`` package."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tutorials")
+
+
+def notebook_paths(folder) -> list:
+    """The ``*.ipynb`` files of ``folder``, sorted by name."""
+    if not os.path.isdir(folder):
+        raise CourseError(f"no tutorials folder at {folder}; pass --tutorials DIR")
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".ipynb"))
+
+
+def read_notebook(path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            nb = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CourseError(f"{path}: not a readable notebook ({e})") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise CourseError(f"{path}: not a notebook (no list of cells)")
+    return nb
+
+
+def write_notebook(nb, path):
+    """Write ``nb`` as Jupyter does (indent 1, UTF-8), atomically: a temporary file, then ``os.replace``."""
+    write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+
+
+def source(cell) -> str:
+    """A cell's text (the format allows a string or a list of lines)."""
+    s = cell.get("source", "")
+    return s if isinstance(s, str) else "".join(s)
+
+
+def as_lines(text) -> list:
+    """Text in the format's list-of-lines form (every line but the last keeps its newline)."""
+    return text.splitlines(keepends=True)
+
+
+def tags(cell) -> list:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def where(name, index) -> str:
+    return f"{name}, cell {index}"
+
+
+# -----------------------------------------------------------------------------
+# Solution regions
+# -----------------------------------------------------------------------------
+def solution_regions(text, at="this cell") -> list:
+    """``[(begin, end, indent)]``: line numbers of each marker pair and the BEGIN line's indentation.
+
+    Raises :class:`CourseError` (naming ``at``) for an END without a BEGIN, a
+    BEGIN inside a region, or a BEGIN that is never closed.
+    """
+    regions, begin = [], None
+    for i, line in enumerate(text.splitlines()):
+        marker = line.strip()
+        if marker == BEGIN:
+            if begin is not None:
+                raise CourseError(f"{at}: '{BEGIN}' on line {i + 1} inside the region opened on line "
+                                  f"{begin + 1}; close it with '{END}' first")
+            begin = i
+        elif marker == END:
+            if begin is None:
+                raise CourseError(f"{at}: '{END}' on line {i + 1} without a '{BEGIN}' before it")
+            first = text.splitlines()[begin]
+            regions.append((begin, i, first[:len(first) - len(first.lstrip())]))
+            begin = None
+    if begin is not None:
+        raise CourseError(f"{at}: '{BEGIN}' on line {begin + 1} is never closed by '{END}'")
+    return regions
+
+
+def strip_solutions(text, description, at="this cell") -> str:
+    """``text`` with every solution region (markers included) replaced by the stub."""
+    regions = solution_regions(text, at)
+    lines = text.splitlines(keepends=True)
+    message = json.dumps(f"exercise: {description}", ensure_ascii=False)
+    for begin, end, indent in reversed(regions):
+        lines[begin:end + 1] = [STUB.format(indent=indent, message=message)]
+    out = "".join(lines)
+    return out[:-1] if out.endswith("\n") and not text.endswith("\n") else out
+
+
+def has_markers(text) -> bool:
+    return any(line.strip() in (BEGIN, END) for line in text.splitlines())
+
+
+# -----------------------------------------------------------------------------
+# Exercises
+# -----------------------------------------------------------------------------
+@dataclass
+class Exercise:
+    number: int            # 1, 2, ... within its notebook
+    title: str             # what to do, from the markdown above (the stub's message)
+    solution: int          # index of the solution cell
+    check: int             # index of its check cell (the next cell)
+
+
+@dataclass
+class Course:
+    """One notebook's exercise section."""
+    name: str
+    section: int | None                # index of the "## Exercises" cell, or None
+    exercises: list = field(default_factory=list)
+    setup: list = field(default_factory=list)         # indices of cells tagged exercise-setup
+
+    @property
+    def end(self):
+        """The index just past the section (its last check cell)."""
+        return self.exercises[-1].check + 1 if self.exercises else self.section
+
+
+def title_of(markdown) -> str:
+    """A short description from an exercise's markdown: its heading without "Exercise N —", else its first line."""
+    lines = [line.strip() for line in markdown.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    heading = next((line for line in lines if line.startswith("#")), lines[0])
+    text = heading.lstrip("#").strip()
+    text = re.sub(r"^(\*\*)?exercise\s*\d*\s*(\*\*)?\s*[—–:.\-]*\s*", "", text, flags=re.I)
+    text = re.sub(r"[*`]", "", text).strip()
+    return text[:100] if len(text) <= 100 else text[:97].rstrip() + "..."
+
+
+def exercise_section(nb, name="notebook") -> Course:
+    """Find the exercises of ``nb``; :class:`CourseError` names the cell of anything malformed.
+
+    Checks the markers of every cell (unbalanced ones, or markers in a markdown
+    cell, are errors: a solution must never leak into the student version) and
+    that every solution cell sits in the Exercises section with a check cell
+    (a code cell containing an ``assert``) right after it.
+    """
+    cells = nb["cells"]
+    section = next((i for i, c in enumerate(cells) if c.get("cell_type") == "markdown"
+                    and SECTION_HEADING.match(source(c).lstrip())), None)
+    course = Course(name, section, setup=[i for i, c in enumerate(cells)
+                                          if c.get("cell_type") == "code" and SETUP_TAG in tags(c)])
+    for i, cell in enumerate(cells):
+        text = source(cell)
+        if not has_markers(text):
+            continue
+        if cell.get("cell_type") != "code":
+            raise CourseError(f"{where(name, i)}: solution markers in a {cell.get('cell_type')} cell; "
+                              "they belong in code cells")
+        if not solution_regions(text, where(name, i)):
+            continue
+        if section is None or i < section:
+            raise CourseError(f"{where(name, i)}: a solution cell outside the '## Exercises' section "
+                              "(the section is missing, or starts after this cell)")
+        nxt = cells[i + 1] if i + 1 < len(cells) else None
+        if nxt is None or nxt.get("cell_type") != "code" or has_markers(source(nxt)):
+            raise CourseError(f"{where(name, i)}: a solution cell needs a check cell (a code cell "
+                              "without markers) right after it")
+        if not re.search(r"^\s*assert\b", source(nxt), re.M):
+            raise CourseError(f"{where(name, i + 1)}: the check cell of the solution in cell {i} "
+                              "has no assert")
+        md = next((source(cells[j]) for j in range(i - 1, -1, -1)
+                   if cells[j].get("cell_type") == "markdown"), "")
+        title = title_of(md) or f"cell {i} of {name}"
+        course.exercises.append(Exercise(len(course.exercises) + 1, title, i, i + 1))
+    return course
+
+
+def student_notebook(nb, name="notebook") -> dict:
+    """A copy of ``nb`` with every solution region replaced by its stub and every output cleared."""
+    course = exercise_section(nb, name)
+    titles = {e.solution: e.title for e in course.exercises}
+    out = json.loads(json.dumps(nb))               # a deep copy, whatever the cells hold
+    for i, cell in enumerate(out["cells"]):
+        if cell.get("cell_type") != "code":
+            continue
+        if i in titles:
+            cell["source"] = as_lines(strip_solutions(source(cell), titles[i], where(name, i)))
+        cell["outputs"], cell["execution_count"] = [], None
+        cell.get("metadata", {}).pop("execution", None)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# The student version
+# -----------------------------------------------------------------------------
+def build_student(out_dir, tutorials_dir=None, log=print) -> list:
+    """Write the student version of every tutorial into ``out_dir``; returns the paths written.
+
+    Besides the notebooks, every other file and folder of the tutorials folder
+    (README.md, data or helper files a notebook reads by relative path) is
+    copied; hidden ones (``.ipynb_checkpoints``), ``__pycache__`` and notebooks
+    inside subfolders are not, nor ``out_dir`` if it lies inside. Every
+    notebook is checked before anything is written, so a malformed one leaves
+    ``out_dir`` untouched. ``out_dir`` may not be the tutorials folder itself:
+    the solutions are never overwritten.
+    """
+    tutorials_dir = tutorials_dir or default_tutorials_dir()
+    paths = notebook_paths(tutorials_dir)
+    if not paths:
+        raise CourseError(f"no notebooks in {tutorials_dir}")
+    if os.path.exists(out_dir) and os.path.samefile(out_dir, tutorials_dir):
+        raise CourseError(f"the output folder {out_dir} is the tutorials folder: that would overwrite "
+                          "the solutions; choose another folder")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise CourseError(f"{out_dir} exists and is not a folder")
+    student = {}
+    for path in paths:                                       # all checked before anything is written
+        name = os.path.basename(path)
+        student[name] = student_notebook(read_notebook(path), name)
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for name, nb in student.items():
+        target = os.path.join(out_dir, name)
+        write_notebook(nb, target)
+        written.append(target)
+    skip = shutil.ignore_patterns(".*", "__pycache__", "*.ipynb")
+    out_real = os.path.realpath(out_dir)
+    for name in sorted(os.listdir(tutorials_dir)):
+        src = os.path.join(tutorials_dir, name)
+        target = os.path.join(out_dir, name)
+        if name.startswith(".") or name == "__pycache__" or name.endswith(".ipynb"):
+            continue
+        if os.path.isdir(src):                               # a data or helper folder (not OUT_DIR itself)
+            real = os.path.realpath(src)
+            if out_real == real or out_real.startswith(real + os.sep):
+                continue
+            shutil.copytree(src, target, ignore=skip, dirs_exist_ok=True)
+        elif os.path.isfile(src):
+            with open(src, "rb") as f:
+                write_bytes(target, f.read())
+        else:
+            continue
+        written.append(target)
+    n = sum(len(exercise_section(read_notebook(p), os.path.basename(p)).exercises) for p in paths)
+    log(f"wrote {len(student)} student notebooks ({n} exercises, solutions replaced by stubs) "
+        f"and {len(written) - len(student)} other file(s) to {out_dir}")
+    return written
+
+
+def list_exercises(tutorials_dir=None) -> list:
+    """``[(notebook name, Exercise)]`` for every tutorial."""
+    rows = []
+    for path in notebook_paths(tutorials_dir or default_tutorials_dir()):
+        name = os.path.basename(path)
+        rows += [(name, e) for e in exercise_section(read_notebook(path), name).exercises]
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# Names: does a check read a name that an earlier cell already bound?
+# -----------------------------------------------------------------------------
+def _python(text):
+    """The cell's code without IPython's ``%magic`` and ``!shell`` lines (as an ast, or None)."""
+    code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in text.splitlines())
+    try:
+        return ast.parse(code)
+    except SyntaxError:
+        return None
+
+
+def bound_names(text) -> set:
+    """The names a cell binds at its top level (what stays defined in the kernel after it ran);
+    assignments inside the functions and classes it defines are their own locals."""
+    tree = _python(text)
+    if tree is None:
+        return set()
+    names = set()
+
+    def visit(node):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            return                                   # its body is another scope
+        if isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return names
+
+
+def read_names(text) -> set:
+    tree = _python(text)
+    if tree is None:
+        return set()
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def stale_names(nb, name="notebook") -> list:
+    """Problems where a check could pass on the stub in the full student notebook.
+
+    A check that reads a name its solution cell binds must not find that name
+    already bound by a cell before the Exercises section (other than a setup
+    cell): in the student version the stub does not bind it, and the check
+    would see the stale value instead of failing.
+    """
+    course = exercise_section(nb, name)
+    cells = nb["cells"]
+    earlier = set()
+    for i in range(course.section or 0):
+        if cells[i].get("cell_type") == "code" and i not in course.setup:
+            earlier |= bound_names(source(cells[i]))
+    problems = []
+    for e in course.exercises:
+        shared = read_names(source(cells[e.check])) & bound_names(source(cells[e.solution])) & earlier
+        if shared:
+            problems.append(f"{where(name, e.check)}: the check reads {sorted(shared)}, which its solution "
+                            "binds but a cell before the Exercises section binds too; rename them")
+    return problems
+
+
+# -----------------------------------------------------------------------------
+# The proof that the checks can fail
+# -----------------------------------------------------------------------------
+def proof_notebook(nb, name="notebook") -> dict:
+    """The cells :func:`prove_checks` runs: the setup cells, then the section with each exercise as
+    stub → check → solution → check. Each cell's ``metadata["course"]`` says its role."""
+    course = exercise_section(nb, name)
+    student = student_notebook(nb, name)
+    cells = []
+
+    def add(cell, role, index, exercise=None):
+        c = json.loads(json.dumps(cell))
+        c["outputs"], c["execution_count"] = [], None
+        c.setdefault("metadata", {})["course"] = {"role": role, "cell": index, "exercise": exercise}
+        if "id" in c:
+            c["id"] = f"proof-{len(cells)}"          # a cell runs twice here; ids must stay unique
+        cells.append(c)
+
+    for i in course.setup:
+        if course.section is None or i < course.section:
+            add(nb["cells"][i], "setup", i)
+    by_solution = {e.solution: e for e in course.exercises}
+    checks = {e.check for e in course.exercises}
+    for i in range(course.section, course.end) if course.exercises else ():
+        cell = nb["cells"][i]
+        if cell.get("cell_type") != "code" or i in checks:
+            continue
+        if i in by_solution:
+            e = by_solution[i]
+            add(student["cells"][i], "stub", i, e.number)
+            add(nb["cells"][e.check], "check on the stub", e.check, e.number)
+            add(cell, "solution", i, e.number)
+            add(nb["cells"][e.check], "check on the solution", e.check, e.number)
+        else:
+            add(cell, "setup", i)
+    out = {k: v for k, v in nb.items() if k != "cells"}
+    out["cells"] = cells
+    return out
+
+
+@dataclass
+class Proof:
+    name: str
+    exercises: list                     # [(number, title, error the check raised on the stub)]
+    problems: list                      # what went wrong; empty when every check failed and then passed
+    seconds: float = 0.0
+
+
+def _error(cell):
+    for o in cell.get("outputs", []):
+        if o.get("output_type") == "error":
+            value = str(o.get("evalue", "")).strip().splitlines()
+            return f"{o.get('ename')}: {value[0] if value else ''}"
+    return None
+
+
+def prove_checks(path, timeout=120, kernel_name="python3") -> Proof:
+    """Run :func:`proof_notebook` of the notebook at ``path`` in a fresh kernel (in its folder).
+
+    A problem is recorded when a setup cell or a solution errors, when a check
+    passes on the stub, or when it fails on the solution.
+    """
+    import time
+
+    from nbclient import NotebookClient            # installed with minicnn[dev]
+    import nbformat
+
+    name = os.path.basename(path)
+    nb = read_notebook(path)
+    course = exercise_section(nb, name)
+    proof = nbformat.reads(json.dumps(proof_notebook(nb, name)), as_version=4)   # joins the lines of each cell
+    t0 = time.perf_counter()
+    NotebookClient(proof, timeout=timeout, kernel_name=kernel_name, allow_errors=True,
+                   resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}}).execute()
+    seconds = time.perf_counter() - t0
+    problems, failures = [], {}
+    for cell in proof.cells:
+        role = cell.metadata["course"]["role"]
+        k, i = cell.metadata["course"]["exercise"], cell.metadata["course"]["cell"]
+        error = _error(cell)
+        if role in ("setup", "solution", "check on the solution") and error:
+            problems.append(f"{where(name, i)} ({role}{'' if k is None else f' of exercise {k}'}) "
+                            f"failed: {error}")
+        elif role == "check on the stub":
+            if error is None:
+                problems.append(f"{where(name, i)}: the check of exercise {k} passes on the stub; "
+                                "it must fail when the exercise is not done")
+            failures[k] = error
+    return Proof(name, [(e.number, e.title, failures.get(e.number)) for e in course.exercises],
+                 problems, seconds)
