@@ -22,6 +22,8 @@ from minicnn.anomaly import AnomalyError
 from minicnn.engine import backpropagate, topological_order
 from minicnn.observe import OperationObserver, observe
 
+pytestmark = pytest.mark.tutorial01        # what tutorials/01_*.ipynb teaches (tests/README.md)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
