@@ -426,9 +426,9 @@ class Function:
         return out
 
 
-# The operator methods above call into these modules; they import this one,
-# so they are loaded last (Tensor and Function already exist by then).
+# The operator methods and backward above call into these modules; they import
+# this one, so they are loaded last (Tensor and Function already exist by then).
+from .engine import backpropagate              # noqa: E402
 from .functional import math as _math          # noqa: E402
 from .functional import reductions as _red     # noqa: E402
 from .functional import shape as _shape        # noqa: E402
-from .engine import backpropagate              # noqa: E402
