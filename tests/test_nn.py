@@ -186,3 +186,11 @@ def test_reference_cnn_forward_shapes_and_a_training_step_reduces_loss(backend):
     with mc.no_grad():
         out = model(x)
     assert not out.requires_grad
+
+
+def test_each_loss_module_is_a_loss_not_a_special_case_of_another_loss():
+    """MSELoss is not a kind of NLLLoss: every loss derives from the common base that holds ``reduction``."""
+    from minicnn.nn.layers import _Loss
+    losses = [nn.CrossEntropyLoss, nn.NLLLoss, nn.MSELoss, nn.SmoothL1Loss, nn.BCEWithLogitsLoss]
+    assert all(cls.__bases__ == (_Loss,) for cls in losses), [(c.__name__, c.__bases__) for c in losses]
+    assert all(cls(reduction="sum").reduction == "sum" for cls in losses)

@@ -3,7 +3,8 @@
 A NaN loss tells you *that* training broke, not *where*. Inside
 ``with mc.detect_anomaly():`` every :class:`~minicnn.autograd.tensor.Function` checks
 its result as it runs — the forward output, and in ``backward()`` each
-gradient it returns — and the first one that is not finite raises
+gradient it returns (an operation observer, see observe.py) — and the first
+one that is not finite raises
 :class:`AnomalyError` naming the Function (``Log``, ``Div``, ...), the shapes
 of its inputs, whether those inputs were already non-finite, and the line of
 *your* code that created it::
@@ -24,6 +25,7 @@ import os
 import sys
 
 from . import tensor as _tensor
+from .observe import OperationObserver, observers, observe
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # minicnn/
 
@@ -51,7 +53,7 @@ def _what(a):
 
 def _call_site():
     """(user line, innermost minicnn line): where the operation was called from."""
-    frame, inner = sys._getframe(3), None          # skip _call_site, forward, Function.apply
+    frame, inner = sys._getframe(3), None          # skip _call_site, on_forward, Function.apply
     while frame is not None:
         filename = os.path.abspath(frame.f_code.co_filename)
         where = f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
@@ -64,19 +66,30 @@ def _call_site():
     return "unknown", inner
 
 
-class _Detector:
+class _Detector(OperationObserver):
+    """The observer (observe.py) that ``detect_anomaly`` installs."""
+
     def __init__(self, check_forward):
         self.check_forward = check_forward
 
-    def forward(self, fn, inputs, output):
+    def _is_innermost(self):
+        """Nested ``detect_anomaly`` blocks: only the innermost one checks (its settings win)."""
+        return self is [o for o in observers if isinstance(o, _Detector)][-1]
+
+    def on_forward(self, fn, inputs, options, output):
         """Called by Function.apply after ``forward``: remember where, check the output."""
+        if not self._is_innermost():
+            return
         fn._anomaly_site = _call_site()
+        output = output.data
         if self.check_forward and not _finite(output):
             self._raise(fn, [t.data if t is not None else None for t in inputs],
                         f"its forward output {_shape(output)} contains {_what(output)}")
 
-    def backward(self, fn, grads):
-        """Called by Tensor.backward after ``fn.backward``: check each input gradient."""
+    def on_backward(self, fn, grad_output, grads):
+        """Called by backpropagate after ``fn.backward``: check each input gradient."""
+        if not self._is_innermost():
+            return
         for i, (t, g) in enumerate(zip(fn.inputs, grads)):
             wanted = t is not None and t.requires_grad     # other gradients are thrown away
             if wanted and g is not None and not _finite(g):
@@ -98,9 +111,5 @@ class _Detector:
 @contextlib.contextmanager
 def detect_anomaly(check_forward=True):
     """Raise :class:`AnomalyError` at the first Function whose result is NaN/Inf (see module doc)."""
-    previous = _tensor._anomaly
-    _tensor._anomaly = _Detector(check_forward)
-    try:
+    with observe(_Detector(check_forward)):
         yield
-    finally:
-        _tensor._anomaly = previous

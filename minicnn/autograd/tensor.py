@@ -10,12 +10,13 @@ The whole engine fits on one screen:
   forward and, when gradients are wanted, links the output to the function and
   the function to its inputs. Calling operations therefore *records a graph*
   as a side effect: "define by run".
-* :meth:`Tensor.backward` sorts that graph topologically (every node after all
-  the nodes that use it), then walks it once from the output to the leaves,
-  calling each function's ``backward`` and adding up the gradients that arrive
-  at each tensor — a tensor used twice receives the sum (the multivariate chain
-  rule). The walk is iterative, so a chain of 10,000 operations does not hit
-  Python's recursion limit.
+* :meth:`Tensor.backward` hands the graph to two functions in engine.py:
+  ``topological_order`` lists every tensor after all the tensors it was
+  computed from, and ``backpropagate`` walks that list once from the output to
+  the leaves, calling each function's ``backward`` and adding up the gradients
+  that arrive at each tensor — a tensor used twice receives the sum (the
+  multivariate chain rule). Both are iterative, so a chain of 10,000
+  operations does not hit Python's recursion limit.
 
 Only leaves (tensors you created, such as parameters) keep their ``.grad``;
 intermediate gradients are dropped once used, as in PyTorch (call
@@ -29,12 +30,12 @@ import numbers
 import numpy as np
 
 from ..backend import current, to_device, to_host
+from .observe import observers
 
 # ----------------------------------------------------------------------------
 # Gradient mode
 # ----------------------------------------------------------------------------
 _grad_enabled = True
-_anomaly = None          # set by mc.detect_anomaly(): checks every Function's results
 
 
 def is_grad_enabled() -> bool:
@@ -222,51 +223,7 @@ class Tensor:
                 raise ValueError(f"backward(grad): expected a gradient of shape {shape_str(self.shape)}, "
                                  f"got {shape_str(grad.shape)}")
 
-        # 1. Topological order by iterative depth-first search: a node is
-        #    appended only after every node it depends on.
-        order, visited, stack = [], set(), [(self, False)]
-        while stack:
-            node, children_done = stack.pop()
-            if children_done:
-                order.append(node)
-                continue
-            if id(node) in visited:
-                continue
-            visited.add(id(node))
-            stack.append((node, True))
-            if node._ctx is not None:
-                for parent in node._ctx.inputs:
-                    if parent is not None and parent.requires_grad and id(parent) not in visited:
-                        stack.append((parent, False))
-
-        # 2. Walk from the output back to the leaves, summing gradients.
-        grads = {id(self): grad}
-        for node in reversed(order):
-            g = grads.pop(id(node), None)
-            if g is None:
-                continue
-            if node._ctx is None or node._retain_grad:
-                node._accumulate(g)
-            if node._ctx is None:
-                continue
-            fn = node._ctx
-            input_grads = fn.backward(g)
-            if not isinstance(input_grads, tuple):
-                input_grads = (input_grads,)
-            if _anomaly is not None:
-                _anomaly.backward(fn, input_grads)
-            if len(input_grads) != len(fn.inputs):
-                raise RuntimeError(f"{type(fn).__name__}.backward returned {len(input_grads)} "
-                                   f"gradients for {len(fn.inputs)} inputs")
-            for parent, pg in zip(fn.inputs, input_grads):
-                if parent is None or pg is None or not parent.requires_grad:
-                    continue
-                if pg.shape != parent.data.shape:
-                    raise RuntimeError(f"{type(fn).__name__}.backward returned a gradient of shape "
-                                       f"{shape_str(pg.shape)} for an input of shape "
-                                       f"{shape_str(parent.shape)}")
-                key = id(parent)
-                grads[key] = pg if key not in grads else grads[key] + pg
+        backpropagate(self, grad)      # engine.py: topological order, then the chain rule
 
     def _accumulate(self, g):
         if g.dtype != self.data.dtype:
@@ -456,8 +413,6 @@ class Function:
         if not isinstance(data, current.xp.ndarray):   # NumPy turns full reductions into scalars
             data = current.xp.asarray(data)
         out.data = data
-        if _anomaly is not None:
-            _anomaly.forward(fn, inputs, data)
         out.grad, out._retain_grad = None, False
         out.requires_grad = requires_grad
         if requires_grad:
@@ -465,11 +420,15 @@ class Function:
             out._ctx = fn
         else:
             out._ctx = None
+        if observers:                         # someone is watching (observe.py): detect_anomaly, ONNX export
+            for observer in observers:
+                observer.on_forward(fn, inputs, options, out)
         return out
 
 
-# The operator methods above call into these modules; they import this one,
-# so they are loaded last (Tensor and Function already exist by then).
+# The operator methods and backward above call into these modules; they import
+# this one, so they are loaded last (Tensor and Function already exist by then).
+from .engine import backpropagate              # noqa: E402
 from ..functional import math as _math          # noqa: E402
 from ..functional import reductions as _red     # noqa: E402
 from ..functional import shape as _shape        # noqa: E402

@@ -275,10 +275,24 @@ class LogSoftmax(Softmax):
 
 
 # -- losses -------------------------------------------------------------------------
-class CrossEntropyLoss(Module):
-    def __init__(self, label_smoothing=0.0, reduction="mean"):
+class _Loss(Module):
+    """The common base of the loss modules (PyTorch's ``_Loss``): they all hold ``reduction``.
+
+    ``reduction`` says how the per-sample losses l_i become the result:
+    ``"mean"`` (1/N · Σ_i l_i), ``"sum"`` (Σ_i l_i) or ``"none"`` (the l_i themselves).
+    """
+
+    def __init__(self, reduction="mean"):
         super().__init__()
-        self.label_smoothing, self.reduction = label_smoothing, reduction
+        self.reduction = reduction
+
+
+class CrossEntropyLoss(_Loss):
+    """l_i = -log softmax(logits_i)[target_i] (with optional label smoothing); see F.cross_entropy."""
+
+    def __init__(self, label_smoothing=0.0, reduction="mean"):
+        super().__init__(reduction)
+        self.label_smoothing = label_smoothing
 
     def forward(self, logits, target):
         return F.cross_entropy(logits, target, self.label_smoothing, self.reduction)
@@ -287,30 +301,34 @@ class CrossEntropyLoss(Module):
         return f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
 
 
-class NLLLoss(Module):
-    def __init__(self, reduction="mean"):
-        super().__init__()
-        self.reduction = reduction
+class NLLLoss(_Loss):
+    """l_i = -log_probs_i[target_i]: cross-entropy for a model that ends in LogSoftmax."""
 
     def forward(self, log_probs, target):
         return F.nll_loss(log_probs, target, self.reduction)
 
 
-class MSELoss(NLLLoss):
+class MSELoss(_Loss):
+    """l_i = (x_i - target_i)², elementwise."""
+
     def forward(self, x, target):
         return F.mse_loss(x, target, self.reduction)
 
 
-class SmoothL1Loss(Module):
+class SmoothL1Loss(_Loss):
+    """l_i = 0.5 (x_i - t_i)² / beta where |x_i - t_i| < beta, else |x_i - t_i| - 0.5 beta."""
+
     def __init__(self, reduction="mean", beta=1.0):
-        super().__init__()
-        self.reduction, self.beta = reduction, beta
+        super().__init__(reduction)
+        self.beta = beta
 
     def forward(self, x, target):
         return F.smooth_l1_loss(x, target, self.reduction, self.beta)
 
 
-class BCEWithLogitsLoss(NLLLoss):
+class BCEWithLogitsLoss(_Loss):
+    """l_i = -[t_i log σ(x_i) + (1 - t_i) log(1 - σ(x_i))], computed stably from the logits x."""
+
     def forward(self, x, target):
         return F.binary_cross_entropy_with_logits(x, target, self.reduction)
 

@@ -2,9 +2,10 @@
 
 How: **trace one forward pass.** Every operation in minicnn is a
 ``Function`` subclass called through ``Function.apply`` (tensor.py). While
-:func:`export` runs the model once on a dummy input, it wraps ``apply`` to
-record each call — the Function's type, its input tensors, its options, its
-output — and forward hooks record which module each call happened in. Each
+:func:`export` runs the model once on a dummy input, an operation observer
+(observe.py) records each call — the Function's type, its input tensors, its
+options, its output — and forward hooks record which module each call
+happened in. Each
 Function type then maps to one or a few ONNX nodes (``_EMIT``): ``Conv2dFn`` ->
 Conv, ``LinearFn`` -> Gemm, ``BatchNormFn`` -> BatchNormalization, ``AddFn`` -> Add,
 and so on. Nothing depends on how a model is written: Sequentials, residual
@@ -38,7 +39,8 @@ import numpy as np
 
 from ..backend import to_host
 from ..io import write_bytes
-from ..autograd.tensor import Function, Tensor, no_grad
+from ..autograd.observe import OperationObserver, observe
+from ..autograd.tensor import Tensor, no_grad
 
 OPSET = 17
 
@@ -75,20 +77,22 @@ def trace(model):
         label = name or type(model).__name__
         handles.append(m.register_forward_pre_hook(lambda mod, inp, label=label: stack.append(label) and None))
         handles.append(m.register_forward_hook(lambda mod, inp, out: stack.pop() and None))
-    original = Function.__dict__["apply"]
-
-    def recording_apply(cls, *inputs, **options):
-        out = original.__func__(cls, *inputs, **options)
-        calls.append(_Call(cls, inputs, options, out, stack[-1] if stack else ""))
-        return out
-
-    Function.apply = classmethod(recording_apply)
     try:
-        yield calls
+        with observe(_Recorder(calls, stack)):
+            yield calls
     finally:
-        Function.apply = original
         for h in handles:
             h.remove()
+
+
+class _Recorder(OperationObserver):
+    """The observer (observe.py) behind :func:`trace`: one ``_Call`` per forward."""
+
+    def __init__(self, calls, modules):
+        self.calls, self.modules = calls, modules        # modules: the layers running now, innermost last
+
+    def on_forward(self, fn, inputs, options, output):
+        self.calls.append(_Call(type(fn), inputs, options, output, self.modules[-1] if self.modules else ""))
 
 
 # -----------------------------------------------------------------------------
