@@ -7,11 +7,17 @@
 * Each public module imports first in a fresh interpreter (the tensor <->
   functional cycle must not depend on import order), and ``import minicnn``
   loads neither the downloader, tqdm nor the training loop.
+* The package's structure: no module imports a private name (``_x``) of
+  another; no import circle except the one at the heart of the engine
+  (a Tensor's methods call the functional operations, which build on Tensor);
+  ``Sequential.forward`` is the plain loop (fusion is the explicit
+  ``mc.fuse``).
 * A checkout that was never installed imports (``kernels/`` sits beside
   ``minicnn/``), and a copy without ``kernels/`` fails with one clear line.
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import pathlib
@@ -27,7 +33,7 @@ import minicnn as mc
 import minicnn.functional as F
 from minicnn import models, nn
 from minicnn.backend import current
-from minicnn.autograd.observe import OperationObserver, observe
+from minicnn.autograd.observer import OperationObserver, observe
 from minicnn.autograd.tensor import Function
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -139,15 +145,11 @@ def _run(code, cwd=None, strip_editable=False):
                           capture_output=True, text=True, timeout=120)
 
 
-PUBLIC = ["minicnn", "minicnn.autograd.tensor", "minicnn.autograd.engine", "minicnn.autograd.observe", "minicnn.autograd.anomaly",
-          "minicnn.functional", "minicnn.nn", "minicnn.optim",
-          "minicnn.data", "minicnn.models", "minicnn.train", "minicnn.autograd.gradcheck", "minicnn.backend",
-          "minicnn.io", "minicnn.train.summary", "minicnn.train.metrics", "minicnn.train.viz",
-          "minicnn.compress", "minicnn.compress.distill", "minicnn.attacks", "minicnn.explain", "minicnn.tune",
-          "minicnn.transfer", "minicnn.quant", "minicnn.distributed", "minicnn.quant.onnx", "minicnn.cli",
-          "minicnn.nn.utils.prune", "minicnn.distributed.sync_batchnorm", "minicnn.data.loader",
-          "minicnn.data.download", "minicnn.kernels.numpy_ref", "minicnn.kernels.geometry"]
-PUBLIC += [f"minicnn.functional.{m.name}" for m in pkgutil.iter_modules([str(ROOT / "minicnn" / "functional")])]
+# every module of the package (the CuPy kernels need a GPU; the CLI's __main__ runs the command)
+PUBLIC = sorted(
+    ".".join(("minicnn",) + p.relative_to(ROOT / "minicnn").with_suffix("").parts).removesuffix(".__init__")
+    for p in (ROOT / "minicnn").rglob("*.py") if p.name != "__main__.py")
+PUBLIC += ["minicnn.kernels.numpy_ref", "minicnn.kernels.geometry", "minicnn.kernels.numba_cpu"]
 
 
 def test_each_public_module_imports_first():
@@ -202,3 +204,111 @@ def test_a_copy_without_kernels_says_to_install(tmp_path):
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: minicnn.kernels is missing") and "pip install -e ." in last, last
+
+
+# -----------------------------------------------------------------------------
+# The structure of the package: what imports what
+# -----------------------------------------------------------------------------
+def _module_name(path):
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[0] == "kernels":
+        parts = ["minicnn"] + parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports():
+    """Every static import in minicnn/ and kernels/, module level or inside a function:
+    ``[(importer, imported module, imported name or None)]``, minicnn's modules only."""
+    files = {_module_name(p): p for folder in ("minicnn", "kernels") for p in (ROOT / folder).rglob("*.py")}
+    found = []
+    for module, path in files.items():
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found += [(module, a.name, None) for a in node.names if a.name.startswith("minicnn")]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                if not base.startswith("minicnn"):
+                    continue
+                for a in node.names:
+                    target = f"{base}.{a.name}" if f"{base}.{a.name}" in files else base
+                    while target not in files and "." in target:
+                        target = target.rsplit(".", 1)[0]
+                    found.append((module, target, None if target.endswith("." + a.name) else a.name))
+    return files, found
+
+
+def test_no_private_name_is_imported_across_modules():
+    """What one module needs of another is public: ``from .x import _y`` is not allowed."""
+    _, found = _imports()
+    private = sorted(f"{m} imports {name} from {t}" for m, t, name in found
+                     if name and name.startswith("_") and not name.startswith("__") and t != m)
+    assert not private, private
+
+
+# The one circle there is: Tensor's methods (x + y, x.sum(), backward) call the
+# functional operations and the engine, which build on Tensor and Function.
+ENGINE_CIRCLE = ("minicnn.autograd.tensor", "minicnn.autograd.engine", "minicnn.functional.")
+# Imports that go "up" on purpose, each loaded on first use, with why:
+LAZY_UPWARD = {
+    ("minicnn.nn", "minicnn.distributed.sync_batchnorm"):
+        "nn.SyncBatchNorm is PyTorch's name; the class lives with data-parallel training",
+}
+
+
+def _cycles(graph):
+    """Strongly connected components with more than one module (Tarjan, iteratively)."""
+    index, low, on_stack, stack, out, counter = {}, {}, set(), [], [], [0]
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph.get(root, ()))))]
+        index[root] = low[root] = counter[0]; counter[0] += 1
+        stack.append(root); on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter[0]; counter[0] += 1
+                    stack.append(child); on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    m = stack.pop(); on_stack.discard(m); component.append(m)
+                    if m == node:
+                        break
+                if len(component) > 1:
+                    out.append(sorted(component))
+    return out
+
+
+def test_no_import_circle_but_the_engine_one():
+    """A package may import its own submodules (its __init__ re-exports them); otherwise no circle."""
+    _, found = _imports()
+    graph = {}
+    for m, t, _ in found:
+        if t == m or t.startswith(m + ".") or (m, t) in LAZY_UPWARD:
+            continue
+        graph.setdefault(m, set()).add(t)
+    bad = [c for c in _cycles(graph) if not all(m.startswith(ENGINE_CIRCLE) for m in c)]
+    assert not bad, f"import circles: {bad}"
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]   # the finder finds
+
+
+def test_the_lazy_upward_imports_are_the_listed_ones():
+    for (m, t), why in LAZY_UPWARD.items():
+        _, found = _imports()
+        assert any(a == m and b == t for a, b, _ in found), f"{m} no longer imports {t}: drop it from LAZY_UPWARD"

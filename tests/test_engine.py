@@ -1,4 +1,4 @@
-"""The engine (minicnn/autograd/engine.py) and the operation observers (minicnn/autograd/observe.py).
+"""The engine (minicnn/autograd/engine.py) and the operation observers (minicnn/autograd/observer.py).
 
 * ``topological_order`` puts every tensor after the tensors it was computed
   from, on a diamond checked by hand, and needs no recursion for a long chain;
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import minicnn as mc
-from minicnn import observe as observe_module
+from minicnn.autograd import observer as observe_module
 from minicnn.autograd.anomaly import AnomalyError
 from minicnn.autograd.engine import backpropagate, topological_order
-from minicnn.autograd.observe import OperationObserver, observe
+from minicnn.autograd.observer import OperationObserver, observe
 
 pytestmark = pytest.mark.tutorial01        # what tutorials/01_*.ipynb teaches (tests/README.md)
 

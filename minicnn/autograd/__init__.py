@@ -2,14 +2,14 @@
 
 * ``tensor.py``    — :class:`Tensor`, :class:`Function`, ``no_grad``: operations record the graph as they run;
 * ``engine.py``    — backward: :func:`topological_order`, then :func:`backpropagate` (the chain rule);
-* ``observe.py``   — one hook that sees every operation run (``observe``): the two tools below use it;
+* ``observer.py``  — one hook that sees every operation run (``observe``): the two tools below use it;
 * ``gradcheck.py`` — :func:`gradcheck`: analytic gradients against central differences;
 * ``anomaly.py``   — :func:`detect_anomaly`: the first Function that made a NaN or an Inf.
 """
 from .anomaly import AnomalyError, detect_anomaly
 from .engine import backpropagate, topological_order
 from .gradcheck import GradcheckError, gradcheck
-from .observe import OperationObserver, observe
+from .observer import OperationObserver, observe
 from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "enable_grad", "is_grad_enabled",

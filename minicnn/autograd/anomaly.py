@@ -3,7 +3,7 @@
 A NaN loss tells you *that* training broke, not *where*. Inside
 ``with mc.detect_anomaly():`` every :class:`~minicnn.autograd.tensor.Function` checks
 its result as it runs — the forward output, and in ``backward()`` each
-gradient it returns (an operation observer, see observe.py) — and the first
+gradient it returns (an operation observer, see observer.py) — and the first
 one that is not finite raises
 :class:`AnomalyError` naming the Function (``Log``, ``Div``, ...), the shapes
 of its inputs, whether those inputs were already non-finite, and the line of
@@ -25,7 +25,7 @@ import os
 import sys
 
 from . import tensor as _tensor
-from .observe import OperationObserver, observers, observe
+from .observer import OperationObserver, observers, observe
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # minicnn/
 
@@ -67,7 +67,7 @@ def _call_site():
 
 
 class _Detector(OperationObserver):
-    """The observer (observe.py) that ``detect_anomaly`` installs."""
+    """The observer (observer.py) that ``detect_anomaly`` installs."""
 
     def __init__(self, check_forward):
         self.check_forward = check_forward

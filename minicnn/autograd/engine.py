@@ -14,7 +14,7 @@ Python's recursion limit.
 """
 from __future__ import annotations
 
-from .observe import observers
+from .observer import observers
 from .tensor import shape_str
 
 
@@ -92,7 +92,7 @@ def backpropagate(output, grad) -> None:
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
         _check_input_grads(fn, input_grads)
-        if observers:                  # someone is watching (observe.py): detect_anomaly, ...
+        if observers:                  # someone is watching (observer.py): detect_anomaly, ...
             for observer in observers:
                 observer.on_backward(fn, g, input_grads)
         for parent, parent_grad in zip(fn.inputs, input_grads):

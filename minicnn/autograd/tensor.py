@@ -30,7 +30,7 @@ import numbers
 import numpy as np
 
 from ..backend import current, to_device, to_host
-from .observe import observers
+from .observer import observers
 
 # ----------------------------------------------------------------------------
 # Gradient mode
@@ -420,7 +420,7 @@ class Function:
             out._ctx = fn
         else:
             out._ctx = None
-        if observers:                         # someone is watching (observe.py): detect_anomaly, ONNX export
+        if observers:                         # someone is watching (observer.py): detect_anomaly, ONNX export
             for observer in observers:
                 observer.on_forward(fn, inputs, options, out)
         return out

@@ -3,7 +3,7 @@
 How: **trace one forward pass.** Every operation in minicnn is a
 ``Function`` subclass called through ``Function.apply`` (tensor.py). While
 :func:`export` runs the model once on a dummy input, an operation observer
-(observe.py) records each call — the Function's type, its input tensors, its
+(observer.py) records each call — the Function's type, its input tensors, its
 options, its output — and forward hooks record which module each call
 happened in. Each
 Function type then maps to one or a few ONNX nodes (``_EMIT``): ``Conv2dFn`` ->
@@ -39,7 +39,7 @@ import numpy as np
 
 from ..backend import to_host
 from ..io import write_bytes
-from ..autograd.observe import OperationObserver, observe
+from ..autograd.observer import OperationObserver, observe
 from ..autograd.tensor import Tensor, no_grad
 
 OPSET = 17
@@ -86,7 +86,7 @@ def trace(model):
 
 
 class _Recorder(OperationObserver):
-    """The observer (observe.py) behind :func:`trace`: one ``_Call`` per forward."""
+    """The observer (observer.py) behind :func:`trace`: one ``_Call`` per forward."""
 
     def __init__(self, calls, modules):
         self.calls, self.modules = calls, modules        # modules: the layers running now, innermost last
