@@ -260,12 +260,14 @@ def test_to_host_and_to_device_cross_the_boundary_explicitly(simulator):
     ({"OMP_WAIT_POLICY": "PASSIVE"}, (None, "PASSIVE")),            # the user's choice is kept
     ({"GOMP_SPINCOUNT": "5"}, ("5", None)),
 ])
-def test_numba_kernels_set_how_long_openmp_threads_spin(env, expected):
-    """kernels/numba_cpu.py asks GNU OpenMP to spin briefly between parallel loops (a loop
-    started from sleep took 50-70 us), unless the user set the policy or the count."""
-    code = ("import os, minicnn.kernels.numba_cpu; "
+def test_numba_backend_sets_how_long_openmp_threads_spin(env, expected):
+    """minicnn/backend.py asks GNU OpenMP to spin briefly between parallel loops (a loop
+    started from sleep took 50-70 us) before it loads the numba kernels, unless the user
+    set the policy or the count."""
+    code = ("import os, minicnn; minicnn.set_backend('numba'); "
             "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
     base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    base["MINICNN_BACKEND"] = "numpy"                     # the switch below is what sets it
     out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == [str(e) for e in expected]
