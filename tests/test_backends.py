@@ -104,10 +104,11 @@ def _imports(path):
 
 
 @pytest.mark.parametrize("package,allowed", [
-    ("cupy", {"minicnn/backend.py", "kernels/cupy_gpu.py"}),
+    # distributed.py: NCCL (cupy.cuda.nccl), the multi-GPU set-up it owns, on the cupy backend only
+    ("cupy", {"minicnn/backend.py", "kernels/cupy_gpu.py", "minicnn/distributed.py"}),
     ("cupyx", {"kernels/cupy_gpu.py"}),
 ])
-def test_cupy_is_imported_only_by_the_backend_and_the_gpu_kernels(package, allowed):
+def test_cupy_is_imported_only_by_the_backend_the_gpu_kernels_and_nccl_setup(package, allowed):
     files = sorted((ROOT / "minicnn").rglob("*.py")) + sorted((ROOT / "kernels").glob("*.py"))
     importers = {str(f.relative_to(ROOT)) for f in files if package in _imports(f)}
     assert importers <= allowed, f"{package} imported outside {sorted(allowed)}: {sorted(importers - allowed)}"
