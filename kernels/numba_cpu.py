@@ -57,8 +57,8 @@ so ``minicnn/backend.py`` makes them when it chooses this backend:
   after each product and take a core from Numba's threads (measured: the
   next kernel ran 1.6-2x slower). Numba's OpenMP workers, in turn, should
   wait a little between two parallel loops rather than sleep:
-  ``backend.spin_openmp_threads_briefly`` sets ``GOMP_SPINCOUNT`` before
-  this module is imported.
+  ``backend.spin_openmp_threads_briefly`` tells GNU OpenMP so before this
+  module is imported.
 * Memory. glibc hands big freed blocks back to the operating system, and the
   next step gets them back one page fault per 4 KiB page:
   ``backend.keep_freed_memory`` tells glibc to keep them (``mallopt``).
