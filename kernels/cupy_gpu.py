@@ -64,7 +64,7 @@ import cupyx
 import cupyx.scipy.special
 import numpy as np
 
-from .geometry import as_pair, conv_out_size, output_hw  # noqa: F401 (conv_out_size: part of every kernel module)
+from .geometry import conv_output_shape, pair
 
 NAME = "cupy"
 
@@ -428,7 +428,7 @@ def _device_array(a, name, ndim, dtypes=_FLOAT_TYPES):
 def _geometry(x_shape, kh, kw, stride, padding, dilation=(1, 1)):
     """The size arguments every kernel takes, by name."""
     N, C, H, W = (int(s) for s in x_shape)
-    oh, ow = output_hw(H, W, kh, kw, stride, padding, dilation)
+    oh, ow = conv_output_shape((H, W), (kh, kw), stride, padding, dilation)
     return dict(N=N, C=C, H=H, W=W, kh=kh, kw=kw, oh=oh, ow=ow,
                 sh=stride[0], sw=stride[1], ph=padding[0], pw=padding[1])
 
@@ -439,8 +439,8 @@ def _geometry(x_shape, kh, kw, stride, padding, dilation=(1, 1)):
 def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
     """Unfold every receptive field of ``x`` (N, C, H, W) into a column: (C*kh*kw, N*oh*ow)."""
     x = _device_array(x, "im2col: x", 4)
-    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
-    dilation = as_pair(dilation, "dilation")
+    stride, padding = pair(stride, "stride"), pair(padding, "padding")
+    dilation = pair(dilation, "dilation")
     dh, dw = dilation
     g = _geometry(x.shape, kh, kw, stride, padding, dilation)
     cols = cupy.empty((g["C"] * kh * kw, g["N"] * g["oh"] * g["ow"]), dtype=x.dtype)
@@ -451,8 +451,8 @@ def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
 def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
     """The adjoint of :func:`im2col`: sum columns back into an (N, C, H, W) image."""
     cols = _device_array(cols, "col2im: cols", 2)
-    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
-    dilation = as_pair(dilation, "dilation")
+    stride, padding = pair(stride, "stride"), pair(padding, "padding")
+    dilation = pair(dilation, "dilation")
     dh, dw = dilation
     g = _geometry(x_shape, kh, kw, stride, padding, dilation)
     expected = (g["C"] * kh * kw, g["N"] * g["oh"] * g["ow"])
@@ -471,7 +471,7 @@ def max_pool2d_forward(x, kh, kw, stride, padding):
     """Returns ``(y, argmax)``: the window maxima and which tap ``i*kw + j`` won
     (int8 when kh*kw fits, int32 otherwise — as in the reference)."""
     x = _device_array(x, "max_pool2d: x", 4)
-    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
+    stride, padding = pair(stride, "stride"), pair(padding, "padding")
     g = _geometry(x.shape, kh, kw, stride, padding)
     y = cupy.empty((g["N"], g["C"], g["oh"], g["ow"]), dtype=x.dtype)
     argmax = cupy.empty(y.shape, dtype=np.int8 if kh * kw <= 127 else np.int32)
@@ -486,7 +486,7 @@ def max_pool2d_backward(gy, argmax, x_shape, kh, kw, stride, padding):
     argmax = _device_array(argmax, "max_pool2d_backward: argmax", 4, _INDEX_TYPES)
     if argmax.shape != gy.shape:
         raise ValueError(f"max_pool2d_backward: argmax {argmax.shape} and gy {gy.shape} differ")
-    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
+    stride, padding = pair(stride, "stride"), pair(padding, "padding")
     g = _geometry(x_shape, kh, kw, stride, padding)
     dx = cupy.empty((g["N"], g["C"], g["H"], g["W"]), dtype=gy.dtype)
     _launch("MAX_POOL", "max_pool_backward", dx.size, gy.dtype, argmax.dtype,
@@ -501,7 +501,7 @@ def _fused_geometry(y_shape, kh, kw, stride):
     """The size arguments of the fused kernels, by name. y is (C, N, H, W), channel
     first; the windows have no padding and no dilation."""
     C, N, H, W = (int(s) for s in y_shape)
-    oh, ow = output_hw(H, W, kh, kw, stride, (0, 0))
+    oh, ow = conv_output_shape((H, W), (kh, kw), stride, (0, 0))
     return dict(N=N, C=C, H=H, W=W, kh=kh, kw=kw, oh=oh, ow=ow, sh=stride[0], sw=stride[1])
 
 
@@ -512,7 +512,7 @@ def bias_relu_max_pool2d_forward(y, bias, kh, kw, stride):
     window (int8 when kh*kw fits, int32 otherwise — as in the reference).
     """
     y = _device_array(y, "bias_relu_max_pool2d: y", 4)
-    stride = as_pair(stride, "stride")
+    stride = pair(stride, "stride")
     g = _fused_geometry(y.shape, kh, kw, stride)
     if bias is None:
         # no bias: add zeros (x + 0.0 is x, up to the sign of a zero that relu clips
@@ -537,7 +537,7 @@ def bias_relu_max_pool2d_backward(gout, argmax, y_shape, kh, kw, stride):
     if argmax.shape != gout.shape:
         raise ValueError(f"bias_relu_max_pool2d_backward: argmax {argmax.shape} and gout "
                          f"{gout.shape} differ")
-    stride = as_pair(stride, "stride")
+    stride = pair(stride, "stride")
     g = _fused_geometry(y_shape, kh, kw, stride)
     expected = (g["N"], g["C"], g["oh"], g["ow"])
     if gout.shape != expected:                    # the kernel indexes gout with these sizes
@@ -555,7 +555,7 @@ def bias_relu_max_pool2d_backward(gout, argmax, y_shape, kh, kw, stride):
 def avg_pool2d_forward(x, kh, kw, stride, padding, count_include_pad=True):
     """y[n,c,oy,ox] = mean of the kh×kw window (zero padding counts if count_include_pad)."""
     x = _device_array(x, "avg_pool2d: x", 4)
-    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
+    stride, padding = pair(stride, "stride"), pair(padding, "padding")
     g = _geometry(x.shape, kh, kw, stride, padding)
     y = cupy.empty((g["N"], g["C"], g["oh"], g["ow"]), dtype=x.dtype)
     _launch("AVG_POOL", "avg_pool_forward", y.size, x.dtype,
@@ -566,7 +566,7 @@ def avg_pool2d_forward(x, kh, kw, stride, padding, count_include_pad=True):
 def avg_pool2d_backward(gy, x_shape, kh, kw, stride, padding, count_include_pad=True):
     """Each input of a window receives gy / window size; overlapping windows add up."""
     gy = _device_array(gy, "avg_pool2d_backward: gy", 4)
-    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
+    stride, padding = pair(stride, "stride"), pair(padding, "padding")
     g = _geometry(x_shape, kh, kw, stride, padding)
     dx = cupy.empty((g["N"], g["C"], g["H"], g["W"]), dtype=gy.dtype)
     _launch("AVG_POOL", "avg_pool_backward", dx.size, gy.dtype,
@@ -613,49 +613,3 @@ def qgemm_u8s8(w_q, cols, x_zero_point):
         raise ValueError(f"qgemm_u8s8: shapes {w_q.shape} and {cols.shape} do not multiply")
     x = cols.astype(cupy.int32) - cupy.int32(x_zero_point)
     return cupy.matmul(w_q.astype(cupy.int32), x).astype(cupy.int32)
-
-
-# -----------------------------------------------------------------------------
-# Multi-GPU communication, for minicnn.distributed (GPU only: no CPU counterpart)
-# -----------------------------------------------------------------------------
-def use_device_for_rank(local_rank):
-    """One GPU per rank: rank k on a machine uses GPU k mod (number of visible GPUs)."""
-    n = cupy.cuda.runtime.getDeviceCount()
-    if n > 1:
-        cupy.cuda.Device(local_rank % n).use()
-    return n
-
-
-def nccl_available():
-    """Whether CuPy was built with NCCL (``cupy.cuda.nccl``)."""
-    try:
-        from cupy.cuda import nccl
-        return bool(nccl.available)
-    except Exception:
-        return False
-
-
-def nccl_unique_id():
-    from cupy.cuda import nccl
-    return nccl.get_unique_id()
-
-
-def nccl_communicator(world_size, unique_id, rank):
-    from cupy.cuda import nccl
-    return nccl.NcclCommunicator(world_size, unique_id, rank)
-
-
-def nccl_all_reduce_sum_(comm, buf):
-    """In-place sum of a float32/float64 device buffer over the NCCL communicator's ranks."""
-    from cupy.cuda import nccl
-    dtypes = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
-    if buf.dtype not in dtypes:
-        raise TypeError(f"nccl_all_reduce_sum_: expected float32 or float64, got {buf.dtype}")
-    stream = cupy.cuda.get_current_stream()
-    comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, dtypes[buf.dtype], nccl.NCCL_SUM, stream.ptr)
-    return buf
-
-
-def synchronize():
-    """Wait for the current stream's kernels (before another library reads device memory)."""
-    cupy.cuda.get_current_stream().synchronize()

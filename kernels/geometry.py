@@ -1,17 +1,16 @@
-"""Window geometry shared by every kernel module: plain Python on shapes.
+"""Window geometry shared by every kernel module and the functional layer: plain Python on shapes.
 
-Written once here, used by ``numpy_ref``, ``numba_cpu``, ``cupy_gpu`` and the
-simulator. Like the rest of ``kernels/`` it knows nothing of tensors.
+Written once here, used by ``numpy_ref``, ``numba_cpu``, ``cupy_gpu``, the
+simulator and ``minicnn/functional`` (which re-exports :func:`pair` and
+:func:`conv_output_shape`). Like the rest of ``kernels/`` it knows nothing of
+tensors.
 
 A window of size k, dilation d, moved by stride s over an axis of length n
 padded by p on both sides, fits in
 
     out = floor((n + 2p - d(k - 1) - 1) / s) + 1
 
-positions (:func:`conv_out_size`). The functional layer has already checked
-the user's arguments (``minicnn/functional/helpers.py``); the kernels only
-normalise ``2`` to ``(2, 2)`` and refuse sizes their loops cannot run
-(:func:`output_hw`), which also protects a direct caller from writing out of bounds.
+positions (:func:`conv_out_size`, one axis; :func:`conv_output_shape`, both).
 """
 from __future__ import annotations
 
@@ -20,25 +19,47 @@ import numbers
 import numpy as np
 
 
-def conv_out_size(size, k, stride, pad, dilation=1):
-    """Number of window positions along one axis (the formula above)."""
-    return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+def pair(value, name="value", minimum=None):
+    """``3`` -> ``(3, 3)``, ``(3, 2)`` -> ``(3, 2)``: a (vertical, horizontal) pair of ints.
 
-
-def as_pair(value, name):
-    """``2`` or ``(2, 1)`` -> a tuple of two Python ints."""
-    both = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
-    if len(both) != 2 or not all(isinstance(v, numbers.Integral) for v in both):
+    For a kernel size, stride, padding or dilation. TypeError unless ``value``
+    is an int or a tuple/list of two ints (a bool is not a size); ValueError if
+    ``minimum`` is given and a value is below it.
+    """
+    if isinstance(value, numbers.Integral):
+        both = (value, value)
+    elif isinstance(value, (tuple, list)):
+        both = tuple(value)
+    else:
+        both = ()
+    if len(both) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in both):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if minimum is not None and any(v < minimum for v in both):
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(both[0]), int(both[1])
 
 
-def output_hw(H, W, kh, kw, stride, padding, dilation=(1, 1)):
-    """(oh, ow) of a kh x kw window over an H x W plane; at least one position each way."""
-    oh = conv_out_size(H, kh, stride[0], padding[0], dilation[0])
-    ow = conv_out_size(W, kw, stride[1], padding[1], dilation[1])
+def conv_out_size(size, k, stride, pad, dilation=1):
+    """Positions of a window along one axis: floor((size + 2*pad - dilation*(k - 1) - 1) / stride) + 1."""
+    return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+
+
+def conv_output_shape(in_hw, kernel_hw, stride=1, padding=0, dilation=1):
+    """``(oh, ow)`` of a ``kernel_hw`` window over an ``in_hw`` = (H, W) plane (convolution and
+    pooling alike): :func:`conv_out_size` along each axis.
+
+    ``stride``, ``padding`` and ``dilation`` are ints or pairs (checked: stride and
+    dilation >= 1, padding >= 0). ValueError if the window fits nowhere (fewer
+    than one position along an axis) — which also keeps a kernel's loops from
+    writing out of bounds.
+    """
+    (H, W), (kh, kw) = in_hw, kernel_hw
+    sh, sw = pair(stride, "stride", 1)
+    ph, pw = pair(padding, "padding", 0)
+    dh, dw = pair(dilation, "dilation", 1)
+    oh, ow = conv_out_size(H, kh, sh, ph, dh), conv_out_size(W, kw, sw, pw, dw)
     if oh < 1 or ow < 1:
-        raise ValueError(f"a {kh}x{kw} window (dilation {dilation}, padding {padding}) does not "
+        raise ValueError(f"a {kh}x{kw} window (dilation {(dh, dw)}, padding {(ph, pw)}) does not "
                          f"fit in a {H}x{W} input")
     return oh, ow
 

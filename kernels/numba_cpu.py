@@ -47,7 +47,8 @@ prove inside the innermost loop:
   numbers about three times slower.
 
 Two process settings matter as much as the loops (both measured in
-``benchmarks/README.md``), so importing this module makes them:
+``benchmarks/README.md``). They are the process's business, not a kernel's,
+so ``minicnn/backend.py`` makes them when it chooses this backend:
 
 * Threads. Every multi-threaded thing a training step does runs on Numba's
   threads: the loops here, and the matrix products too (BLAS is called from
@@ -55,37 +56,22 @@ Two process settings matter as much as the loops (both measured in
   kernels). A second thread pool — NumPy's OpenBLAS — would spin for ~0.1 s
   after each product and take a core from Numba's threads (measured: the
   next kernel ran 1.6-2x slower). Numba's OpenMP workers, in turn, should
-  wait a little between two parallel loops rather than sleep: woken from
-  sleep, a loop took 50-70 us to start on this project's VM, against 2 us
-  for a worker still spinning — and a step starts ~20 of them. So we ask
-  GNU OpenMP to spin for 100,000 rounds (about a millisecond) before it
-  sleeps, ``GOMP_SPINCOUNT=100000``, unless you set ``GOMP_SPINCOUNT`` or
-  ``OMP_WAIT_POLICY`` yourself; it must happen before Numba starts its
-  thread pool (and it applies to any OpenMP library loaded later in this
-  process).
-* Memory. A training step allocates and frees the same big arrays every
-  time (im2col columns, activations, gradients). glibc hands big blocks back
-  to the operating system on ``free``, and the next step gets them back one
-  page fault per 4 KiB page, zero-filled by the kernel: about half of a step
-  of this backend went there. ``minicnn/backend.py`` therefore tells glibc to
-  keep freed memory for reuse when a CPU backend is chosen (``mallopt``; Linux
-  only; the process then holds on to its peak memory). Set
-  ``MINICNN_TUNE_MALLOC=0`` to leave malloc alone.
+  wait a little between two parallel loops rather than sleep:
+  ``backend.spin_openmp_threads_briefly`` tells GNU OpenMP so before this
+  module is imported.
+* Memory. glibc hands big freed blocks back to the operating system, and the
+  next step gets them back one page fault per 4 KiB page:
+  ``backend.keep_freed_memory`` tells glibc to keep them (``mallopt``).
 """
 from __future__ import annotations
 
 import math
 import os
-import sys
 
 import numpy as np
+from numba import njit, prange
 
-from .geometry import as_pair, conv_out_size, output_hw, pad_planes  # noqa: F401 (conv_out_size: part of every kernel module)
-
-if "OMP_WAIT_POLICY" not in os.environ:                  # see "Threads" above
-    os.environ.setdefault("GOMP_SPINCOUNT", "100000")
-
-from numba import njit, prange  # noqa: E402
+from .geometry import conv_output_shape, pad_planes, pair
 
 NAME = "numba"
 
@@ -153,10 +139,10 @@ def _im2col_kernel(xp, cols, kh, kw, sh, sw, dh, dw):
 def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
     """Unfold every receptive field of ``x`` (N, C, H, W) into a column: (C*kh*kw, N*oh*ow)."""
     x = _float_array(x, "im2col: x", 4)
-    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
-    dilation = as_pair(dilation, "dilation")
+    stride, padding = pair(stride, "stride"), pair(padding, "padding")
+    dilation = pair(dilation, "dilation")
     N, C, H, W = x.shape
-    oh, ow = output_hw(H, W, kh, kw, stride, padding, dilation)
+    oh, ow = conv_output_shape((H, W), (kh, kw), stride, padding, dilation)
     cols = np.empty((C * kh * kw, N, oh, ow), dtype=x.dtype)
     _im2col_kernel(pad_planes(x, padding), cols, kh, kw, *stride, *dilation)
     return cols.reshape(C * kh * kw, N * oh * ow)
@@ -202,10 +188,10 @@ def _col2im_kernel(cols, dxp, kh, kw, sh, sw, dh, dw):
 def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
     """The adjoint of :func:`im2col`: scatter-add columns back into an (N, C, H, W) image."""
     cols = _float_array(cols, "col2im: cols", 2)
-    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
-    dilation = as_pair(dilation, "dilation")
+    stride, padding = pair(stride, "stride"), pair(padding, "padding")
+    dilation = pair(dilation, "dilation")
     N, C, H, W = (int(s) for s in x_shape)
-    oh, ow = output_hw(H, W, kh, kw, stride, padding, dilation)
+    oh, ow = conv_output_shape((H, W), (kh, kw), stride, padding, dilation)
     if cols.shape != (C * kh * kw, N * oh * ow):
         raise ValueError(f"col2im: expected cols of shape {(C * kh * kw, N * oh * ow)} for "
                          f"x_shape {tuple(x_shape)}, got {cols.shape}")
@@ -245,9 +231,9 @@ def max_pool2d_forward(x, kh, kw, stride, padding):
     """Returns ``(y, argmax)``: the window maxima and which tap ``i*kw + j`` won
     (int8 when kh*kw fits, int32 otherwise — as in the reference)."""
     x = _float_array(x, "max_pool2d: x", 4)
-    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
+    stride, padding = pair(stride, "stride"), pair(padding, "padding")
     N, C, H, W = x.shape
-    oh, ow = output_hw(H, W, kh, kw, stride, padding, (1, 1))
+    oh, ow = conv_output_shape((H, W), (kh, kw), stride, padding, (1, 1))
     y = np.full((N, C, oh, ow), -np.inf, dtype=x.dtype)
     argmax = np.zeros((N, C, oh, ow), dtype=np.int8 if kh * kw <= 127 else np.int32)
     _max_pool_forward_kernel(pad_planes(x, padding, -np.inf), y, argmax, kh, kw, *stride)
@@ -279,7 +265,7 @@ def max_pool2d_backward(gy, argmax, x_shape, kh, kw, stride, padding):
     argmax = np.ascontiguousarray(argmax)
     if argmax.shape != gy.shape:
         raise ValueError(f"max_pool2d_backward: argmax {argmax.shape} and gy {gy.shape} differ")
-    stride, (ph, pw) = as_pair(stride, "stride"), as_pair(padding, "padding")
+    stride, (ph, pw) = pair(stride, "stride"), pair(padding, "padding")
     N, C, H, W = (int(s) for s in x_shape)
     dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=gy.dtype)
     _max_pool_backward_kernel(gy, argmax, dxp, kw, *stride)
@@ -373,9 +359,9 @@ def _bias_relu_max_pool_forward_kernel(y, bias, out, argmax, kh, kw, sh, sw, min
 def bias_relu_max_pool2d_forward(y, bias, kh, kw, stride):
     """``(out, argmax)`` = max_pool2d(relu(y + bias)) for y in (C, N, H, W) order (see numpy_ref)."""
     y = _float_array(y, "bias_relu_max_pool2d: y", 4)
-    stride = as_pair(stride, "stride")
+    stride = pair(stride, "stride")
     C, N, H, W = y.shape
-    oh, ow = output_hw(H, W, kh, kw, stride, (0, 0), (1, 1))
+    oh, ow = conv_output_shape((H, W), (kh, kw), stride, (0, 0), (1, 1))
     bias = _bias_or_zeros(bias, C, y.dtype)
     out = np.empty((N, C, oh, ow), dtype=y.dtype)
     argmax = np.empty((N, C, oh, ow), dtype=_tap_dtype(kh, kw))
@@ -466,7 +452,7 @@ def bias_relu_max_pool2d_backward(gout, argmax, y_shape, kh, kw, stride):
     if argmax.shape != gout.shape:
         raise ValueError(f"bias_relu_max_pool2d_backward: argmax {argmax.shape} and gout "
                          f"{gout.shape} differ")
-    stride = as_pair(stride, "stride")
+    stride = pair(stride, "stride")
     dy = np.empty(tuple(int(s) for s in y_shape), dtype=gout.dtype)
     _bias_relu_max_pool_backward_kernel(gout, argmax, dy, kh, kw, *stride)
     return dy
@@ -639,16 +625,16 @@ def _blas_libraries_to_switch():
 
 def _conv_pool_geometry(x, w, stride, padding, dilation, pool_kh, pool_kw, pool_stride):
     """The options as pairs, and the sizes: (N, C, Cout, kh, kw, oh, ow, ph, pw)."""
-    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
-    dilation, pool_stride = as_pair(dilation, "dilation"), as_pair(pool_stride, "pool_stride")
+    stride, padding = pair(stride, "stride"), pair(padding, "padding")
+    dilation, pool_stride = pair(dilation, "dilation"), pair(pool_stride, "pool_stride")
     pool_kernel = (int(pool_kh), int(pool_kw))
     N, C, H, W = x.shape
     Cout, Cw, kh, kw = w.shape
     if Cw != C:
         raise ValueError(f"conv2d_bias_relu_max_pool2d: x has {C} channels but the weight "
                          f"{tuple(w.shape)} expects {Cw} (this kernel has no groups)")
-    oh, ow = output_hw(H, W, kh, kw, stride, padding, dilation)
-    ph, pw = output_hw(oh, ow, *pool_kernel, pool_stride, (0, 0), (1, 1))
+    oh, ow = conv_output_shape((H, W), (kh, kw), stride, padding, dilation)
+    ph, pw = conv_output_shape((oh, ow), pool_kernel, pool_stride)
     return stride, padding, dilation, pool_kernel, pool_stride, (N, C, Cout, kh, kw, oh, ow, ph, pw)
 
 
@@ -798,9 +784,9 @@ def _avg_pool_forward_kernel(xp, y, kh, kw, sh, sw, ph, pw, count_include_pad):
 def avg_pool2d_forward(x, kh, kw, stride, padding, count_include_pad=True):
     """y[n,c,oy,ox] = mean of the kh×kw window (zero padding counts if count_include_pad)."""
     x = _float_array(x, "avg_pool2d: x", 4)
-    stride, padding = as_pair(stride, "stride"), as_pair(padding, "padding")
+    stride, padding = pair(stride, "stride"), pair(padding, "padding")
     N, C, H, W = x.shape
-    oh, ow = output_hw(H, W, kh, kw, stride, padding, (1, 1))
+    oh, ow = conv_output_shape((H, W), (kh, kw), stride, padding, (1, 1))
     y = np.zeros((N, C, oh, ow), dtype=x.dtype)
     _avg_pool_forward_kernel(pad_planes(x, padding), y, kh, kw, *stride, *padding,
                              bool(count_include_pad))
@@ -833,7 +819,7 @@ def _avg_pool_backward_kernel(gy, dxp, kh, kw, sh, sw, ph, pw, count_include_pad
 def avg_pool2d_backward(gy, x_shape, kh, kw, stride, padding, count_include_pad=True):
     """Each input of a window receives gy / window size; overlapping windows add up."""
     gy = _float_array(gy, "avg_pool2d_backward: gy", 4)
-    stride, (ph, pw) = as_pair(stride, "stride"), as_pair(padding, "padding")
+    stride, (ph, pw) = pair(stride, "stride"), pair(padding, "padding")
     N, C, H, W = (int(s) for s in x_shape)
     dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=gy.dtype)
     _avg_pool_backward_kernel(gy, dxp, kh, kw, *stride, ph, pw, bool(count_include_pad))

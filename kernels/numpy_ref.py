@@ -97,21 +97,20 @@ def max_pool2d_forward(x, kh, kw, stride, padding):
     y = np.full((N, C, oh, ow), -np.inf, dtype=x.dtype)
     argmax = np.zeros((N, C, oh, ow), dtype=np.int8 if kh * kw <= 127 else np.int32)
     for i, j, rows, columns in _taps(kh, kw, stride, (1, 1), oh, ow):
-        window = xp[:, :, rows, columns]           # (N, C, oh, ow)
-        better = window > y                        # strict: the first maximum keeps the win
-        # Where better: y <- window and argmax <- this tap. Written as arithmetic
-        # rather than y[better] = ...: a mask that flips at random makes a masked
-        # select mispredict half its branches, and it runs ~10x slower.
-        np.fmax(y, window, out=y)                  # = where(better, window, y); NaN never wins
-        argmax += better * (i * kw + j - argmax)   # + (tap - argmax) where better, + 0 elsewhere
+        window = xp[:, :, rows, columns]           # (N, C, oh, ow): what tap (i, j) sees
+        better = window > y                        # strict: the first maximum keeps the win;
+                                                   # NaN > anything is False: NaN never wins
+        y = np.where(better, window, y)
+        argmax = np.where(better, argmax.dtype.type(i * kw + j), argmax)
     return y, argmax
 
 
 def max_pool2d_backward(gy, argmax, x_shape, kh, kw, stride, padding):
     """Route each output gradient to its window's winning input; sum overlaps.
 
-    ``gy * won`` (won: 1 where this tap won, else 0) rather than a masked
-    select, for speed as above; for finite gradients the two are identical.
+    dx[input] = sum over the windows that input won of gy[window]: the
+    derivative of a max is 1 for the winner and 0 for the others, so each tap
+    adds ``gy * won`` (won: 1 where this tap won, else 0).
     """
     N, C, H, W = x_shape
     ph, pw = padding
@@ -157,9 +156,9 @@ def bias_relu_max_pool2d_forward(y, bias, kh, kw, stride):
     argmax = np.zeros((C, N, oh, ow), dtype=np.int8 if kh * kw <= 127 else np.int32)
     for i, j, rows, columns in _taps(kh, kw, stride, (1, 1), oh, ow):
         window = z[:, :, rows, columns]            # (C, N, oh, ow): what tap (i, j) sees
-        better = window > best                     # strict: the first maximum keeps the win
-        np.fmax(best, window, out=best)
-        argmax += better * (i * kw + j - argmax)   # as in max_pool2d_forward
+        better = window > best                     # as in max_pool2d_forward
+        best = np.where(better, window, best)
+        argmax = np.where(better, argmax.dtype.type(i * kw + j), argmax)
     clipped = ~(best > 0)                          # relu(max) == 0 here: no gradient
     argmax[clipped] = -1
     out = np.maximum(best, 0)                      # relu, on the pooled (small) array
@@ -267,3 +266,93 @@ def qgemm_u8s8(w_q, cols, x_zero_point):
         raise ValueError(f"qgemm_u8s8: shapes {w_q.shape} and {cols.shape} do not multiply")
     x = cols.astype(np.int64) - int(x_zero_point)            # (K, L), the centred codes
     return (w_q.astype(np.int64) @ x).astype(np.int32)       # (M, L)
+
+
+# -----------------------------------------------------------------------------
+# Optional kernels (fast paths elsewhere): here, the simple composition
+# -----------------------------------------------------------------------------
+# kernels/contract.py declares these optional: a backend provides them only when
+# it can do the work faster than the layers' own composition. Written here as
+# that composition — the specification each fast path is tested against. The
+# numpy backend does not install them (minicnn/backend.py): its callers compose
+# exactly this themselves.
+def matmul(a, b):
+    """``a @ b`` (2-D, or stacks of 2-D): the layers' matrix products."""
+    return a @ b
+
+
+def adam_step_(w, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, betas, eps, weight_decay,
+               decoupled, step):
+    """One Adam (or AdamW, ``decoupled``) update of ``w`` in place, step number ``step``::
+
+        g   = grad + weight_decay * w            (Adam; AdamW instead: w *= 1 - lr*weight_decay)
+        m   = beta1 * m + (1 - beta1) * g        exp_avg
+        v   = beta2 * v + (1 - beta2) * g^2      exp_avg_sq  (amsgrad: v = max(v_max, v))
+        w  -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+
+    ``max_exp_avg_sq`` is None without amsgrad. The same operations in the same
+    order as ``optim.Adam.update_param``. Returns True (it never declines).
+    """
+    beta1, beta2 = betas
+    g = grad
+    if weight_decay != 0:
+        if decoupled:
+            w *= 1 - lr * weight_decay
+        else:
+            g = g + weight_decay * w
+    exp_avg *= beta1
+    exp_avg += (1 - beta1) * g
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * (g * g)
+    v = exp_avg_sq
+    if max_exp_avg_sq is not None:
+        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        v = max_exp_avg_sq
+    m_hat = exp_avg / (1 - beta1 ** step)
+    v_hat = v / (1 - beta2 ** step)
+    w -= lr * m_hat / (np.sqrt(v_hat) + eps)
+    return True
+
+
+def conv2d_bias_relu_max_pool2d_forward(x, w, bias, stride, padding, dilation, pool_kh, pool_kw,
+                                        pool_stride):
+    """``(out, argmax)`` = max_pool2d(relu(conv2d(x, w) + bias)): the whole layer, no groups.
+
+    x (N, C, H, W), w (Cout, C, kh, kw), bias (Cout,) or None; out and argmax
+    (N, Cout, ph, pw) as :func:`bias_relu_max_pool2d_forward` returns them::
+
+        cols = im2col(x)                         (C*kh*kw, N*oh*ow)
+        y    = w.reshape(Cout, C*kh*kw) @ cols   (Cout, N*oh*ow) = (Cout, N, oh, ow)
+        out  = bias_relu_max_pool2d(y, bias)
+    """
+    N, C, H, W = x.shape
+    Cout, _, kh, kw = w.shape
+    oh = conv_out_size(H, kh, stride[0], padding[0], dilation[0])
+    ow = conv_out_size(W, kw, stride[1], padding[1], dilation[1])
+    cols = im2col(x, kh, kw, stride, padding, dilation)
+    y = (w.astype(x.dtype, copy=False).reshape(Cout, -1) @ cols).reshape(Cout, N, oh, ow)
+    return bias_relu_max_pool2d_forward(y, bias, pool_kh, pool_kw, pool_stride)
+
+
+def conv2d_bias_relu_max_pool2d_backward(gout, argmax, x, w, stride, padding, dilation, pool_kh,
+                                         pool_kw, pool_stride, need_dx=True):
+    """``(dx or None, dw, db)`` of :func:`conv2d_bias_relu_max_pool2d_forward`::
+
+        dy   = bias_relu_max_pool2d_backward(gout, argmax)   (Cout, N*oh*ow)
+        dw   = dy @ cols^T        db = dy summed over N, oh, ow
+        dx   = col2im(w^T @ dy)   (only if need_dx)
+
+    with ``cols = im2col(x)`` computed again (the layer keeps x, not the columns).
+    """
+    N, C, H, W = x.shape
+    Cout, _, kh, kw = w.shape
+    oh = conv_out_size(H, kh, stride[0], padding[0], dilation[0])
+    ow = conv_out_size(W, kw, stride[1], padding[1], dilation[1])
+    w2 = w.astype(x.dtype, copy=False).reshape(Cout, -1)                 # (Cout, C*kh*kw)
+    dy = bias_relu_max_pool2d_backward(gout.astype(x.dtype, copy=False), argmax, (Cout, N, oh, ow),
+                                       pool_kh, pool_kw, pool_stride).reshape(Cout, -1)
+    cols = im2col(x, kh, kw, stride, padding, dilation)
+    dw = (dy @ cols.T).reshape(w.shape)
+    db = dy.sum(axis=1)
+    dx = col2im(w2.T @ dy, x.shape, kh, kw, stride, padding, dilation) if need_dx else None
+    return dx, dw, db

@@ -397,7 +397,6 @@ def _device_kernel(reference):
     return kernel
 
 
-conv_out_size = numpy_ref.conv_out_size
 im2col = _device_kernel(numpy_ref.im2col)
 col2im = _device_kernel(numpy_ref.col2im)
 max_pool2d_forward = _device_kernel(numpy_ref.max_pool2d_forward)

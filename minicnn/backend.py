@@ -6,10 +6,14 @@ A backend is three things:
   below);
 * an **array module** ``xp`` — ``numpy`` or ``cupy``; layer code writes
   ``xp.exp(x)`` and never asks which one it got;
-* a **kernel module** from ``minicnn.kernels`` — the hot loops (im2col,
-  col2im, pooling) with the same function signatures in every backend.
+* a **kernel table** ``current.kernels`` — the hot loops (im2col, col2im,
+  pooling, ...) of one module from ``minicnn.kernels``. Which kernels there
+  are, their parameters and which are required is declared once, in
+  ``kernels/contract.py``; :func:`set_backend` checks the module against it.
   ``kernels/numpy_ref.py`` is the readable specification; the others must
-  agree with it, and the tests check that they do.
+  agree with it, and the tests check that they do. An optional kernel (a
+  fast path) that a backend lacks holds the contract's default: a generic
+  function, or ``None`` — ask ``current.kernels.provides(name)``.
 
 The backend is chosen once at import from the environment variable
 ``MINICNN_BACKEND`` (``numpy`` | ``numba`` | ``cupy`` | ``auto``; default
@@ -40,6 +44,8 @@ import os
 import sys
 
 import numpy as np
+
+from .kernels import contract
 
 #: The backends for real work, in the order ``auto`` tries them.
 AVAILABLE = ("cupy", "numba", "numpy")
@@ -90,12 +96,31 @@ def keep_freed_memory():
         return False
 
 
-def _load(name):
-    """Return ``(xp, kernels)`` for ``name`` or raise :class:`BackendError`."""
+def spin_openmp_threads_briefly():
+    """Ask GNU OpenMP's idle workers to spin ~1 ms before they sleep (numba backend).
+
+    Why: a training step on the numba backend starts ~20 parallel loops, and a
+    loop whose workers had gone to sleep took 50-70 us to start on this
+    project's 2-core VMs, against 2 us for workers still spinning
+    (benchmarks/README.md). ``GOMP_SPINCOUNT=100000`` rounds is about a
+    millisecond. It must be set before Numba starts its thread pool, so
+    :func:`load_backend` calls this before importing ``kernels/numba_cpu.py``; it then
+    applies to every OpenMP library this process loads. Left alone if you set
+    ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` yourself. Returns True if set.
+    """
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return False
+    os.environ["GOMP_SPINCOUNT"] = "100000"
+    return True
+
+
+def load_backend(name):
+    """Return ``(xp, kernel module)`` for ``name`` or raise :class:`BackendError`."""
     if name == "numpy":
         from .kernels import numpy_ref
         return np, numpy_ref
     if name == "numba":
+        spin_openmp_threads_briefly()          # before numba's thread pool exists
         try:
             import numba  # noqa: F401
         except ImportError as e:
@@ -135,6 +160,21 @@ def _load(name):
         f"(or the test-only {', '.join(TEST_ONLY)})")
 
 
+def check_kernels(name, module):
+    """Raise :class:`BackendError` unless ``module`` has every required kernel of
+    ``kernels/contract.py``, each (and each optional one it has) with the declared
+    parameters. Run once per :func:`set_backend`, so a missing kernel is found at the
+    switch, not in the middle of a training step."""
+    missing, mismatched = contract.missing_kernels(module)
+    if missing or mismatched:
+        lines = [f"backend {name!r}: its kernel module {module.__name__} does not meet the "
+                 "contract in kernels/contract.py (KERNELS)"]
+        if missing:
+            lines.append(f"missing required kernels: {', '.join(missing)}")
+        lines += mismatched
+        raise BackendError("\n".join(lines))
+
+
 def set_backend(name: str) -> str:
     """Switch every later operation to backend ``name``; return the name chosen.
 
@@ -150,7 +190,7 @@ def set_backend(name: str) -> str:
         reasons = []
         for candidate in AVAILABLE:
             try:
-                xp, kernels = _load(candidate)
+                xp, kernels = load_backend(candidate)
             except (BackendError, ImportError) as e:
                 reasons.append(f"{candidate}: {e}")
                 continue
@@ -159,8 +199,12 @@ def set_backend(name: str) -> str:
         else:  # pragma: no cover - numpy_ref needs only NumPy, so only a broken copy of minicnn gets here
             raise BackendError("no backend could be loaded:\n" + "\n".join(reasons))
     else:
-        xp, kernels = _load(name)
-    current.name, current.xp, current.kernels = name, xp, kernels
+        xp, kernels = load_backend(name)
+    check_kernels(name, kernels)
+    # numpy_ref's optional kernels are the specification of what the callers compose
+    # themselves, not fast paths: the numpy backend leaves them to the callers
+    table = contract.kernel_table(kernels, fast_paths=name != "numpy")
+    current.name, current.xp, current.kernels = name, xp, table
     if name in ("numpy", "numba"):
         keep_freed_memory()
     return name

@@ -104,10 +104,11 @@ def _imports(path):
 
 
 @pytest.mark.parametrize("package,allowed", [
-    ("cupy", {"minicnn/backend.py", "kernels/cupy_gpu.py"}),
+    # distributed/data_parallel.py: NCCL (cupy.cuda.nccl), the multi-GPU set-up it owns, on the cupy backend only
+    ("cupy", {"minicnn/backend.py", "kernels/cupy_gpu.py", "minicnn/distributed/data_parallel.py"}),
     ("cupyx", {"kernels/cupy_gpu.py"}),
 ])
-def test_cupy_is_imported_only_by_the_backend_and_the_gpu_kernels(package, allowed):
+def test_cupy_is_imported_only_by_the_backend_the_gpu_kernels_and_nccl_setup(package, allowed):
     files = sorted((ROOT / "minicnn").rglob("*.py")) + sorted((ROOT / "kernels").glob("*.py"))
     importers = {str(f.relative_to(ROOT)) for f in files if package in _imports(f)}
     assert importers <= allowed, f"{package} imported outside {sorted(allowed)}: {sorted(importers - allowed)}"
@@ -260,12 +261,14 @@ def test_to_host_and_to_device_cross_the_boundary_explicitly(simulator):
     ({"OMP_WAIT_POLICY": "PASSIVE"}, (None, "PASSIVE")),            # the user's choice is kept
     ({"GOMP_SPINCOUNT": "5"}, ("5", None)),
 ])
-def test_numba_kernels_set_how_long_openmp_threads_spin(env, expected):
-    """kernels/numba_cpu.py asks GNU OpenMP to spin briefly between parallel loops (a loop
-    started from sleep took 50-70 us), unless the user set the policy or the count."""
-    code = ("import os, minicnn.kernels.numba_cpu; "
+def test_numba_backend_sets_how_long_openmp_threads_spin(env, expected):
+    """minicnn/backend.py asks GNU OpenMP to spin briefly between parallel loops (a loop
+    started from sleep took 50-70 us) before it loads the numba kernels, unless the user
+    set the policy or the count."""
+    code = ("import os, minicnn; minicnn.set_backend('numba'); "
             "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
     base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    base["MINICNN_BACKEND"] = "numpy"                     # the switch below is what sets it
     out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == [str(e) for e in expected]

@@ -410,13 +410,13 @@ def cmd_predict(args):
 def cmd_info(args):
     import numpy
     import minicnn as mc
-    from ..backend import AVAILABLE, _load
+    from ..backend import AVAILABLE, load_backend
     print(f"minicnn {mc.__version__} | Python {platform.python_version()} | {platform.platform()}")
     print(f"active backend: {mc.get_backend()} (MINICNN_BACKEND={os.environ.get('MINICNN_BACKEND', 'auto (unset)')})")
     print(f"numpy {numpy.__version__}")
     for name in AVAILABLE:
         try:
-            _load(name)
+            load_backend(name)
             status = "available"
         except Exception as e:
             status = f"unavailable: {e}"

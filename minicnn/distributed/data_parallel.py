@@ -117,7 +117,7 @@ def _select_gpu():
     ``--gpus-per-task=1``), let each rank see just its own GPU.
     """
     local_rank = _world.comm.Split_type(_world.MPI.COMM_TYPE_SHARED).Get_rank()
-    current.kernels.use_device_for_rank(local_rank)
+    use_device_for_rank(local_rank)
 
 
 def get_rank() -> int:
@@ -203,21 +203,75 @@ def all_reduce_(buf, average=False):
     return buf
 
 
+# -----------------------------------------------------------------------------
+# The GPU's side (cupy backend only): device choice and NCCL, through CuPy
+# -----------------------------------------------------------------------------
+# Process and device set-up, not kernels: they live here, beside the code that
+# uses them. CuPy is the backend's array module, ``current.xp``; NCCL is CuPy's
+# ``cupy.cuda.nccl``, imported only when a GPU job asks for it.
+def use_device_for_rank(local_rank):
+    """One GPU per rank: rank k on a machine uses GPU k mod (number of visible GPUs)."""
+    cuda = current.xp.cuda
+    n = cuda.runtime.getDeviceCount()
+    if n > 1:
+        cuda.Device(local_rank % n).use()
+    return n
+
+
+def _nccl():
+    from cupy.cuda import nccl          # the cupy backend is active: CuPy is installed
+    return nccl
+
+
+def nccl_available():
+    """Whether CuPy was built with NCCL (``cupy.cuda.nccl``)."""
+    try:
+        return bool(_nccl().available)
+    except Exception:
+        return False
+
+
+def nccl_unique_id():
+    """A new NCCL id (rank 0 makes it; MPI sends it to the others)."""
+    return _nccl().get_unique_id()
+
+
+def nccl_communicator(world_size, unique_id, rank):
+    """This rank's NCCL communicator among ``world_size`` ranks sharing ``unique_id``."""
+    return _nccl().NcclCommunicator(world_size, unique_id, rank)
+
+
+def nccl_all_reduce_sum_(comm, buf):
+    """In-place sum of a float32/float64 device buffer over the NCCL communicator's ranks."""
+    nccl = _nccl()
+    dtypes = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
+    if buf.dtype not in dtypes:
+        raise TypeError(f"nccl_all_reduce_sum_: expected float32 or float64, got {buf.dtype}")
+    stream = current.xp.cuda.get_current_stream()
+    comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, dtypes[buf.dtype], nccl.NCCL_SUM, stream.ptr)
+    return buf
+
+
+def synchronize():
+    """Wait for the current stream's kernels (before another library reads device memory)."""
+    current.xp.cuda.get_current_stream().synchronize()
+
+
 def _gpu_mode():
     mode = os.environ.get("MINICNN_DIST_GPU", "auto")
     if mode not in ("auto", "nccl", "cuda-aware", "host"):
         raise ValueError(f"MINICNN_DIST_GPU must be auto, nccl, cuda-aware or host, got {mode!r}")
     if mode == "auto":
-        return "nccl" if current.kernels.nccl_available() else "host"
+        return "nccl" if nccl_available() else "host"
     return mode
 
 
 def _nccl_comm():
     """A NCCL communicator over the MPI world: rank 0 makes an id, MPI broadcasts it."""
     if _world.nccl is None:
-        uid = current.kernels.nccl_unique_id() if _world.rank == 0 else None
+        uid = nccl_unique_id() if _world.rank == 0 else None
         uid = _world.comm.bcast(uid, root=0)
-        _world.nccl = current.kernels.nccl_communicator(_world.size, uid, _world.rank)
+        _world.nccl = nccl_communicator(_world.size, uid, _world.rank)
     return _world.nccl
 
 
@@ -225,9 +279,9 @@ def _all_reduce_device_(buf):
     """Sum a CuPy buffer over ranks on the GPU (NCCL / CUDA-aware MPI) or through the host."""
     mode = _gpu_mode()
     if mode == "nccl":
-        current.kernels.nccl_all_reduce_sum_(_nccl_comm(), buf)
+        nccl_all_reduce_sum_(_nccl_comm(), buf)
     elif mode == "cuda-aware":
-        current.kernels.synchronize()       # MPI reads the memory directly: the kernels must be done
+        synchronize()       # MPI reads the memory directly: the kernels must be done
         _world.comm.Allreduce(_world.MPI.IN_PLACE, buf, op=_world.MPI.SUM)
     else:
         host = np.ascontiguousarray(to_host(buf))

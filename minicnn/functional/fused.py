@@ -65,7 +65,7 @@ class ConvReLUMaxPool2dFn(Conv2dFn):
 
     def forward(self, x, w, b, stride, padding, dilation, groups, pool_size, pool_stride):
         self.pool = (*pool_size, pool_stride)
-        whole_layer = getattr(current.kernels, "conv2d_bias_relu_max_pool2d_forward", None)
+        whole_layer = current.kernels.conv2d_bias_relu_max_pool2d_forward  # None: not provided (kernels/contract.py)
         self.whole_layer = whole_layer is not None and groups == 1
         if self.whole_layer:
             # numba: the same numbers, a few images at a time, in cache (kernels/numba_cpu.py);

@@ -1,8 +1,9 @@
 """What the functional layer checks and computes in more than one place, written once.
 
-* :func:`pair` — ``3`` or ``(3, 2)`` for a kernel size, stride, padding or dilation;
-* :func:`conv_output_shape` — the output size of a sliding window (convolution
-  and pooling alike);
+* :func:`pair` — ``3`` or ``(3, 2)`` for a kernel size, stride, padding or
+  dilation, and :func:`conv_output_shape` — the output size of a sliding
+  window (convolution and pooling alike): both ``kernels/geometry.py``'s,
+  the one place the window geometry is written;
 * :func:`check_4d` and :func:`check_window_fits` — the input checks of every
   windowed operation (conv2d, unfold, the poolings, the fused layer);
 * :func:`stable_sigmoid` and :func:`stable_softplus` — array math that never
@@ -16,37 +17,12 @@ user's arguments, before any Function or kernel sees them. The kernels
 """
 from __future__ import annotations
 
-import numbers
-
 from ..backend import current
-from ..kernels.geometry import conv_out_size
+from ..kernels.geometry import conv_output_shape, pair
 from ..autograd.tensor import shape_str
 
 __all__ = ["pair", "conv_output_shape", "check_4d", "check_window_fits", "shape_str",
            "stable_sigmoid", "stable_softplus", "matmul"]
-
-
-def pair(value, name, minimum):
-    """Turn ``3`` or ``(3, 2)`` into ``(3, 3)`` / ``(3, 2)``; check each is an int >= minimum."""
-    if isinstance(value, numbers.Integral):
-        both = (value, value)
-    elif isinstance(value, (tuple, list)):
-        both = tuple(value)
-    else:
-        both = ()
-    if len(both) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in both):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if any(v < minimum for v in both):
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(both[0]), int(both[1])
-
-
-def conv_output_shape(in_hw, kernel_hw, stride=1, padding=0, dilation=1):
-    """(oh, ow) for an input (H, W): out = floor((in + 2p - d(k-1) - 1) / s) + 1 per axis."""
-    (H, W), (kh, kw) = in_hw, kernel_hw
-    (sh, sw), (ph, pw), (dh, dw) = (pair(stride, "stride", 1), pair(padding, "padding", 0),
-                                    pair(dilation, "dilation", 1))
-    return conv_out_size(H, kh, sh, ph, dh), conv_out_size(W, kw, sw, pw, dw)
 
 
 def check_4d(op, x):
@@ -78,10 +54,10 @@ def stable_softplus(x):
 
 
 def matmul(a, b):
-    """``a @ b`` for the backend's arrays, by its ``matmul`` kernel where it has one.
+    """``a @ b`` for the backend's arrays, by its ``matmul`` kernel.
 
-    The numba backend has one: the same BLAS product, called from Numba's threads
-    (see kernels/numba_cpu.py for why); the others multiply with ``@``.
+    An optional kernel (kernels/contract.py): the numba backend has its own — the
+    same BLAS product, called from Numba's threads (see kernels/numba_cpu.py for
+    why); the others get the contract's default, ``a @ b``.
     """
-    fast = getattr(current.kernels, "matmul", None)
-    return a @ b if fast is None else fast(a, b)
+    return current.kernels.matmul(a, b)

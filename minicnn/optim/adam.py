@@ -75,13 +75,13 @@ class Adam(Optimizer):
         state["step"] += 1
         t = state["step"]
 
-        # The numba backend runs exactly this arithmetic in one compiled pass
-        # (kernels/numba_cpu.py: adam_step_; tests/test_optim.py proves the two equal bit
-        # for bit). It declines (False) arrays it cannot update in place.
-        fast = getattr(current.kernels, "adam_step_", None)
-        if fast is not None and fast(p.data, grad, state["exp_avg"], state["exp_avg_sq"],
-                                     state.get("max_exp_avg_sq"), lr, (beta1, beta2), eps, wd,
-                                     self.decoupled_weight_decay, t):
+        # adam_step_ is an optional kernel (kernels/contract.py): the numba backend runs
+        # exactly this arithmetic in one compiled pass (kernels/numba_cpu.py; tests/test_optim.py
+        # proves the two equal bit for bit). It declines (False) arrays it cannot update in place.
+        kernels = current.kernels
+        if kernels.provides("adam_step_") and kernels.adam_step_(
+                p.data, grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
+                lr, (beta1, beta2), eps, wd, self.decoupled_weight_decay, t):
             return
 
         g = grad

@@ -35,6 +35,7 @@ from .. import functional as F
 from .. import nn
 from ..backend import current, to_device, to_host
 from ..kernels import numpy_ref
+from ..kernels.geometry import conv_out_size
 from ..autograd.tensor import Tensor, no_grad
 from .fuse import QuantError
 
@@ -142,8 +143,8 @@ class QuantizedLayer(nn.Module):
         Cout, Cg, kh, kw = self.weight_q.shape
         N = q.shape[0]
         cols = numpy_ref.im2col(q, kh, kw, (sh, sw), (0, 0), (dh, dw))      # uint8 (C*kh*kw, N*oh*ow)
-        oh = numpy_ref.conv_out_size(q.shape[2], kh, sh, 0, dh)
-        ow = numpy_ref.conv_out_size(q.shape[3], kw, sw, 0, dw)
+        oh = conv_out_size(q.shape[2], kh, sh, 0, dh)
+        ow = conv_out_size(q.shape[3], kw, sw, 0, dw)
         K = Cg * kh * kw
         w = self.weight_q.reshape(G, Cout // G, K)
         parts = [to_host(kernels.qgemm_u8s8(to_device(np.ascontiguousarray(w[g])),
