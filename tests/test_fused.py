@@ -20,7 +20,7 @@ import minicnn as mc
 import minicnn.functional as F
 import minicnn.nn as nn
 from minicnn import models
-from minicnn.backend import BackendError, _load, to_host
+from minicnn.backend import BackendError, load_backend, to_host
 from minicnn.functional.fused import conv2d_relu_max_pool2d
 from minicnn.kernels import numpy_ref as ref
 
@@ -107,7 +107,7 @@ def test_hand_computed_window():
 @pytest.fixture(params=["numba", "simulator", "cupy"], scope="module")
 def kernel_backend(request):
     try:
-        xp, kernels = _load(request.param)
+        xp, kernels = load_backend(request.param)
     except BackendError as e:
         if request.param != "cupy":
             raise

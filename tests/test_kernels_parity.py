@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import minicnn as mc
 import minicnn.functional as F
 import minicnn.nn as nn
-from minicnn.backend import BackendError, _load, to_host
+from minicnn.backend import BackendError, load_backend, to_host
 from minicnn.kernels import numpy_ref as ref
 
 pytestmark = pytest.mark.tutorial09        # what tutorials/09_*.ipynb teaches (tests/README.md)
@@ -34,7 +34,7 @@ SETTINGS = settings(max_examples=40, deadline=None)
 def backend(request):
     """(name, xp, kernel module) of the backend under test; the global backend is untouched."""
     try:
-        xp, kernels = _load(request.param)
+        xp, kernels = load_backend(request.param)
     except BackendError as e:
         if request.param != "cupy":      # numba and the simulator must always load
             raise
