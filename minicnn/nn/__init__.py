@@ -1,6 +1,7 @@
 """Layers and models (``import minicnn.nn as nn``), PyTorch's names."""
-from . import fusion, init, utils
+from . import init, utils
 from .containers import ModuleList, Sequential
+from .fuse import ConvReLUMaxPool2d, fuse
 from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d,
                      BCEWithLogitsLoss, Conv2d, CrossEntropyLoss, DepthwiseSeparableConv2d, Dropout, Flatten,
                      Identity, LeakyReLU, Linear, LogSoftmax, MaxPool2d, Mish, MixedPool2d, MSELoss, NLLLoss,
@@ -10,7 +11,7 @@ from .module import Module, Parameter
 from .sync_batchnorm import SyncBatchNorm
 
 __all__ = [
-    "fusion", "init", "utils", "Module", "Parameter", "Sequential", "ModuleList", "Linear", "Conv2d", "MaxPool2d",
+    "fuse", "ConvReLUMaxPool2d", "init", "utils", "Module", "Parameter", "Sequential", "ModuleList", "Linear", "Conv2d", "MaxPool2d",
     "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "Flatten",
     "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "Mish", "GELU", "Softmax",
     "LogSoftmax", "SyncBatchNorm", "CrossEntropyLoss", "NLLLoss", "MSELoss", "SmoothL1Loss", "BCEWithLogitsLoss",
