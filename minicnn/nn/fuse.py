@@ -93,16 +93,10 @@ class ConvReLUMaxPool2d(Module):
                                         self.groups, self.pool_kernel_size, self.pool_stride)
 
     def extra_repr(self):
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0):
-            s += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s + f", pool_kernel_size={self.pool_kernel_size}, pool_stride={self.pool_stride}"
+        # the conv's settings, printed as Conv2d prints them (this module has the same
+        # attributes), then the pool's
+        conv = Conv2d.extra_repr(self)
+        return f"{conv}, pool_kernel_size={self.pool_kernel_size}, pool_stride={self.pool_stride}"
 
 
 def is_hooked(module) -> bool:
