@@ -13,10 +13,13 @@ import numpy as np
 LR = 0.01
 
 
-def minicnn_model():
-    """The course's network, exactly as users train it: ``minicnn.models.ReferenceCNN``."""
+def minicnn_model(fuse=True):
+    """The course's network, exactly as users train it: ``minicnn.models.ReferenceCNN``,
+    through ``mc.fuse`` as ``fit`` and ``minicnn train`` run it (``fuse=False``: layer by layer)."""
+    import minicnn as mc
     from minicnn.models import ReferenceCNN
-    return ReferenceCNN()
+    model = ReferenceCNN()
+    return mc.fuse(model) if fuse else model
 
 
 def torch_model():

@@ -79,6 +79,8 @@ def _minicnn_runner(mode, batch):
     mc.manual_seed(0)
     model = ReferenceCNN()
     opt = optim.Adam(model.parameters(), lr=1e-3)
+    # the fused model, as fit runs it; an older checkout (no mc.fuse) fused inside Sequential
+    model = mc.fuse(model) if hasattr(mc, "fuse") else model
     pos = [0]
 
     def next_batch():

@@ -129,12 +129,12 @@ def gemm_alone(batch, repeats, inference=False):
     return best
 
 
-def profile(backend, batch, steps, inference=False, warmup=3, optimizer="adam"):
+def profile(backend, batch, steps, inference=False, warmup=3, optimizer="adam", fuse=True):
     import minicnn as mc
     import minicnn.functional as F
     mc.set_backend(backend)
     mc.manual_seed(0)
-    model = _model.minicnn_model()
+    model = _model.minicnn_model(fuse=fuse)
     params = list(model.parameters())
     xs, ys = _model.random_batch(batch)
     x, y = mc.tensor(xs), mc.tensor(ys)
@@ -216,18 +216,16 @@ def main(argv=None):
                     help="profile a forward pass in eval mode under no_grad instead")
     ap.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                     help="adam (lr 1e-3, as bench_protocol.py) or the older plain SGD update")
-    ap.add_argument("--no-fusion", action="store_true",
-                    help="run Conv2d, ReLU and MaxPool2d one by one (nn.fusion off)")
+    ap.add_argument("--no-fuse", action="store_true",
+                    help="run Conv2d, ReLU and MaxPool2d one by one (the model without mc.fuse)")
     args = ap.parse_args(argv)
     # choose the backend before minicnn is imported, so that only its kernel
     # module loads (the numba module tunes the process when it is imported)
     os.environ["MINICNN_BACKEND"] = args.backend
     import minicnn as mc
     backend = mc.get_backend()
-    if hasattr(mc.nn, "fusion"):             # (absent before layer fusion was added)
-        mc.nn.fusion.set_enabled(not args.no_fusion)
     timer, step_times = profile(backend, args.batch, args.steps, args.inference,
-                                optimizer=args.optimizer)
+                                optimizer=args.optimizer, fuse=not args.no_fuse)
     report(backend, args.batch, timer, step_times,
            gemm_alone(args.batch, repeats=5, inference=args.inference),
            "inference" if args.inference else "training step")

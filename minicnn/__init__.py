@@ -46,6 +46,7 @@ from .autograd.tensor import Function, Tensor, enable_grad, is_grad_enabled, no_
 
 from . import functional  # noqa: E402  (after tensor: functional builds on it)
 from . import nn  # noqa: E402
+from .nn.fuse import fuse  # noqa: E402  (mc.fuse(model): the fused fast path, made explicit)
 from . import optim  # noqa: E402
 from . import data  # noqa: E402
 from . import models  # noqa: E402
@@ -84,5 +85,5 @@ __all__ = [
     "BackendError", "Function", "GradcheckError", "Tensor", "cat", "concatenate", "enable_grad",
     "data", "functional", "get_backend", "gradcheck", "is_grad_enabled", "manual_seed", "models", "nn",
     "no_grad", "optim", "set_backend", "stack", "Summary", "summary", "tensor", "train", "save", "load",
-    "detect_anomaly",
+    "detect_anomaly", "fuse",
 ]

@@ -1,4 +1,4 @@
-"""The fused Conv2d -> ReLU -> MaxPool2d (functional/fused.py, nn/fusion.py) computes what
+"""The fused Conv2d -> ReLU -> MaxPool2d (functional/fused.py, nn/fuse.py) computes what
 the three layers compute.
 
 1. The reference kernels: ``bias_relu_max_pool2d_forward`` equals max_pool2d(relu(y + b))
@@ -8,8 +8,10 @@ the three layers compute.
    fast path of numba included).
 3. ``conv2d_relu_max_pool2d`` passes gradcheck in float64 on every backend, over conv and
    pool options.
-4. A model: Sequential fuses, and fused vs unfused give equal outputs, equal gradients and
-   the same training run; a hook on any of the three layers turns fusion off for that block.
+4. A model: ``mc.fuse(model)`` is a new model that prints its ConvReLUMaxPool2d modules,
+   shares the original's parameters (same state_dict), leaves the original as it was, and
+   gives equal outputs, equal gradients and the same training run (also through ``fit``);
+   a hooked layer is not fused, nested models are; Sequential itself never fuses.
 """
 import numpy as np
 import pytest
@@ -207,7 +209,7 @@ def test_bad_arguments_are_named():
         conv2d_relu_max_pool2d(x, w, pool_kernel_size="2")
 
 
-# -- 4. models -----------------------------------------------------------------------------------
+# -- 4. models: mc.fuse -------------------------------------------------------------------------
 def _step(model, x, y):
     for p in model.parameters():
         p.grad = None
@@ -216,54 +218,135 @@ def _step(model, x, y):
     return out.numpy().copy(), [p.grad.numpy().copy() for p in model.parameters()]
 
 
-def test_sequential_uses_the_fused_function_and_matches_unfused(cpu_backend):
-    mc.manual_seed(0)
-    model = models.get_model("reference").eval()
-    rs = np.random.default_rng(10)
-    x = mc.tensor(rs.standard_normal((6, 1, 28, 28)).astype(np.float32))
-    y = mc.tensor(np.arange(6) % 10)
-    out = model(x)
-    kinds = set()
-    stack = [out._ctx]
-    while stack:                                   # the Functions the graph recorded
+def _functions_in_graph(out):
+    """The names of the Functions the graph behind ``out`` recorded."""
+    kinds, stack = set(), [out._ctx]
+    while stack:
         fn = stack.pop()
         if fn is not None:
             kinds.add(type(fn).__name__)
             stack.extend(t._ctx for t in fn.inputs if t is not None)
+    return kinds
+
+
+def test_fuse_prints_the_fused_modules_and_leaves_the_original_as_it_was():
+    model = models.get_model("reference")
+    before = repr(model)
+    children = list(model.children())
+    fast = mc.fuse(model)
+    text = repr(fast)
+    assert text.count("ConvReLUMaxPool2d(") == 2 and "MaxPool2d(kernel_size" not in text
+    assert "ConvReLUMaxPool2d(1, 32, kernel_size=(3, 3), stride=(1, 1), pool_kernel_size=2, pool_stride=2)" in text
+    assert fast is not model and type(fast) is type(model)
+    assert repr(model) == before and list(model.children()) == children      # the very same modules
+    assert isinstance(fast[0], nn.ConvReLUMaxPool2d) and nn.fuse is mc.fuse
+    # shared: the fused module holds the conv's Parameter objects; unfused modules are the originals
+    assert fast[0].weight is model[0].weight and fast[0].bias is model[0].bias
+    assert fast._modules["7"] is model[7]
+    assert [id(p) for p in fast.parameters()] == [id(p) for p in model.parameters()]
+
+
+def test_fuse_keeps_the_state_dict_keys_and_arrays():
+    model = models.get_model("reference-bn")
+    fast = mc.fuse(model)
+    ours, theirs = model.state_dict(), fast.state_dict()
+    assert list(ours) == list(theirs)
+    for k in ours:
+        assert ours[k].data is theirs[k].data, k                        # the same arrays, not copies
+    fast.load_state_dict(ours)                                          # checkpoints go both ways
+    model.load_state_dict(theirs)
+
+
+def test_a_model_with_nothing_to_fuse_comes_back_as_the_same_object():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.LeakyReLU(), nn.MaxPool2d(2), nn.Flatten())
+    assert mc.fuse(model) is model
+    with pytest.raises(TypeError, match="expected an nn.Module, got function"):
+        mc.fuse(lambda x: x)
+
+
+def test_fused_and_unfused_models_give_the_same_outputs_and_gradients(backend):
+    mc.manual_seed(0)
+    model = models.get_model("reference").eval()
+    fast = mc.fuse(model)
+    rs = np.random.default_rng(10)
+    x = mc.tensor(rs.standard_normal((6, 1, 28, 28)).astype(np.float32))
+    y = mc.tensor(np.arange(6) % 10)
     # the model's parameters require grad, so the graph is recorded even in eval mode
-    assert "ConvReLUMaxPool2dFn" in kinds and "MaxPool2dFn" not in kinds
-    fused_out, fused_grads = _step(model, x, y)
-    with nn.fusion.disabled():
-        plain_out, plain_grads = _step(model, x, y)
-    assert nn.fusion.is_enabled()
-    np.testing.assert_array_equal(fused_out, plain_out)
+    assert "ConvReLUMaxPool2dFn" in _functions_in_graph(fast(x))
+    kinds = _functions_in_graph(model(x))
+    assert "ConvReLUMaxPool2dFn" not in kinds and "MaxPool2dFn" in kinds   # Sequential never fuses
+    fused_out, fused_grads = _step(fast, x, y)
+    plain_out, plain_grads = _step(model, x, y)
+    # the same numbers into the same matrix products; BLAS (and numba's chunked kernel)
+    # may block them differently
+    np.testing.assert_allclose(fused_out, plain_out, rtol=1e-5, atol=1e-6)
     for a, b in zip(fused_grads, plain_grads):
-        # the same numbers into the same matrix products; BLAS may block them differently
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("options", OPTIONS[:3], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_gradcheck_of_the_fused_module(backend, options):
+    conv_options = {k: v for k, v in options.items() if not k.startswith("pool")}
+    pool = nn.MaxPool2d(options.get("pool_kernel_size", 2), options.get("pool_stride"))
+    model = nn.Sequential(nn.Conv2d(4, 6, 3, **conv_options), nn.ReLU(), pool).double()
+    fast = mc.fuse(model)
+    assert isinstance(fast[0], nn.ConvReLUMaxPool2d)
+    x = mc.tensor(np.random.default_rng(8).standard_normal((2, 4, 9, 8)), requires_grad=True, dtype="float64")
+    assert mc.gradcheck(lambda x, w, b: fast(x), (x, fast[0].weight, fast[0].bias))
 
 
 def test_training_runs_are_the_same_fused_or_not(cpu_backend):
     rs = np.random.default_rng(11)
     x = mc.tensor(rs.standard_normal((16, 1, 28, 28)), dtype="float64")
     y = mc.tensor(rs.integers(0, 10, 16))
-    losses = []
+    losses, weights = [], []
     for fuse in (True, False):
-        nn.fusion.set_enabled(fuse)
-        try:
-            mc.manual_seed(1)
-            model = models.get_model("reference").double()
-            opt = mc.optim.Adam(model.parameters(), lr=1e-3)
-            run = []
-            for _ in range(4):
-                opt.zero_grad()
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                opt.step()
-                run.append(loss.item())
-            losses.append(run)
-        finally:
-            nn.fusion.set_enabled(True)
+        mc.manual_seed(1)
+        model = models.get_model("reference").double()
+        net = mc.fuse(model) if fuse else model
+        opt = mc.optim.Adam(model.parameters(), lr=1e-3)      # built on the original's parameters
+        run = []
+        for _ in range(4):
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step()
+            run.append(loss.item())
+        losses.append(run)
+        weights.append([p.numpy().copy() for p in model.parameters()])   # the original trained
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-12)
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_fit_trains_the_same_weights_fused_or_not(cpu_backend):
+    from minicnn.data import DataLoader
+    from minicnn.train import fit
+
+    from conftest import quadrant_images
+    trained = []
+    for fuse in (True, False):
+        mc.manual_seed(2)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(64, 4))
+        opt = mc.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        loader = DataLoader(quadrant_images(48), batch_size=16, shuffle=True)
+        history = fit(model, opt, loader, epochs=2, val_loader=loader, progress=False,
+                      log=lambda *a: None, fuse=fuse)
+        assert isinstance(model[0], nn.Conv2d)                  # the model passed in is what fit returns
+        trained.append((history["train_loss"], [p.numpy().copy() for p in model.parameters()]))
+    # float32, the same numbers in a different order inside BLAS: equal to rounding
+    np.testing.assert_allclose(trained[0][0], trained[1][0], rtol=1e-5)
+    for a, b in zip(trained[0][1], trained[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_the_cli_accepts_no_fuse():
+    from minicnn.cli import make_parser
+    parser = make_parser()
+    assert parser.parse_args(["train", "--no-fuse"]).no_fuse is True
+    assert parser.parse_args(["train"]).no_fuse is False
+    assert parser.parse_args(["evaluate", "x.ckpt", "--no-fuse"]).no_fuse is True
 
 
 @pytest.mark.parametrize("layer", [0, 1, 2])
@@ -276,31 +359,74 @@ def test_a_hooked_layer_is_never_fused(layer, kind):
     register = (model[layer].register_forward_hook if kind == "forward"
                 else model[layer].register_forward_pre_hook)
     handle = register(hook)
+    fast = mc.fuse(model)
+    assert fast._modules[str(layer)] is model[layer]            # the hooked block stays three layers
+    assert sum(isinstance(m, nn.ConvReLUMaxPool2d) for m in fast.modules()) == 1   # the other block fuses
     x = mc.tensor(np.zeros((2, 1, 28, 28), np.float32))
-    model(x)
-    assert len(seen) == 1                          # the hook ran: the block ran layer by layer
+    fast(x)
+    assert len(seen) == 1                                       # the hook ran
     handle.remove()
-    seen.clear()
-    model(x)
-    assert seen == []
+    assert sum(isinstance(m, nn.ConvReLUMaxPool2d) for m in mc.fuse(model).modules()) == 2
+
+
+def test_nested_models_are_fused_and_share_their_modules():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+                nn.BatchNorm2d(4),
+                nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 2 * 2, 3))
+
+        def forward(self, x):
+            return self.head(self.features(x))
+
+    model = Net()
+    before = repr(model)
+    fast = mc.fuse(model)
+    assert type(fast) is Net and repr(model) == before
+    assert repr(fast).count("ConvReLUMaxPool2d(") == 2
+    assert isinstance(fast.features[0][0], nn.ConvReLUMaxPool2d)
+    assert fast.features[1] is model.features[1]               # BatchNorm: the same module, one set of buffers
+    assert fast.head is model.head                              # nothing fused below: not copied
+    assert fast.features is not model.features and isinstance(model.features[0][0], nn.Conv2d)
+    assert list(fast.state_dict()) == list(model.state_dict())
+    x = mc.tensor(np.random.default_rng(3).standard_normal((2, 1, 8, 8)), dtype="float32")
+    model.train()
+    fast(x)                                                     # updates the shared running statistics
+    assert float(model.features[1].running_mean.numpy().std()) > 0
+    model.eval()
+    fast.eval()
+    np.testing.assert_allclose(fast(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_what_is_not_fused():
+    def fused(*layers):
+        return isinstance(mc.fuse(nn.Sequential(*layers))[0], nn.ConvReLUMaxPool2d)
     conv, relu, pool = nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2)
-    assert nn.fusion.fusable(conv, relu, pool)
-    assert not nn.fusion.fusable(conv, nn.LeakyReLU(), pool)
-    assert not nn.fusion.fusable(conv, relu, nn.MaxPool2d(3, padding=1))
-    assert not nn.fusion.fusable(conv, relu, nn.AvgPool2d(2))
+    assert fused(conv, relu, pool)
+    assert not fused(conv, nn.LeakyReLU(), pool)
+    assert not fused(conv, relu, nn.MaxPool2d(3, padding=1))
+    assert not fused(conv, relu, nn.AvgPool2d(2))
+    assert not fused(conv, pool, relu)
 
     class MyConv(nn.Conv2d):                       # a subclass may compute something else
         pass
-    assert not nn.fusion.fusable(MyConv(1, 2, 3), relu, pool)
-    with pytest.raises(TypeError, match="True or False"):
-        nn.fusion.set_enabled("yes")
+    assert not fused(MyConv(1, 2, 3), relu, pool)
+    with pytest.raises(TypeError, match="expected an nn.ReLU, got LeakyReLU"):
+        nn.ConvReLUMaxPool2d(conv, nn.LeakyReLU(), pool)
+    with pytest.raises(TypeError, match="pattern 0 must be a pair"):
+        mc.fuse(nn.Sequential(conv), patterns=[nn.Conv2d])
+
+
+def test_sequential_forward_is_the_plain_loop():
+    import inspect
+    assert "fus" not in inspect.getsource(nn.Sequential.forward).lower()
 
 
 def test_inference_records_no_graph():
-    model = models.get_model("reference").eval()
+    model = mc.fuse(models.get_model("reference").eval())
     with mc.no_grad():
         out = model(mc.tensor(np.zeros((2, 1, 28, 28), np.float32)))
     assert out._ctx is None and out.shape == (2, 10)

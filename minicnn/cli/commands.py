@@ -263,7 +263,8 @@ def run_fit(run, progress=True, log=print):
                resume=run.args.resume, progress=progress, log=log,
                step_scheduler_per_batch=run.per_batch, checkpoint_extra={"config": run.config},
                train_step=run.train_step, callbacks=run.callbacks, evaluate_fn=run.evaluate_fn,
-               nan_policy=getattr(run.args, "nan_policy", "stop"))
+               nan_policy=getattr(run.args, "nan_policy", "stop"),
+               fuse=not getattr(run.args, "no_fuse", False))
 
 
 def cmd_train(args):
@@ -295,7 +296,7 @@ def cmd_train(args):
     except RunLockError as e:
         raise CLIError(str(e)) from None
 
-    logits, targets = predict(model, test_loader)
+    logits, targets = predict(model if getattr(args, "no_fuse", False) else mc.fuse(model), test_loader)
     pred = logits.argmax(axis=1)
     acc = float((pred == targets).mean())
     print(classification_report(pred, targets, num_classes=len(classes), class_names=classes))
@@ -335,7 +336,9 @@ def cmd_evaluate(args):
     key = config.get("dataset", "digits") if args.dataset is None else _dataset_key(args.dataset)
     _, _, test_loader, source, classes = build_loaders(key, 64, data_dir=args.data_dir,
                                                     download=not args.no_download, limit_test=args.limit_test)
-    logits, targets = predict(model, test_loader)
+    from ..nn.fuse import fuse
+    net = model if args.no_fuse else fuse(model)    # the same weights, Conv2d -> ReLU -> MaxPool2d fused
+    logits, targets = predict(net, test_loader)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     pred = logits.argmax(axis=1)
@@ -467,6 +470,9 @@ def add_train_arguments(t):
                         "best checkpoint, early stopping and plateau schedules use it; the test set is "
                         "evaluated once, after training (default 0.1; 0 = no validation)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-fuse", action="store_true",
+                   help="run every layer as written instead of mc.fuse(model)'s fused "
+                        "Conv2d -> ReLU -> MaxPool2d (same numbers, slower; to step through layers)")
     t.add_argument("--nan-policy", default="stop", choices=("stop", "skip-batch", "ignore"),
                    help="a NaN/Inf training loss: stop with a diagnosis (default; exit status 3), "
                         "skip that batch's update, or ignore it")
@@ -493,6 +499,7 @@ def make_parser():
     e.add_argument("--no-download", action="store_true")
     e.add_argument("--limit-test", type=int, default=None, metavar="N")
     e.add_argument("--out", default=None, help="folder for the plots (default: the checkpoint's folder)")
+    e.add_argument("--no-fuse", action="store_true", help="run every layer as written (no mc.fuse)")
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="top-3 classes for an image")

@@ -34,56 +34,67 @@ class Conv2dFn(Function):
     """
 
     def forward(self, x, w, b, stride, padding, dilation, groups):
-        y = self.product(x, w, stride, padding, dilation, groups)        # (Cout, N, oh, ow)
+        y, cols, w_g = conv2d_product(x, w, stride, padding, dilation, groups)   # (Cout, N, oh, ow)
         if b is not None:
             y += b.reshape(-1, 1, 1, 1)
+        self.save_for_backward(cols, w_g)
+        self.x_shape, self.w_shape = x.shape, w.shape
+        self.stride, self.padding, self.dilation = stride, padding, dilation
         return current.xp.ascontiguousarray(y.transpose(1, 0, 2, 3))    # (N, Cout, oh, ow)
 
     def backward(self, gy):
+        cols, w_g = self.saved_tensors
         # (N, Cout, oh, ow) -> (Cout, N, oh, ow): the layout of the matrix product's output
-        return self.product_backward(gy.transpose(1, 0, 2, 3))
+        return conv2d_product_backward(gy.transpose(1, 0, 2, 3), cols, w_g, self.x_shape, self.w_shape,
+                                       self.stride, self.padding, self.dilation, self.needs_input_grad)
 
-    # The two halves shared with the fused ConvReLUMaxPool2dFn (functional/fused.py),
-    # which only changes what happens to y between the product and the next layer.
-    def product(self, x, w, stride, padding, dilation, groups):
-        """im2col and the matrix product: returns y channel first, (Cout, N, oh, ow), no bias."""
-        kernels = current.kernels
-        N, C, H, W = x.shape
-        Cout, Cg, kh, kw = w.shape
-        G = groups
-        oh, ow = conv_output_shape((H, W), (kh, kw), stride, padding, dilation)
-        cols = kernels.im2col(x, kh, kw, stride, padding, dilation)     # (C*kh*kw, N*oh*ow)
-        cols = cols.reshape(G, Cg * kh * kw, N * oh * ow)                 # (G, K, L)
-        w_g = w.reshape(G, Cout // G, Cg * kh * kw)                       # (G, Cout/G, K)
-        self.save_for_backward(cols, w_g)
-        self.x_shape, self.w_shape, self.stride, self.padding, self.dilation, self.groups = \
-            x.shape, w.shape, stride, padding, dilation, G
-        return matmul(w_g, cols).reshape(Cout, N, oh, ow)                 # (Cout, N, oh, ow)
 
-    def product_backward(self, gy_cn):
-        """dx, dw, db from dY in channel-first order, gy_cn (Cout, N, oh, ow)."""
-        kernels = current.kernels
-        cols, w_g = self.saved_tensors[:2]
-        x_shape, w_shape, stride, padding, dilation, G = (self.x_shape, self.w_shape, self.stride,
-                                                          self.padding, self.dilation, self.groups)
-        Cout, Cg, kh, kw = w_shape
-        gy_g = gy_cn.reshape(G, Cout // G, -1)                            # (G, Cout/G, L)
-        dx = dw = db = None
-        if self.needs_input_grad[0]:
-            dcols = matmul(w_g.transpose(0, 2, 1), gy_g)                  # (G, K, L)
-            dx = kernels.col2im(dcols.reshape(G * Cg * kh * kw, -1), x_shape,
-                                kh, kw, stride, padding, dilation)
-        if self.needs_input_grad[1]:
-            # dW = dY @ cols^T, computed as (cols @ dY^T)^T: the same product, and
-            # OpenBLAS runs it 15-40 % faster in this orientation (long inner dimension L)
-            dw_t = matmul(cols, gy_g.transpose(0, 2, 1))                  # (G, K, Cout/G)
-            dw = dw_t.transpose(0, 2, 1).reshape(w_shape)                 # (G, Cout/G, K)
-        if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
-            # db = dY summed over N, oh, ow, written as dY (Cout, L) @ ones (L, 1): the same
-            # sum, and BLAS's matrix-vector product is 5x faster than ndarray.sum here
-            ones = current.xp.ones((gy_g.shape[-1], 1), dtype=gy_g.dtype)
-            db = matmul(gy_g, current.xp.broadcast_to(ones, (G,) + ones.shape)).reshape(Cout)
-        return dx, dw, db
+# The matrix-product core of a convolution, shared by Conv2dFn above and the fused
+# ConvReLUMaxPool2dFn (functional/fused.py), which differ only in what happens to y
+# between the product and the next layer. Plain functions on backend arrays.
+def conv2d_product(x, w, stride, padding, dilation, groups):
+    """im2col and the matrix product, no bias: returns ``(y, cols, w_g)``.
+
+    y (Cout, N, oh, ow) channel first, the product's own layout; cols (G, K, L)
+    and w_g (G, Cout/G, K) are what :func:`conv2d_product_backward` needs.
+    """
+    N, C, H, W = x.shape
+    Cout, Cg, kh, kw = w.shape
+    G = groups
+    oh, ow = conv_output_shape((H, W), (kh, kw), stride, padding, dilation)
+    cols = current.kernels.im2col(x, kh, kw, stride, padding, dilation)   # (C*kh*kw, N*oh*ow)
+    cols = cols.reshape(G, Cg * kh * kw, N * oh * ow)                    # (G, K, L)
+    w_g = w.reshape(G, Cout // G, Cg * kh * kw)                          # (G, Cout/G, K)
+    y = matmul(w_g, cols).reshape(Cout, N, oh, ow)                       # (Cout, N, oh, ow)
+    return y, cols, w_g
+
+
+def conv2d_product_backward(gy_cn, cols, w_g, x_shape, w_shape, stride, padding, dilation,
+                            needs_input_grad):
+    """``(dx, dw, db)`` from dY in channel-first order, gy_cn (Cout, N, oh, ow).
+
+    ``needs_input_grad`` is the Function's (x, w[, b]) flags; a gradient nobody
+    needs is returned as None and never computed.
+    """
+    G = cols.shape[0]
+    Cout, Cg, kh, kw = w_shape
+    gy_g = gy_cn.reshape(G, Cout // G, -1)                               # (G, Cout/G, L)
+    dx = dw = db = None
+    if needs_input_grad[0]:
+        dcols = matmul(w_g.transpose(0, 2, 1), gy_g)                     # (G, K, L)
+        dx = current.kernels.col2im(dcols.reshape(G * Cg * kh * kw, -1), x_shape,
+                                    kh, kw, stride, padding, dilation)
+    if needs_input_grad[1]:
+        # dW = dY @ cols^T, computed as (cols @ dY^T)^T: the same product, and
+        # OpenBLAS runs it 15-40 % faster in this orientation (long inner dimension L)
+        dw_t = matmul(cols, gy_g.transpose(0, 2, 1))                     # (G, K, Cout/G)
+        dw = dw_t.transpose(0, 2, 1).reshape(w_shape)                    # (G, Cout/G, K)
+    if len(needs_input_grad) > 2 and needs_input_grad[2]:
+        # db = dY summed over N, oh, ow, written as dY (Cout, L) @ ones (L, 1): the same
+        # sum, and BLAS's matrix-vector product is 5x faster than ndarray.sum here
+        ones = current.xp.ones((gy_g.shape[-1], 1), dtype=gy_g.dtype)
+        db = matmul(gy_g, current.xp.broadcast_to(ones, (G,) + ones.shape)).reshape(Cout)
+    return dx, dw, db
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor = None, stride=1, padding=0,

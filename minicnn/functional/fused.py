@@ -30,30 +30,32 @@ max(relu(a), relu(b)) exactly, and the gradient reaches the same input: the
 window's first maximum when it is positive, nothing when relu clipped it
 (where the unfused pool's winner would be multiplied by relu's derivative 0).
 
-``nn.Sequential`` calls :func:`conv2d_relu_max_pool2d` by itself when it
-meets the three layers in a row (see ``minicnn/nn/fusion.py``); you can also
-call it directly.
+Nothing calls it behind your back: ``mc.fuse(model)`` (``minicnn/nn/fuse.py``)
+returns a model whose Conv2d -> ReLU -> MaxPool2d runs are
+``nn.ConvReLUMaxPool2d`` modules, which call :func:`conv2d_relu_max_pool2d`;
+``train.fit`` applies it unless ``fuse=False``. You can also call it directly.
 """
 from __future__ import annotations
 
 from ..backend import current
-from ..autograd.tensor import Tensor
-from .conv import Conv2dFn, check_conv2d_args
+from ..autograd.tensor import Function, Tensor
+from .conv import check_conv2d_args, conv2d_product, conv2d_product_backward
 from .helpers import check_window_fits, conv_output_shape, pair, shape_str
 
 
-class ConvReLUMaxPool2dFn(Conv2dFn):
+class ConvReLUMaxPool2dFn(Function):
     """p = max_pool2d(relu(conv2d(x, w) + b)), windows ``pool_size`` every ``pool_stride``.
 
     Shapes: x (N, C, H, W), w (Cout, C/G, kh, kw), b (Cout,) or None,
     y (Cout, N, oh, ow) inside, p (N, Cout, ph, pw) out.
 
-    Forward: Conv2dFn's im2col + matrix product, then one fused kernel for
-    bias, pooling and relu (it keeps ``argmax``: the winning tap per window,
-    -1 where relu clipped it).
+    Forward: the convolution's im2col + matrix product (``conv2d_product``, the
+    one Conv2dFn uses), then one fused kernel for bias, pooling and relu (it
+    keeps ``argmax``: the winning tap per window, -1 where relu clipped it).
 
     Backward: the fused kernel's adjoint turns gp into dY (Cout, N, oh, ow),
-    and Conv2dFn's backward takes it from there (dW, dx via col2im, db).
+    and ``conv2d_product_backward`` (Conv2dFn's too) takes it from there (dW,
+    dx via col2im, db).
 
     The numba backend does all of this in one kernel per direction,
     ``conv2d_bias_relu_max_pool2d_forward`` / ``_backward``: the same steps a few
@@ -65,32 +67,32 @@ class ConvReLUMaxPool2dFn(Conv2dFn):
 
     def forward(self, x, w, b, stride, padding, dilation, groups, pool_size, pool_stride):
         self.pool = (*pool_size, pool_stride)
+        self.conv = (stride, padding, dilation)
         whole_layer = current.kernels.conv2d_bias_relu_max_pool2d_forward  # None: not provided (kernels/contract.py)
         self.whole_layer = whole_layer is not None and groups == 1
         if self.whole_layer:
             # numba: the same numbers, a few images at a time, in cache (kernels/numba_cpu.py);
             # the backward recomputes each chunk's columns from x instead of keeping them
-            self.conv = (stride, padding, dilation)
             p, argmax = whole_layer(x, w, b, *self.conv, *self.pool)
             self.save_for_backward(x, w, argmax)
             return p                                                      # (N, Cout, ph, pw)
-        y = self.product(x, w, stride, padding, dilation, groups)        # (Cout, N, oh, ow)
-        self.y_shape = y.shape
+        y, cols, w_g = conv2d_product(x, w, stride, padding, dilation, groups)   # (Cout, N, oh, ow)
+        self.x_shape, self.w_shape, self.y_shape = x.shape, w.shape, y.shape
         p, argmax = current.kernels.bias_relu_max_pool2d_forward(y, b, *self.pool)
-        self.save_for_backward(*self.saved_tensors, argmax)              # the product's (cols, w_g), argmax
+        self.save_for_backward(cols, w_g, argmax)
         return p                                                          # (N, Cout, ph, pw)
 
     def backward(self, gp):
-        argmax = self.saved_tensors[-1]                                   # (N, Cout, ph, pw)
+        needs = self.needs_input_grad
         if self.whole_layer:
-            x, w = self.saved_tensors[:2]
-            needs = self.needs_input_grad
+            x, w, argmax = self.saved_tensors
             dx, dw, db = current.kernels.conv2d_bias_relu_max_pool2d_backward(
                 gp, argmax, x, w, *self.conv, *self.pool, need_dx=needs[0])
             return dx, (dw if needs[1] else None), (db if len(needs) > 2 and needs[2] else None)
+        cols, w_g, argmax = self.saved_tensors                           # argmax (N, Cout, ph, pw)
         dy = current.kernels.bias_relu_max_pool2d_backward(gp, argmax, self.y_shape,
                                                            *self.pool)    # (Cout, N, oh, ow)
-        return self.product_backward(dy)
+        return conv2d_product_backward(dy, cols, w_g, self.x_shape, self.w_shape, *self.conv, needs)
 
 
 def conv2d_relu_max_pool2d(x: Tensor, weight: Tensor, bias: Tensor = None, stride=1, padding=0,

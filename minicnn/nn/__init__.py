@@ -1,6 +1,7 @@
 """Layers and models (``import minicnn.nn as nn``), PyTorch's names."""
-from . import fusion, init, utils
+from . import init, utils
 from .containers import ModuleList, Sequential
+from .fuse import ConvReLUMaxPool2d, fuse
 from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d,
                      BCEWithLogitsLoss, Conv2d, CrossEntropyLoss, DepthwiseSeparableConv2d, Dropout, Flatten,
                      Identity, LeakyReLU, Linear, LogSoftmax, MaxPool2d, Mish, MixedPool2d, MSELoss, NLLLoss,
@@ -9,7 +10,7 @@ from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2
 from .module import Module, Parameter
 
 __all__ = [
-    "fusion", "init", "utils", "Module", "Parameter", "Sequential", "ModuleList", "Linear", "Conv2d", "MaxPool2d",
+    "fuse", "ConvReLUMaxPool2d", "init", "utils", "Module", "Parameter", "Sequential", "ModuleList", "Linear", "Conv2d", "MaxPool2d",
     "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "Flatten",
     "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "Mish", "GELU", "Softmax",
     "LogSoftmax", "CrossEntropyLoss", "NLLLoss", "MSELoss", "SmoothL1Loss", "BCEWithLogitsLoss",

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from . import fusion
 from .module import Module
 
 
@@ -13,9 +12,9 @@ class Sequential(Module):
     Children are named "0", "1", ... (or by an OrderedDict), so parameters get
     PyTorch's dotted names: ``0.weight``, ``3.bias``.
 
-    One shortcut, with the same results: three children in a row that are a
-    Conv2d, a ReLU and a MaxPool2d, none of them hooked, run as one fused
-    Function (``nn/fusion.py``; ``with nn.fusion.disabled():`` turns it off).
+    ``forward`` is the plain loop: every child runs, as written. ``mc.fuse(model)``
+    (``nn/fuse.py``) makes a faster model in which Conv2d -> ReLU -> MaxPool2d
+    runs are one visible ``ConvReLUMaxPool2d`` module.
     """
 
     def __init__(self, *modules):
@@ -30,17 +29,8 @@ class Sequential(Module):
                 self.add_module(str(i), m)
 
     def forward(self, x):
-        layers = list(self._modules.values())
-        i = 0
-        while i < len(layers):
-            # Conv2d -> ReLU -> MaxPool2d with no hooks: one fused Function, the same
-            # numbers in fewer passes over memory (nn/fusion.py says when and why)
-            if fusion.is_enabled() and i + 2 < len(layers) and fusion.fusable(*layers[i:i + 3]):
-                x = fusion.conv_relu_max_pool(layers[i], layers[i + 2], x)
-                i += 3
-            else:
-                x = layers[i](x)
-                i += 1
+        for layer in self._modules.values():
+            x = layer(x)
         return x
 
     def __len__(self):

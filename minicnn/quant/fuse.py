@@ -17,6 +17,8 @@ names) carry a ``relu`` flag and the observer sees the post-ReLU values.
 
 :func:`fuse` walks a model made of ``nn.Sequential``s (nested ones are
 flattened) and returns a new flat ``Sequential``; the original is not changed.
+The matching is ``mc.fuse``'s walker (``minicnn/nn/fuse.py``) with the patterns
+of :func:`quant_patterns` instead of its default Conv2d -> ReLU -> MaxPool2d.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..backend import to_device, to_host
+from ..nn.fuse import fuse as fuse_model
 from ..nn.module import Parameter
 
 
@@ -34,7 +37,7 @@ class QuantError(ValueError):
     """A model (or a layer of it) that cannot be quantized as asked; the message names the layer."""
 
 
-class _FusedReLU(nn.Module):
+class FusedReLU(nn.Module):
     """A Conv2d or Linear followed by ReLU, as one module (``self[0]`` is the layer)."""
 
     def __init__(self, layer):
@@ -50,11 +53,11 @@ class _FusedReLU(nn.Module):
         return F.relu(self.layer(x))
 
 
-class ConvReLU2d(_FusedReLU):
+class ConvReLU2d(FusedReLU):
     pass
 
 
-class LinearReLU(_FusedReLU):
+class LinearReLU(FusedReLU):
     pass
 
 
@@ -97,6 +100,27 @@ def flatten_layers(model, prefix=""):
     return [(prefix.rstrip("."), model)]
 
 
+def quant_patterns(fold_batchnorm=True):
+    """The runs quantization fuses, as ``mc.fuse`` patterns: [(module types in a row, builder)].
+
+    Longest first: Conv2d/Linear + BatchNorm + ReLU, then + BatchNorm, then + ReLU.
+    With ``fold_batchnorm=False`` the BatchNorm is matched (its name goes into
+    the group) but left out of the result.
+    """
+    def with_bn(layer, bn):
+        return fold_bn(layer, bn) if fold_batchnorm else copy.deepcopy(layer)
+
+    def relu_of(layer):
+        return (ConvReLU2d if isinstance(layer, nn.Conv2d) else LinearReLU)(layer)
+
+    patterns = []
+    for layer_type, bn_type in ((nn.Conv2d, nn.BatchNorm2d), (nn.Linear, nn.BatchNorm1d)):
+        patterns += [((layer_type, bn_type, nn.ReLU), lambda layer, bn, relu: relu_of(with_bn(layer, bn))),
+                     ((layer_type, bn_type), lambda layer, bn: with_bn(layer, bn)),
+                     ((layer_type, nn.ReLU), lambda layer, relu: relu_of(copy.deepcopy(layer)))]
+    return patterns
+
+
 def fuse(model, fold_batchnorm=True):
     """Fold every Conv/Linear + BatchNorm and fuse every Conv/Linear (+ BN) + ReLU.
 
@@ -104,39 +128,26 @@ def fuse(model, fold_batchnorm=True):
     and its name kept in ``names``: the QAT layer owns and trains it.
 
     Returns ``(fused_sequential, names)``: a new ``nn.Sequential`` in eval mode
-    and, for each of its layers, the dotted name(s) it came from.
+    (nothing shared with ``model``; Identity layers dropped) and, for each of its
+    layers, the dotted name(s) it came from ("0+1+2" for conv 0, BN 1, ReLU 2).
     """
     if not isinstance(model, nn.Sequential):
         raise QuantError(f"minicnn.quant works on nn.Sequential models; {type(model).__name__} has its own "
                          "forward (e.g. residual additions), which needs a quantized add this package "
                          "does not have. Export it to ONNX in float32 instead.")
     layers = flatten_layers(model)
-    out, names, i = [], [], 0
-    while i < len(layers):
-        name, m = layers[i]
-        group = [name]
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            m = copy.deepcopy(m)
-            nxt = layers[i + 1][1] if i + 1 < len(layers) else None
-            bn_type = nn.BatchNorm2d if isinstance(m, nn.Conv2d) else nn.BatchNorm1d
-            if isinstance(nxt, bn_type):          # without folding (QAT) the caller keeps the BN
-                if fold_batchnorm:
-                    m = fold_bn(m, nxt)
-                group.append(layers[i + 1][0])
-                i += 1
-                nxt = layers[i + 1][1] if i + 1 < len(layers) else None
-            if isinstance(nxt, nn.ReLU):
-                m = (ConvReLU2d if isinstance(m, nn.Conv2d) else LinearReLU)(m)
-                group.append(layers[i + 1][0])
-                i += 1
-        elif isinstance(m, nn.Identity):
-            i += 1
+    names = [name for name, _ in layers]
+    flat = nn.Sequential(*copy.deepcopy([m for _, m in layers]))     # children "0", "1", ...: indices
+    fused = fuse_model(flat, quant_patterns(fold_batchnorm))
+    # a fused run keeps its first layer's index as its name, so the layers of
+    # the run starting at index i are the indices up to the next kept name
+    starts = [int(k) for k in fused._modules] + [len(layers)]
+    out, groups = [], []
+    for (start, end), m in zip(zip(starts, starts[1:]), fused._modules.values()):
+        if isinstance(m, nn.Identity):
             continue
-        else:
-            m = copy.deepcopy(m)
         out.append(m)
-        names.append("+".join(group))
-        i += 1
-    fused = nn.Sequential(*out)
-    fused.eval()
-    return fused, names
+        groups.append("+".join(names[start:end]))
+    result = nn.Sequential(*out)
+    result.eval()
+    return result, groups

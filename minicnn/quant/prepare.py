@@ -32,7 +32,7 @@ from .. import functional as F
 from .. import nn
 from ..autograd.tensor import Tensor, no_grad
 from ..train.loop import Callback
-from .fuse import ConvReLU2d, LinearReLU, QuantError, _FusedReLU, flatten_layers, fuse
+from .fuse import ConvReLU2d, LinearReLU, QuantError, FusedReLU, flatten_layers, fuse
 from .observers import (MinMaxObserver, MovingAverageMinMaxObserver, ObserverError,
                         PerChannelMinMaxObserver, PercentileObserver)
 
@@ -214,8 +214,8 @@ def _build(model, observer, per_channel, qat, averaging_constant=0.01):
 
     layers.append(QuantStub(act()))
     for m, name in zip(fused, names):
-        if isinstance(m, (nn.Conv2d, nn.Linear, _FusedReLU)):
-            relu = isinstance(m, _FusedReLU)
+        if isinstance(m, (nn.Conv2d, nn.Linear, FusedReLU)):
+            relu = isinstance(m, FusedReLU)
             base = m.layer if relu else m
             bn = None
             if qat:

@@ -36,6 +36,7 @@ from .. import functional as F
 from .. import rng
 from .. import io
 from ..backend import get_backend, to_host
+from ..nn.fuse import fuse as fuse_model
 from ..autograd.tensor import Tensor, no_grad
 
 CHECKPOINT_VERSION = io.FORMAT_VERSION   # 1 was pickle; 2 is safetensors
@@ -354,7 +355,8 @@ class Callback:
 def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
         loss_fn=F.cross_entropy, out_dir=None, early_stopping=None, resume=None,
         progress=True, log=print, step_scheduler_per_batch=False, max_batches_per_epoch=None,
-        checkpoint_extra=None, train_step=None, callbacks=(), evaluate_fn=None, nan_policy="stop"):
+        checkpoint_extra=None, train_step=None, callbacks=(), evaluate_fn=None, nan_policy="stop",
+        fuse=True):
     """Train ``model``; return the history (a dict of per-epoch lists).
 
     Three data sets, three jobs. ``train_loader`` fits the weights.
@@ -393,6 +395,11 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
             :class:`NonFiniteLossError` naming epoch, step, learning rate and the
             last finite loss; checkpoints stay at the last finite epoch),
             ``"skip-batch"`` (undo that update and go on) or ``"ignore"``.
+        fuse: run the training and validation batches through ``mc.fuse(model)``
+            (Conv2d -> ReLU -> MaxPool2d as one fused module; the same numbers,
+            faster). It shares ``model``'s parameters and buffers, so ``model`` is
+            what gets trained, checkpointed and returned. ``fuse=False`` runs
+            every layer as written (to step through them in a debugger).
     """
     train_step = standard_step if train_step is None else train_step
     callbacks = list(callbacks or ())
@@ -422,6 +429,8 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
     ckpt = (lambda name: os.path.join(out_dir, name)) if out_dir else None
     best_acc = max([a for a in history["val_acc"] if a is not None], default=-1.0)
     model.train()
+    # the network the batches run through: the same weights, fused runs (nn/fuse.py)
+    net = fuse_model(model) if fuse else model
     guard = _NonFiniteGuard(nan_policy, model, optimizer, log, out_dir)
 
     def state_for(epoch, batch, order, partial):
@@ -448,7 +457,7 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
                 if batch_index >= n_batches:
                     break
                 guard.before_step()
-                loss, out = train_step(model, optimizer, x, y, loss_fn)
+                loss, out = train_step(net, optimizer, x, y, loss_fn)
                 loss_value = loss.item()                 # one host scalar per step, checked here
                 if guard.skip(loss_value, epoch, batch_index, len(history["epoch"])):
                     batch_index += 1
@@ -491,7 +500,7 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
         history["lr"].append(lr)
         history["epoch_time"].append(epoch_time)
         history["images_per_s"].append(seen / epoch_time)
-        val = (evaluate_fn or evaluate)(model, val_loader, loss_fn) if val_loader is not None else None
+        val = (evaluate_fn or evaluate)(net, val_loader, loss_fn) if val_loader is not None else None
         history["val_loss"].append(val["loss"] if val else None)
         history["val_acc"].append(val["accuracy"] if val else None)
         msg = (f"epoch {epoch + 1}/{epochs}: train loss {loss_sum / seen:.4f} acc {correct / seen:.4f}"
