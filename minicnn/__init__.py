@@ -46,7 +46,7 @@ from .autograd.tensor import Function, Tensor, enable_grad, is_grad_enabled, no_
 
 from . import functional  # noqa: E402  (after tensor: functional builds on it)
 from . import nn  # noqa: E402
-from .nn.fuse import fuse  # noqa: E402  (mc.fuse(model): the fused fast path, made explicit)
+from .nn.fusion import fuse  # noqa: E402  (mc.fuse(model): the fused fast path, made explicit)
 from . import optim  # noqa: E402
 from . import data  # noqa: E402
 from . import models  # noqa: E402

@@ -48,7 +48,7 @@ def _all_subclasses(cls):
 
 def _import_every_module():
     for info in pkgutil.walk_packages(mc.__path__, "minicnn."):
-        if info.name.startswith("minicnn.kernels.cupy") or info.name == "minicnn.cli":
+        if info.name.startswith("minicnn.kernels.cupy") or info.name.endswith(".__main__"):
             continue
         importlib.import_module(info.name)
 

@@ -1,4 +1,4 @@
-"""The fused Conv2d -> ReLU -> MaxPool2d (functional/fused.py, nn/fuse.py) computes what
+"""The fused Conv2d -> ReLU -> MaxPool2d (functional/fused.py, nn/fusion.py) computes what
 the three layers compute.
 
 1. The reference kernels: ``bias_relu_max_pool2d_forward`` equals max_pool2d(relu(y + b))

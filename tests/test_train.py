@@ -71,14 +71,11 @@ def test_checkpoint_round_trip_and_atomic_write(tmp_path, monkeypatch):
     state = load_checkpoint(path)
     assert state["epoch"] == 3 and state["note"] == "hi" and set(state["model"]) == set(model.state_dict())
     assert all(isinstance(v, np.ndarray) for v in state["model"].values())     # host arrays
-    # a crash while writing leaves the previous checkpoint intact and no temp file
-    import safetensors.numpy
-
-    def half_write_then_fail(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"half a file")
+    # a crash while writing (the disk fills up as the bytes go to disk) leaves the previous
+    # checkpoint intact and no temp file (minicnn.io.atomic_write)
+    def disk_full(fd):
         raise OSError("disk full")
-    monkeypatch.setattr(safetensors.numpy, "save_file", half_write_then_fail)
+    monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tmp_path / "a.ckpt", model, opt, sched, epoch=4)
     monkeypatch.undo()

@@ -8,10 +8,11 @@
 """
 from .anomaly import AnomalyError, detect_anomaly
 from .engine import backpropagate, topological_order
-from .gradcheck import GradcheckError, gradcheck
+from .gradcheck import GradcheckError
 from .observer import OperationObserver, observe
-from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
+from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad
 
-__all__ = ["Tensor", "Function", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
+# (mc.tensor and mc.gradcheck are the functions; minicnn.autograd.tensor / .gradcheck the modules)
+__all__ = ["Tensor", "Function", "no_grad", "enable_grad", "is_grad_enabled",
            "topological_order", "backpropagate", "OperationObserver", "observe",
-           "gradcheck", "GradcheckError", "detect_anomaly", "AnomalyError"]
+           "GradcheckError", "detect_anomaly", "AnomalyError"]

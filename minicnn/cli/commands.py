@@ -133,7 +133,7 @@ def model_from_checkpoint(state):
     if "model_name" not in config:
         raise CLIError("the checkpoint has no model configuration (was it written by `minicnn train`?)")
     if "architecture" in config:        # shrunk by `minicnn prune --shrink`: its own channel counts
-        from ..compress.shrink import model_from_architecture
+        from ..compress.sparsity import model_from_architecture
         model = model_from_architecture(config["architecture"])
     else:
         model = get_model(config["model_name"], num_classes=config.get("num_classes", 10),
@@ -336,7 +336,7 @@ def cmd_evaluate(args):
     key = config.get("dataset", "digits") if args.dataset is None else _dataset_key(args.dataset)
     _, _, test_loader, source, classes = build_loaders(key, 64, data_dir=args.data_dir,
                                                     download=not args.no_download, limit_test=args.limit_test)
-    from ..nn.fuse import fuse
+    from ..nn.fusion import fuse
     net = model if args.no_fuse else fuse(model)    # the same weights, Conv2d -> ReLU -> MaxPool2d fused
     logits, targets = predict(net, test_loader)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))

@@ -1,12 +1,12 @@
 """Compression (tutorial 12): pruning studies, shrinking pruned models, sparse files, distillation.
 
-* ``shrink.py``      — prune to a sparsity, sensitivity analysis, :func:`shrink` (drop pruned filters),
+* ``sparsity.py``    — prune to a sparsity, sensitivity analysis, :func:`shrink` (drop pruned filters),
   sparse checkpoints (the masks themselves live in ``minicnn.nn.utils.prune``, torch's API);
 * ``distill.py``     — :class:`DistillationStep`: train a student on a teacher's soft targets;
 * ``prune_cli.py``   — ``minicnn prune``;   ``distill_cli.py`` — ``minicnn train --teacher ...``.
 """
 from .distill import DistillationStep
-from .shrink import (ShrinkError, architecture, dense_bytes, gradual_schedule, iterative_prune, load_sparse, macs,
+from .sparsity import (ShrinkError, architecture, dense_bytes, gradual_schedule, iterative_prune, load_sparse, macs,
                      make_permanent, model_from_architecture, plot_sensitivity, prunable_layers, prune_to,
                      save_sparse, sensitivity_analysis, shrink)
 

@@ -69,7 +69,7 @@ def _finetune(model, train_loader, epochs, lr, progress, log):
 
 def cmd_prune(args):
     import minicnn as mc
-    from . import shrink as compress
+    from . import sparsity as compress
     from ..cli.commands import CLIError, load_checkpoint_file, model_from_checkpoint, build_loaders
     from ..io import write_json
     from ..nn.utils import prune

@@ -30,7 +30,7 @@ max(relu(a), relu(b)) exactly, and the gradient reaches the same input: the
 window's first maximum when it is positive, nothing when relu clipped it
 (where the unfused pool's winner would be multiplied by relu's derivative 0).
 
-Nothing calls it behind your back: ``mc.fuse(model)`` (``minicnn/nn/fuse.py``)
+Nothing calls it behind your back: ``mc.fuse(model)`` (``minicnn/nn/fusion.py``)
 returns a model whose Conv2d -> ReLU -> MaxPool2d runs are
 ``nn.ConvReLUMaxPool2d`` modules, which call :func:`conv2d_relu_max_pool2d`;
 ``train.fit`` applies it unless ``fuse=False``. You can also call it directly.

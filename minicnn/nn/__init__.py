@@ -1,7 +1,7 @@
 """Layers and models (``import minicnn.nn as nn``), PyTorch's names."""
 from . import init, utils
 from .containers import ModuleList, Sequential
-from .fuse import ConvReLUMaxPool2d, fuse
+from .fusion import ConvReLUMaxPool2d, fuse
 from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d,
                      BCEWithLogitsLoss, Conv2d, CrossEntropyLoss, DepthwiseSeparableConv2d, Dropout, Flatten,
                      Identity, LeakyReLU, Linear, LogSoftmax, MaxPool2d, Mish, MixedPool2d, MSELoss, NLLLoss,

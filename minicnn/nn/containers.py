@@ -13,7 +13,7 @@ class Sequential(Module):
     PyTorch's dotted names: ``0.weight``, ``3.bias``.
 
     ``forward`` is the plain loop: every child runs, as written. ``mc.fuse(model)``
-    (``nn/fuse.py``) makes a faster model in which Conv2d -> ReLU -> MaxPool2d
+    (``nn/fusion.py``) makes a faster model in which Conv2d -> ReLU -> MaxPool2d
     runs are one visible ``ConvReLUMaxPool2d`` module.
     """
 

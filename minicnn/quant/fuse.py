@@ -29,7 +29,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..backend import to_device, to_host
-from ..nn.fuse import fuse as fuse_model
+from ..nn.fusion import fuse as fuse_model
 from ..nn.module import Parameter
 
 

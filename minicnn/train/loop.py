@@ -36,7 +36,7 @@ from .. import functional as F
 from .. import rng
 from .. import io
 from ..backend import get_backend, to_host
-from ..nn.fuse import fuse as fuse_model
+from ..nn.fusion import fuse as fuse_model
 from ..autograd.tensor import Tensor, no_grad
 
 CHECKPOINT_VERSION = io.FORMAT_VERSION   # 1 was pickle; 2 is safetensors
@@ -429,7 +429,7 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
     ckpt = (lambda name: os.path.join(out_dir, name)) if out_dir else None
     best_acc = max([a for a in history["val_acc"] if a is not None], default=-1.0)
     model.train()
-    # the network the batches run through: the same weights, fused runs (nn/fuse.py)
+    # the network the batches run through: the same weights, fused runs (nn/fusion.py)
     net = fuse_model(model) if fuse else model
     guard = _NonFiniteGuard(nan_policy, model, optimizer, log, out_dir)
 

@@ -335,7 +335,7 @@ def write_plots(study, out):
 # -----------------------------------------------------------------------------
 def cmd_lr_find(args):
     from ..cli.commands import CLIError, prepare_run
-    from .lr_find import lr_find
+    from .lr_range import lr_find
     run = prepare_run(args)
     try:
         result = lr_find(run.model, run.optimizer, run.train_loader, start_lr=args.start_lr,
