@@ -1,4 +1,4 @@
-"""Pruning (minicnn.nn.utils.prune): masks equal torch.nn.utils.prune's, gradients are
+"""Pruning (minicnn.nn.utils.prune, in minicnn/compress/prune.py): masks equal torch.nn.utils.prune's, gradients are
 masked, pruning composes, remove is permanent, and bad arguments are clear errors."""
 import numpy as np
 import pytest

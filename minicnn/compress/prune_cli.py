@@ -72,7 +72,7 @@ def cmd_prune(args):
     from . import sparsity as compress
     from ..cli.commands import CLIError, load_checkpoint_file, model_from_checkpoint, build_loaders
     from ..io import write_json
-    from ..nn.utils import prune
+    from . import prune
     from ..train.loop import evaluate, save_checkpoint
 
     if not 0.0 <= args.amount <= 1.0:

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import nn
 from ..backend import to_device, to_host
-from ..nn.utils import prune
+from . import prune
 from ..autograd.tensor import Tensor, no_grad
 
 __all__ = ["shrink", "ShrinkError", "prunable_layers", "prune_to", "gradual_schedule", "iterative_prune",

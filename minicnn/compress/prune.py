@@ -36,8 +36,8 @@ import numbers
 
 import numpy as np
 
-from ...backend import current, to_host
-from ...autograd.tensor import Tensor
+from ..backend import current, to_host
+from ..autograd.tensor import Tensor
 
 __all__ = ["BasePruningMethod", "PruningContainer", "Identity", "L1Unstructured", "RandomUnstructured",
            "LnStructured", "CustomFromMask", "identity", "l1_unstructured", "random_unstructured",
@@ -255,8 +255,8 @@ class RandomUnstructured(BasePruningMethod):
         self.amount = amount
 
     def compute_mask(self, t, default_mask):
-        from ... import rng
-        from ...backend import to_device
+        from .. import rng
+        from ..backend import to_device
         k = _nparams_toprune(self.amount, int(t.size))
         mask = default_mask.copy()
         if k:
