@@ -97,17 +97,17 @@ def test_api_reference_documents_the_public_classes_with_their_source(site):
                 "nn": ["minicnn.nn.layers.Conv2d", "minicnn.nn.module.Module"],
                 "optim": ["minicnn.optim.adam.Adam"],
                 "kernels": ["minicnn.kernels.numpy_ref.im2col", "minicnn.kernels.cupy_gpu.im2col"],
-                "techniques": ["minicnn.tune.lr_find", "minicnn.attacks.fgsm"]}
+                "techniques": ["minicnn.tune.lr_range.lr_find", "minicnn.attacks.fgsm_pgd.fgsm"]}
     missing = [f"{page}: {name}" for page, names in expected.items() for name in names
                if f'id="{name}"' not in api.get(page, "")]
     assert not missing, f"the API reference lacks {missing}"
-    assert (html / "_modules" / "minicnn" / "tensor.html").is_file(), "viewcode wrote no source page for tensor.py"
+    assert (html / "_modules" / "minicnn" / "autograd" / "tensor.html").is_file(), "viewcode wrote no source page for tensor.py"
 
 
 def test_links_to_the_source_open_its_highlighted_page(site):
     """[tensor.py](../minicnn/autograd/tensor.py) in a notebook is a download in plain Sphinx; docs/conf.py sends it to viewcode."""
     _, _, html = site
     page = (html / "tutorials" / "01_autograd.html").read_text()
-    assert 'href="../_modules/minicnn/tensor.html"' in page, "01_autograd's link to tensor.py should open the source page"
+    assert 'href="../_modules/minicnn/autograd/tensor.html"' in page, "01_autograd's link to tensor.py should open the source page"
     assert "_downloads/" not in re.sub(r'href="[^"]*\.(png|json|csv|zip)"', "", page), \
         "a link to a module's source still downloads the file"
