@@ -60,7 +60,7 @@ def cmd_train(args):
                                           seed=args.seed)
         model = models.get_model("reference")
         opt = optim.Adam(model.parameters(), lr=1e-3)
-        log(f"undefended: {args.clean_epochs} epochs on {len(tl._arrays[0])} images ({src})")
+        log(f"undefended: {args.clean_epochs} epochs on {len(tl.arrays[0])} images ({src})")
         t0 = time.perf_counter()
         train.fit(model, opt, tl, args.clean_epochs, val_loader=vl, out_dir=out_u, progress=False, log=log,
                   checkpoint_extra={"config": _config(args, "undefended")})

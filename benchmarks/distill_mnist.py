@@ -87,7 +87,7 @@ def main(argv=None):
           flush=True)
     write_json(args.json, out)
 
-    small = DataLoader(tuple(a[:args.small_size] for a in train._arrays), batch_size=64, shuffle=True,
+    small = DataLoader(tuple(a[:args.small_size] for a in train.arrays), batch_size=64, shuffle=True,
                        transform=train.transform)
     for setting in args.settings:
         loader, epochs = (train, args.student_epochs) if setting == "full" else (small, args.small_epochs)

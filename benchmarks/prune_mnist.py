@@ -60,7 +60,7 @@ def main(argv=None):
     ft_loader = train
     if args.limit_finetune is not None:        # a subset of the training part (never the validation split)
         from minicnn.data import DataLoader
-        ft_loader = DataLoader(tuple(a[:args.limit_finetune] for a in train._arrays), batch_size=64,
+        ft_loader = DataLoader(tuple(a[:args.limit_finetune] for a in train.arrays), batch_size=64,
                                shuffle=True, transform=train.transform)
 
     def fresh():
@@ -69,7 +69,7 @@ def main(argv=None):
         return m
 
     out = {"source": source, "args": vars(args), "rows": [],
-           "finetune_images": len(ft_loader._arrays[0]), "fine_tune_batches_per_epoch": len(ft_loader)}
+           "finetune_images": len(ft_loader.arrays[0]), "fine_tune_batches_per_epoch": len(ft_loader)}
     dense = fresh()
     out["dense"] = {"val_acc": accuracy(dense, val), "test_acc": accuracy(dense, test),
                     "parameters": dense.num_parameters(), "macs": compress.macs(dense)}

@@ -84,7 +84,7 @@ def main(argv=None):
             fit(prepared, mc.optim.Adam(prepared.parameters(), lr=args.qat_lr), train_loader, 1, progress=False,
                 log=lambda *a: None, max_batches_per_epoch=batches, callbacks=[quant.QATSchedule(1, 2)])
             row["qat/per-channel/1-epoch"] = accuracy(quant.convert(prepared), test_loader)
-            row["qat_train_images"] = min(args.qat_train_images or 10 ** 9, len(train_loader._arrays[0]))
+            row["qat_train_images"] = min(args.qat_train_images or 10 ** 9, len(train_loader.arrays[0]))
             print(f"  QAT 1 epoch ({row['qat_train_images']} images): {row['qat/per-channel/1-epoch']:.4f} "
                   f"({time.perf_counter() - t0:.0f}s)", flush=True)
             save_partial()

@@ -251,6 +251,35 @@ def test_no_private_name_is_imported_across_modules():
     assert not private, private
 
 
+def test_no_private_name_of_another_module_is_used_through_it():
+    """Nor ``from . import loop`` followed by ``loop._helper(...)``."""
+    files, _ = _imports()
+    offenders = []
+    for module, path in files.items():
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        tree = ast.parse(path.read_text())
+        aliases = {}                        # local name -> the minicnn module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                for a in node.names:
+                    if f"{base}.{a.name}" in files:
+                        aliases[a.asname or a.name] = f"{base}.{a.name}"
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name in files and a.asname:
+                        aliases[a.asname] = a.name
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and aliases[node.value.id] != module):
+                offenders.append(f"{module}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
+    assert not offenders, offenders
+
+
 # The one circle there is: Tensor's methods (x + y, x.sum(), backward) call the
 # functional operations, which build on Tensor and Function (autograd <-> functional).
 ENGINE_CIRCLE = ("minicnn.autograd", "minicnn.functional")

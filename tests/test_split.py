@@ -29,10 +29,10 @@ def test_stratified_split_rejects_bad_fractions(bad):
 
 def test_build_loaders_carves_validation_from_training_images_not_test():
     train, val, test, _, _ = build_loaders("digits", 64, limit_train=1000, val_split=0.2, seed=0)
-    assert len(train._arrays[0]) == 800 and len(val._arrays[0]) == 200
-    tr_imgs = train._arrays[0].reshape(800, -1)
-    va_imgs = val._arrays[0].reshape(200, -1)
-    te_imgs = test._arrays[0].reshape(len(test._arrays[0]), -1)
+    assert len(train.arrays[0]) == 800 and len(val.arrays[0]) == 200
+    tr_imgs = train.arrays[0].reshape(800, -1)
+    va_imgs = val.arrays[0].reshape(200, -1)
+    te_imgs = test.arrays[0].reshape(len(test.arrays[0]), -1)
     # validation images are training images, none is a test image
     te_set = {row.tobytes() for row in te_imgs}
     assert not any(row.tobytes() in te_set for row in va_imgs)

@@ -69,10 +69,10 @@ def cmd_attack(args):
         raise cli.CLIError("--steps and --restarts must be >= 1")
     state = cli.load_checkpoint_file(args.checkpoint)
     net, config = pixel_model(state)
-    key = config.get("dataset", "digits") if args.dataset is None else cli._dataset_key(args.dataset)
+    key = config.get("dataset", "digits") if args.dataset is None else cli.dataset_key(args.dataset)
     _, _, test_loader, _, classes = cli.build_loaders(key, 64, data_dir=args.data_dir,
                                                           download=not args.no_download, limit_test=args.limit_test)
-    images, labels = test_loader._arrays
+    images, labels = test_loader.arrays
     loader = DataLoader((images, labels), batch_size=args.batch_size)          # pixel units: no Normalize
     mc.manual_seed(args.seed)
     kwargs = {} if args.method == "fgsm" else dict(steps=args.steps, alpha=args.alpha, restarts=args.restarts)

@@ -36,7 +36,7 @@ class CLIError(Exception):
 # -----------------------------------------------------------------------------
 # Building blocks
 # -----------------------------------------------------------------------------
-def _dataset_key(name):
+def dataset_key(name):
     from ..data.datasets import ALIASES, DATASETS
     key = ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in DATASETS:
@@ -55,7 +55,7 @@ def build_loaders(dataset, batch_size, augment=False, data_dir=None, download=Tr
     """
     from ..data import DataLoader, get_dataset, stratified_split
     from ..data.transforms import Compose, Normalize, RandomAffine
-    key = _dataset_key(dataset)
+    key = dataset_key(dataset)
     if not (0.0 <= val_split < 1.0):
         raise CLIError(f"--val-split must be in [0, 1), got {val_split}")
     train = get_dataset(key, train=True, root=data_dir, download=download)
@@ -222,7 +222,7 @@ def prepare_run(args) -> Run:
     if args.resume and not os.path.isfile(args.resume):
         raise CLIError(f"--resume: checkpoint not found: {args.resume}")
     mc.manual_seed(args.seed)
-    key = _dataset_key(args.dataset)
+    key = dataset_key(args.dataset)
     train_loader, val_loader, test_loader, source, classes = build_loaders(
         key, args.batch_size, args.augment, args.data_dir, not args.no_download,
         args.limit_train, args.limit_test, val_split=args.val_split, seed=args.seed)
@@ -278,9 +278,9 @@ def cmd_train(args):
         run_fit(run, progress=False, log=lambda *a, **k: None)
         return 0
     model, classes, test_loader = run.model, run.classes, run.test_loader
-    n_train = len(run.train_loader._arrays[0])
-    n_test = len(test_loader._arrays[0])
-    n_val = 0 if run.val_loader is None else len(run.val_loader._arrays[0])
+    n_train = len(run.train_loader.arrays[0])
+    n_test = len(test_loader.arrays[0])
+    n_val = 0 if run.val_loader is None else len(run.val_loader.arrays[0])
     print(f"data: {run.source} — {n_train} training / {n_val} validation "
           f"({args.val_split:g} of the training images, stratified) / {n_test} test images")
     print(f"model: {args.model} ({model.num_parameters():,} parameters) | optimizer: {args.optimizer} "
@@ -304,7 +304,7 @@ def cmd_train(args):
           f"training took {total:.1f}s")
     write_json(os.path.join(out, "history.json"), {"history": history, "test_accuracy": acc,
                                                      "data": run.source, "config": run.config["args"]})
-    images = test_loader._arrays[0]
+    images = test_loader.arrays[0]
     wrong = np.flatnonzero(pred != targets)        # all mistakes: the plot shows 25 of them
     written = [
         viz.plot_history(history, os.path.join(out, "curves.png")),
@@ -333,7 +333,7 @@ def cmd_evaluate(args):
     from ..train.loop import predict
     state = load_checkpoint_file(args.checkpoint)
     model, config = model_from_checkpoint(state)
-    key = config.get("dataset", "digits") if args.dataset is None else _dataset_key(args.dataset)
+    key = config.get("dataset", "digits") if args.dataset is None else dataset_key(args.dataset)
     _, _, test_loader, source, classes = build_loaders(key, 64, data_dir=args.data_dir,
                                                     download=not args.no_download, limit_test=args.limit_test)
     from ..nn.fusion import fuse
@@ -348,7 +348,7 @@ def cmd_evaluate(args):
     print(f"accuracy {float((pred == targets).mean()):.4f} | ROC-AUC (one-vs-rest, macro) {macro:.4f}")
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out, exist_ok=True)
-    images = test_loader._arrays[0]
+    images = test_loader.arrays[0]
     wrong = np.flatnonzero(pred != targets)        # all mistakes: the plot shows 25 of them
     written = [viz.plot_confusion_matrix(confusion_matrix(pred, targets, len(classes)), classes,
                                          os.path.join(out, "eval_confusion_matrix.png")),

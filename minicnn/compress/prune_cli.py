@@ -95,8 +95,8 @@ def cmd_prune(args):
         limit_test=args.limit_test, val_split=val_split, seed=seed)
     log = print
     os.makedirs(args.out, exist_ok=True)
-    print(f"data: {source} — {len(train_loader._arrays[0])} fine-tuning / {len(val_loader._arrays[0])} "
-          f"validation (the training run's split) / {len(test_loader._arrays[0])} test images")
+    print(f"data: {source} — {len(train_loader.arrays[0])} fine-tuning / {len(val_loader.arrays[0])} "
+          f"validation (the training run's split) / {len(test_loader.arrays[0])} test images")
 
     def val_acc(m):
         return evaluate(m, val_loader)["accuracy"]

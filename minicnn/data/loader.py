@@ -105,6 +105,12 @@ class DataLoader:
             raise TypeError(f"DataLoader: labels must be integers (class indices), got {labels.dtype}")
         return images, labels
 
+    @property
+    def arrays(self):
+        """``(images, labels)``, the host arrays batches are cut from, or None for a dataset read
+        item by item. Read-only: the loader's own arrays (use them, don't change them)."""
+        return self._arrays
+
     def __len__(self):
         """Number of batches per epoch: ``N // B`` with drop_last, else ``ceil(N / B)``."""
         n = self._num_samples()

@@ -6,14 +6,14 @@
 * ``cli.py``            — ``mpirun -n N minicnn train --distributed``.
 """
 from .data_parallel import (DistributedDataParallel, DistributedSampler, SamplerEpochCallback, abort,
-                            all_reduce_, all_reduce_numbers, barrier, broadcast_, broadcast_state,
+                            all_gather_object, all_reduce_, all_reduce_numbers, barrier, broadcast_, broadcast_state,
                             check_replicas, convert_sync_batchnorm, evaluate, get_rank, get_world_size, init,
                             is_main_process, local_size, make_train_step, mpi_library, seed_per_rank,
                             shard_loader, state_hash)
 from .sync_batchnorm import SyncBatchNorm, SyncBatchNormFn
 
 __all__ = ["init", "get_rank", "get_world_size", "local_size", "is_main_process", "mpi_library", "abort",
-           "barrier", "all_reduce_", "all_reduce_numbers", "broadcast_", "state_hash", "broadcast_state",
+           "barrier", "all_gather_object", "all_reduce_", "all_reduce_numbers", "broadcast_", "state_hash", "broadcast_state",
            "check_replicas", "DistributedDataParallel", "DistributedSampler", "shard_loader", "seed_per_rank",
            "make_train_step", "SamplerEpochCallback", "evaluate", "convert_sync_batchnorm", "SyncBatchNorm",
            "SyncBatchNormFn"]

@@ -299,6 +299,18 @@ def all_reduce_numbers(values, average=False):
     return buf.tolist()
 
 
+def all_gather_object(object_list, obj):
+    """``object_list[r]`` = rank r's ``obj`` on every rank (PyTorch's ``dist.all_gather_object``).
+
+    For small Python objects (a hash, a count): they travel pickled, between the
+    ranks of this job only — never from disk. ``object_list`` must have one slot per rank.
+    """
+    if len(object_list) != get_world_size():
+        raise ValueError(f"all_gather_object: object_list needs one slot per rank ({get_world_size()}), "
+                         f"got {len(object_list)}")
+    object_list[:] = _world.comm.allgather(obj) if get_world_size() > 1 else [obj]
+
+
 def broadcast_(buf, root=0):
     """Overwrite ``buf`` (a host array) with rank ``root``'s; returns it."""
     if get_world_size() > 1:
@@ -551,9 +563,9 @@ def shard_loader(loader, shuffle=True, seed=0, eval=False):
     """A DataLoader over the same data with this rank's shard (a DistributedSampler)."""
     from ..data import DataLoader
     r, w = init()
-    n = len(loader._arrays[0]) if loader._arrays is not None else len(loader.dataset)
+    n = len(loader.arrays[0]) if loader.arrays is not None else len(loader.dataset)
     sampler = _EvalShard(n, r, w) if eval else DistributedSampler(n, shuffle=shuffle, seed=seed)
-    return DataLoader(loader.dataset if loader._arrays is None else loader._arrays,
+    return DataLoader(loader.dataset if loader.arrays is None else loader.arrays,
                       batch_size=loader.batch_size, drop_last=loader.drop_last,
                       transform=loader.transform, sampler=sampler)
 

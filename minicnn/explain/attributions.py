@@ -190,7 +190,7 @@ def last_conv_layer(model):
     return convs[-1]
 
 
-def _find_layer(model, layer):
+def find_layer(model, layer):
     if layer is None:
         return last_conv_layer(model)
     named = list(model.named_modules())
@@ -215,7 +215,7 @@ def grad_cam(model, x, target, layer=None):
     the last conv layer. The map has the layer's resolution; :func:`upsample`
     brings it to the image's. Captured with a forward hook (removed after).
     """
-    name, module = _find_layer(model, layer)
+    name, module = find_layer(model, layer)
     xp = current.xp
     captured = {}
 

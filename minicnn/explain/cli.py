@@ -63,7 +63,7 @@ def cmd_explain(args):
             print(f"integrated gradients: completeness gap {gap[0]:+.4g} "
                   f"(sum of attributions minus the logit difference to a black image, {args.steps} steps)")
         elif m == "grad-cam":
-            name, _ = explain._find_layer(net, layer)
+            name, _ = explain.find_layer(net, layer)
             maps[f"Grad-CAM ({name})"] = explain.grad_cam(net, x, target, layer=layer)
         elif m == "occlusion":
             maps["occlusion"] = explain.occlusion(net, x, target)

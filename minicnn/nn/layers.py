@@ -316,7 +316,7 @@ class MSELoss(_Loss):
 
 
 class SmoothL1Loss(_Loss):
-    """l_i = 0.5 (x_i - t_i)² / beta where |x_i - t_i| < beta, else |x_i - t_i| - 0.5 beta."""
+    """l_i = 0.5 (x_i - t_i)² / beta where ``|x_i - t_i| < beta``, else ``|x_i - t_i| - 0.5 beta``."""
 
     def __init__(self, reduction="mean", beta=1.0):
         super().__init__(reduction)

@@ -17,7 +17,7 @@ names) carry a ``relu`` flag and the observer sees the post-ReLU values.
 
 :func:`fuse` walks a model made of ``nn.Sequential``s (nested ones are
 flattened) and returns a new flat ``Sequential``; the original is not changed.
-The matching is ``mc.fuse``'s walker (``minicnn/nn/fuse.py``) with the patterns
+The matching is ``mc.fuse``'s walker (``minicnn/nn/fusion.py``) with the patterns
 of :func:`quant_patterns` instead of its default Conv2d -> ReLU -> MaxPool2d.
 """
 from __future__ import annotations
