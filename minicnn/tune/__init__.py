@@ -7,5 +7,9 @@
 from .lr_range import (LRFindResult, exponential_lrs, lr_find, suggest_minimum, suggest_steepest,
                       suggest_valley)
 
-__all__ = ["lr_find", "LRFindResult", "exponential_lrs", "suggest_steepest", "suggest_minimum",
+from .search import (Dimension, SpaceError, grid_of, make_pruner, make_sampler, open_storage, parse_dimension,
+                     parse_space, sampler_seed)
+
+__all__ = ["Dimension", "SpaceError", "grid_of", "make_pruner", "make_sampler", "open_storage", "parse_dimension",
+           "parse_space", "sampler_seed", "lr_find", "LRFindResult", "exponential_lrs", "suggest_steepest", "suggest_minimum",
            "suggest_valley"]
