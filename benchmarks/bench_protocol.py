@@ -306,9 +306,14 @@ print(f"val {acc(norm(xi[va]), yi[va]):.4f} test {acc(norm(xt), yt):.4f} wall {t
 '''
 
 
-def end_to_end(runs, threads):
-    """Wall time of whole processes: `minicnn train` vs the PyTorch script, alternated, best of `runs`."""
+def end_to_end(runs, threads, checkouts=()):
+    """Wall time of whole processes: `minicnn train` vs the PyTorch script, alternated, best of `runs`.
+
+    ``checkouts``: other minicnn checkouts (the ``@DIR`` of the contenders) whose
+    `minicnn train` runs in the same alternation (a before/after comparison).
+    """
     walls = {"minicnn train": [], "pytorch script": []}
+    walls.update({f"minicnn train@{d}": [] for d in checkouts})
     outputs = {}
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "torch_epoch.py")
@@ -319,6 +324,12 @@ def end_to_end(runs, threads):
                               "--no-download", "--no-progress", "--out", os.path.join(tmp, "run")],
             "pytorch script": [sys.executable, script, str(threads)],
         }
+        for i, d in enumerate(checkouts):       # the other checkout's own minicnn and kernels (_use_checkout)
+            train_args = commands["minicnn train"][3:-1] + [os.path.join(tmp, f"run-other-{i}")]
+            code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+                    f"from bench_protocol import _use_checkout; _use_checkout({d!r}); "
+                    f"from minicnn.cli import main; sys.exit(main({train_args!r}))")
+            commands[f"minicnn train@{d}"] = [sys.executable, "-c", code]
         env = dict(os.environ, MINICNN_BACKEND=os.environ.get("MINICNN_BACKEND", "numba"))
         for r in range(runs):
             for name in (list(commands) if r % 2 == 0 else list(commands)[::-1]):
@@ -336,7 +347,11 @@ def end_to_end(runs, threads):
     ratio = best["minicnn train"] / best["pytorch script"]
     print(f"end to end (best of {runs}): minicnn train {best['minicnn train']:.1f} s, "
           f"PyTorch {best['pytorch script']:.1f} s, ratio {ratio:.2f}x", flush=True)
-    return {"walls_s": walls, "best_s": best, "ratio": ratio, "last_output": outputs}
+    ratios = {name: best[name] / best["pytorch script"] for name in best if name.startswith("minicnn train@")}
+    for name, r in ratios.items():
+        print(f"end to end (best of {runs}): {name} {best[name]:.1f} s, ratio {r:.2f}x", flush=True)
+    return {"walls_s": walls, "best_s": best, "ratio": ratio, "ratios_other_checkouts": ratios,
+            "last_output": outputs}
 
 
 def main(argv=None):
@@ -382,7 +397,8 @@ def main(argv=None):
            "threads": args.threads, "rounds": args.rounds, "block_steps": BLOCK, "load_at_start": load,
            "steady_state": steady_state(contenders, args.rounds, args.threads, args.warmup, configs)}
     if not args.no_end_to_end and "torch" in contenders:
-        out["end_to_end"] = end_to_end(args.end_to_end, args.threads)
+        checkouts = [c.partition("@")[2] for c in contenders if c.startswith("minicnn-") and "@" in c]
+        out["end_to_end"] = end_to_end(args.end_to_end, args.threads, checkouts)
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:
