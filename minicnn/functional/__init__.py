@@ -12,10 +12,10 @@ from .distill import distillation_loss, kl_div
 from .dropout import dropout
 from .fused import conv2d_relu_max_pool2d
 from .linear import linear
-from .loss import (binary_cross_entropy_with_logits, cross_entropy, mse_loss, nll_loss,
-                   smooth_l1_loss)
+from .loss import (binary_cross_entropy_with_logits, cross_entropy, mse_loss, multi_margin_loss,
+                   nll_loss, smooth_l1_loss)
 from .math import abs, clip, exp, log, matmul, maximum, sqrt  # noqa: A004
-from .norm import batch_norm
+from .norm import batch_norm, group_norm, layer_norm
 from .pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from .quant import fake_quantize_per_channel_affine, fake_quantize_per_tensor_affine
 from .reductions import max, mean, sum  # noqa: A004
@@ -25,8 +25,8 @@ from .unfold import unfold
 __all__ = [
     "gelu", "leaky_relu", "log_softmax", "mish", "relu", "sigmoid", "silu", "softmax", "softplus",
     "swish", "tanh", "conv2d", "conv2d_simple", "conv_output_shape", "conv2d_relu_max_pool2d", "distillation_loss", "kl_div", "dropout", "linear",
-    "binary_cross_entropy_with_logits", "cross_entropy", "mse_loss", "nll_loss", "smooth_l1_loss",
-    "abs", "clip", "exp", "log", "matmul", "maximum", "sqrt", "batch_norm", "adaptive_avg_pool2d",
+    "binary_cross_entropy_with_logits", "cross_entropy", "mse_loss", "multi_margin_loss", "nll_loss", "smooth_l1_loss",
+    "abs", "clip", "exp", "log", "matmul", "maximum", "sqrt", "batch_norm", "layer_norm", "group_norm", "adaptive_avg_pool2d",
     "avg_pool2d", "max_pool2d", "max", "mean", "sum", "cat", "concatenate", "flatten", "reshape",
     "stack", "transpose", "unfold",
     "fake_quantize_per_tensor_affine", "fake_quantize_per_channel_affine",

@@ -173,6 +173,51 @@ class BCEWithLogitsFn(Function):
         return dx, dy
 
 
+class MultiMarginLossFn(Function):
+    """The multiclass SVM (hinge) loss of CS231n, as ``torch.nn.functional.multi_margin_loss``.
+
+    For scores x (N, C) and the correct class y_n of each sample, with
+    margins m_ni = margin - x[n, y_n] + x[n, i]::
+
+        l_n = (1/C) * sum_{i != y_n} w[y_n] * max(0, m_ni)^p        p = 1 or 2, w: (C,) or 1
+
+    (PyTorch divides by C, the number of classes; CS231n's notes leave the
+    1/C out.) Backward, with a_ni = 1 where m_ni > 0 and i != y_n, else 0::
+
+        dl_n/dx[n, i]   = w[y_n]/C * p * m_ni^(p-1) * a_ni          for i != y_n
+        dl_n/dx[n, y_n] = -sum_{i != y_n} dl_n/dx[n, i]
+
+    (raising a wrong class's score by one raises the margin it violates by
+    one; raising the correct one lowers every margin). Shapes: input (N, C),
+    target (N,) integers, output (N,) for reduction='none', else a scalar.
+    """
+
+    def forward(self, x, target, weight, p, margin, reduction):
+        xp = current.xp
+        N, C = x.shape
+        rows = xp.arange(N)
+        m = margin - x[rows, target][:, None] + x                   # (N, C) margins
+        m[rows, target] = 0                                        # the correct class adds nothing
+        hinge = xp.maximum(m, 0)
+        scale = (1.0 / C) if weight is None else weight[target][:, None] / C   # w[y_n] / C
+        loss = ((hinge if p == 1 else hinge * hinge) * scale).sum(axis=1)     # (N,)
+        self.save_for_backward(hinge, target, weight)
+        self.p, self.reduction = p, reduction
+        return _reduce(loss, reduction).astype(x.dtype)
+
+    def backward(self, gy):
+        xp = current.xp
+        hinge, target, weight = self.saved_tensors                 # (N, C): max(0, m), 0 at y_n
+        N, C = hinge.shape
+        rows = xp.arange(N)
+        scale = (1.0 / C) if weight is None else weight[target][:, None] / C
+        d = (hinge > 0) * scale if self.p == 1 else 2 * hinge * scale        # dl_n/dx[n, i], i != y_n
+        d = d.astype(hinge.dtype)
+        d[rows, target] = -d.sum(axis=1)                           # dl_n/dx[n, y_n]
+        g = _reduce_grad(gy, (N,), self.reduction, hinge.dtype)   # (N,)
+        return d * g[:, None], None, None
+
+
 # -- functional spellings ------------------------------------------------------
 def cross_entropy(logits: Tensor, target, label_smoothing=0.0, reduction="mean") -> Tensor:
     """Cross-entropy between logits (N, K) and integer class indices (N,)."""
@@ -218,3 +263,26 @@ def binary_cross_entropy_with_logits(x: Tensor, target, reduction="mean") -> Ten
     _check_reduction(reduction, "binary_cross_entropy_with_logits")
     return BCEWithLogitsFn.apply(x, _same_shape("binary_cross_entropy_with_logits", x, target),
                                reduction=reduction)
+
+
+def multi_margin_loss(input: Tensor, target, p=1, margin=1, weight=None, reduction="mean") -> Tensor:
+    """The multiclass SVM loss (CS231n's) of scores (N, C) at class indices (N,); see
+    :class:`MultiMarginLossFn`. A 1-D input (C,) with a single target is one sample.
+    ``weight`` (C,) scales each sample's loss by the weight of its correct class."""
+    _check_reduction(reduction, "multi_margin_loss")
+    if p not in (1, 2):
+        raise ValueError(f"multi_margin_loss: only p == 1 and p == 2 are supported, got p={p!r}")
+    target = target if isinstance(target, Tensor) else Tensor(target)
+    one_sample = input.ndim == 1
+    if one_sample:
+        input, target = input.reshape(1, -1), target.reshape(1)
+    _check_class_targets("multi_margin_loss", input, target.data)
+    if weight is not None:
+        weight = weight if isinstance(weight, Tensor) else Tensor(weight, dtype=input.dtype)
+        if tuple(weight.shape) != (input.shape[1],):
+            raise ValueError(f"multi_margin_loss: weight should have one value per class, shape "
+                             f"({input.shape[1]},), got {shape_str(weight.shape)}")
+        weight = weight.detach()                                  # a constant, as in PyTorch
+    loss = MultiMarginLossFn.apply(input, target, weight, p=int(p), margin=float(margin),
+                                   reduction=reduction)
+    return loss.reshape(()) if one_sample and reduction == "none" else loss

@@ -18,12 +18,51 @@ them collapses to (with g = dL/dxhat = gy * gamma, means over the m values)::
     dgamma = sum(gy * xhat),   dbeta = sum(gy)
 
 In evaluation mu and var are constants: dx = gy * gamma / sqrt(running_var + eps).
+
+Layer norm and group norm are the same standardisation over *other* axes —
+each sample on its own, so there are no running statistics and training and
+evaluation compute the same thing:
+
+* layer norm: over the last len(normalized_shape) axes of each sample
+  (the D = prod(normalized_shape) features of one token or one image);
+* group norm: over the channels of one group and all their positions
+  (C/G * H * W values per sample and group); gamma and beta stay per channel.
+
+Their backward is the batch-norm formula above, written with sums over the
+D normalised values instead of means (multiply through by D)::
+
+    dx = (1/D) * rstd * (D*g - sum(g) - xhat * sum(g * xhat)),   rstd = 1/sqrt(var + eps)
+
+(:func:`_standardize` and :func:`_standardize_backward` below, shared by both).
 """
 from __future__ import annotations
+
+import numbers
 
 from ..backend import current
 from ..autograd.tensor import Function, Tensor
 from .helpers import shape_str
+
+
+def _standardize(x, axes, eps):
+    """xhat = (x - mean) * rstd over ``axes``; returns xhat and rstd (keepdims shape)."""
+    xp = current.xp
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)                  # biased: divide by D
+    rstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
+    return (x - mean) * rstd, rstd
+
+
+def _standardize_backward(g, xhat, rstd, axes):
+    """dL/dx from g = dL/dxhat, when mean and var were taken over ``axes`` (D values)::
+
+        dx = (1/D) * rstd * (D*g - sum(g) - xhat * sum(g * xhat))
+    """
+    D = 1
+    for a in axes:
+        D *= xhat.shape[a]
+    return (rstd / D) * (D * g - g.sum(axis=axes, keepdims=True)
+                         - xhat * (g * xhat).sum(axis=axes, keepdims=True))
 
 
 class BatchNormFn(Function):
@@ -94,3 +133,129 @@ def batch_norm(x: Tensor, running_mean, running_var, weight=None, bias=None, tra
     rv = None if running_var is None else running_var.data
     return BatchNormFn.apply(x, weight, bias, running_mean=rm, running_var=rv,
                            training=bool(training), momentum=float(momentum), eps=float(eps))
+
+
+class LayerNormFn(Function):
+    """Layer normalisation (Ba, Kiros & Hinton, 2016), as ``torch.nn.functional.layer_norm``.
+
+    x has shape (*, *normalized_shape); the last k = len(normalized_shape) axes
+    hold the D = prod(normalized_shape) features of one sample::
+
+        mu, var = mean and biased variance of x over the last k axes     (*, 1, ..., 1)
+        xhat = (x - mu) / sqrt(var + eps)
+        y = xhat * gamma + beta               gamma, beta: normalized_shape (or None)
+
+    Backward (g = gy * gamma = dL/dxhat; sums over the last k axes; rstd = 1/sqrt(var + eps))::
+
+        dx = (1/D) * rstd * (D*g - sum(g) - xhat * sum(g * xhat))
+        dgamma = sum of gy * xhat over the leading axes,   dbeta = sum of gy over them
+
+    (the "sum" form of batch norm's formula: mu and var depend on every x of
+    the sample, which gives the two subtracted terms).
+    """
+
+    def forward(self, x, weight, bias, normalized_ndim, eps):
+        axes = tuple(range(x.ndim - normalized_ndim, x.ndim))      # the normalised axes
+        xhat, rstd = _standardize(x, axes, eps)                    # x's shape, (*, 1, ..., 1)
+        self.save_for_backward(xhat, rstd, weight)
+        self.axes = axes
+        y = xhat if weight is None else xhat * weight
+        return y if bias is None else y + bias
+
+    def backward(self, gy):
+        xhat, rstd, weight = self.saved_tensors
+        lead = tuple(range(gy.ndim - len(self.axes)))              # the batch-like axes
+        g = gy if weight is None else gy * weight                  # dL/dxhat
+        dx = _standardize_backward(g, xhat, rstd, self.axes) if self.needs_input_grad[0] else None
+        dweight = (gy * xhat).sum(axis=lead) if self.needs_input_grad[1] else None
+        dbias = gy.sum(axis=lead) if self.needs_input_grad[2] else None
+        return dx, dweight, dbias
+
+
+class GroupNormFn(Function):
+    """Group normalisation (Wu & He, 2018), as ``torch.nn.functional.group_norm``.
+
+    x (N, C, *) with C channels split into G groups of C/G; each sample's group
+    is standardised over its C/G channels and every position (D = C/G * H * W
+    values for an image)::
+
+        xg = x.reshape(N, G, D)
+        xhat = (xg - mean(xg)) / sqrt(var(xg) + eps)   over the last axis, reshaped back to x's shape
+        y[:, c] = xhat[:, c] * gamma[c] + beta[c]      gamma, beta: (C,) or None
+
+    Backward: the layer-norm formula on the (N, G, D) view, with g = gy * gamma[c]::
+
+        dx = (1/D) * rstd * (D*g - sum(g) - xhat * sum(g * xhat))     (sums over D)
+        dgamma[c] = sum over n and positions of gy * xhat,   dbeta[c] = sum of gy
+    """
+
+    def forward(self, x, weight, bias, num_groups, eps):
+        N, C = x.shape[:2]
+        shape = (1, C) + (1,) * (x.ndim - 2)                          # broadcast per channel
+        xhat, rstd = _standardize(x.reshape(N, num_groups, -1), (2,), eps)   # (N, G, D), (N, G, 1)
+        xhat = xhat.reshape(x.shape)
+        self.save_for_backward(xhat, rstd, weight)
+        self.num_groups, self.shape = num_groups, shape
+        y = xhat if weight is None else xhat * weight.reshape(shape)
+        return y if bias is None else y + bias.reshape(shape)
+
+    def backward(self, gy):
+        xhat, rstd, weight = self.saved_tensors
+        N, G = gy.shape[0], self.num_groups
+        per_channel = (0,) + tuple(range(2, gy.ndim))                 # all axes but C
+        dx = None
+        if self.needs_input_grad[0]:
+            g = gy if weight is None else gy * weight.reshape(self.shape)   # dL/dxhat
+            dx = _standardize_backward(g.reshape(N, G, -1), xhat.reshape(N, G, -1), rstd,
+                                       (2,)).reshape(gy.shape)
+        dweight = (gy * xhat).sum(axis=per_channel) if self.needs_input_grad[1] else None
+        dbias = gy.sum(axis=per_channel) if self.needs_input_grad[2] else None
+        return dx, dweight, dbias
+
+
+def layer_norm(x: Tensor, normalized_shape, weight=None, bias=None, eps=1e-5) -> Tensor:
+    """PyTorch's ``F.layer_norm``: standardise over the last ``len(normalized_shape)`` axes.
+
+    ``normalized_shape`` is an int or a tuple that must equal the trailing
+    shape of x; weight and bias (if given) have that shape.
+    """
+    normalized_shape = _as_shape(normalized_shape)
+    k = len(normalized_shape)
+    if k == 0 or x.ndim < k or tuple(x.shape[x.ndim - k:]) != normalized_shape:
+        raise ValueError(f"layer_norm: normalized_shape {shape_str(normalized_shape)} must be the "
+                         f"trailing shape of the input, got input shape {shape_str(x.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != normalized_shape:
+            raise ValueError(f"layer_norm: {name} should have shape {shape_str(normalized_shape)} "
+                             f"(normalized_shape), got {shape_str(t.shape)}")
+    return LayerNormFn.apply(x, weight, bias, normalized_ndim=k, eps=float(eps))
+
+
+def group_norm(x: Tensor, num_groups, weight=None, bias=None, eps=1e-5) -> Tensor:
+    """PyTorch's ``F.group_norm``: x (N, C, *), C divisible by ``num_groups``; weight, bias (C,)."""
+    if x.ndim < 2:
+        raise ValueError(f"group_norm: expected an input (N, C, *) with at least 2 dimensions, "
+                         f"got shape {shape_str(x.shape)}")
+    C = x.shape[1]
+    check_groups("group_norm", num_groups, C)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (C,):
+            raise ValueError(f"group_norm: {name} should have shape ({C},) for an input with {C} "
+                             f"channels, got {shape_str(t.shape)}")
+    return GroupNormFn.apply(x, weight, bias, num_groups=int(num_groups), eps=float(eps))
+
+
+def check_groups(op, num_groups, num_channels):
+    """num_groups must be a positive integer that divides num_channels (the number of channels)."""
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral) or num_groups < 1:
+        raise ValueError(f"{op}: num_groups must be a positive integer, got {num_groups!r}")
+    if num_channels % num_groups:
+        raise ValueError(f"{op}: num_channels ({num_channels}) must be divisible by num_groups "
+                         f"({num_groups})")
+
+
+def _as_shape(normalized_shape):
+    """``5`` -> ``(5,)``; a sequence -> a tuple of ints."""
+    if isinstance(normalized_shape, int):
+        return (normalized_shape,)
+    return tuple(int(s) for s in normalized_shape)
