@@ -31,10 +31,15 @@ class Linear(Module):
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"Linear: feature counts must be positive, got ({in_features}, {out_features})")
-        self.in_features, self.out_features = in_features, out_features
+        self.out_features = out_features
+        self._create_parameters(in_features, bias)
+
+    def _create_parameters(self, in_features, bias):
+        """weight and bias with PyTorch's initialisation (LazyLinear calls this at its first forward)."""
+        self.in_features = in_features
         bound = 1.0 / math.sqrt(in_features)
-        self.weight = _uniform_parameter((out_features, in_features), bound)
-        self.bias = _uniform_parameter((out_features,), bound) if bias else None
+        self.weight = _uniform_parameter((self.out_features, in_features), bound)
+        self.bias = _uniform_parameter((self.out_features,), bound) if bias else None
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
@@ -52,16 +57,25 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True):
         super().__init__()
+        self._set_options(out_channels, kernel_size, stride, padding, dilation, groups)
+        self._create_parameters(in_channels, bias)
+
+    def _set_options(self, out_channels, kernel_size, stride, padding, dilation, groups):
         from ..functional.helpers import pair
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"Conv2d: groups={groups} must divide in_channels ({in_channels}) "
-                             f"and out_channels ({out_channels})")
-        self.in_channels, self.out_channels = in_channels, out_channels
+        self.out_channels = out_channels
         self.kernel_size = pair(kernel_size, "Conv2d: kernel_size", 1)
         self.stride = pair(stride, "Conv2d: stride", 1)
         self.padding = pair(padding, "Conv2d: padding", 0)
         self.dilation = pair(dilation, "Conv2d: dilation", 1)
         self.groups = groups
+
+    def _create_parameters(self, in_channels, bias):
+        """weight and bias with PyTorch's initialisation (LazyConv2d calls this at its first forward)."""
+        out_channels, groups = self.out_channels, self.groups
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: groups={groups} must divide in_channels ({in_channels}) "
+                             f"and out_channels ({out_channels})")
+        self.in_channels = in_channels
         kh, kw = self.kernel_size
         fan_in = in_channels // groups * kh * kw
         bound = 1.0 / math.sqrt(fan_in)
@@ -82,6 +96,105 @@ class Conv2d(Module):
         if self.bias is None:
             s += ", bias=False"
         return s
+
+
+class _LazyMixin:
+    """What LazyLinear and LazyConv2d share (PyTorch's ``LazyModuleMixin``, in small).
+
+    The layer is built without its input size; a forward pre-hook reads it from
+    the first input (``x.shape[1]``), creates the parameters exactly as the
+    full layer would (same shapes, same initialisation), removes itself, and
+    turns the module into that layer: ``type(m)`` becomes ``cls_to_become``
+    (Conv2d or Linear), so from then on it *is* one — same ``repr``,
+    ``state_dict``, fusion and summary.
+
+    Until that first forward the layer has **no parameters**: ``parameters()``
+    yields none of its weights, and ``state_dict()`` has no entries for it. So
+    build the optimizer after one dummy forward (as d2l does)::
+
+        net = nn.Sequential(nn.LazyConv2d(6, 5), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+        net(mc.tensor(np.zeros((1, 1, 28, 28), dtype=np.float32)))   # infers 1 channel, 3456 features
+        optimizer = optim.SGD(net.parameters(), lr=0.1)
+
+    An optimizer built before that would not hold the lazy layers' weights:
+    they would stay at their initial values while the rest trains (and for a
+    model of lazy layers only, the optimizer refuses an empty parameter list).
+    Likewise ``load_state_dict`` needs the dummy forward first, and
+    ``.double()`` / ``.to(dtype)`` before it sets the dtype the parameters
+    will be created in.
+    """
+
+    cls_to_become = None
+
+    def _lazy_init(self, bias):
+        self._lazy_bias, self._lazy_dtype = bias, None
+        self.register_parameter("weight", None)
+        self.register_parameter("bias", None)
+        self._lazy_hook = self.register_forward_pre_hook(_LazyMixin._infer_parameters)
+
+    def _infer_parameters(self, inputs):
+        self._lazy_hook.remove()
+        self._create_parameters(self._infer_size(inputs[0]), self._lazy_bias)
+        if self._lazy_dtype is not None:
+            super().to(self._lazy_dtype)
+        self.__class__ = self.cls_to_become
+        for name in ("_lazy_hook", "_lazy_bias", "_lazy_dtype"):
+            del self.__dict__[name]
+
+    def to(self, dtype):
+        self._lazy_dtype = dtype               # remembered for the parameters the first forward creates
+        return super().to(dtype)
+
+
+class LazyLinear(_LazyMixin, Linear):
+    """``Linear`` whose ``in_features`` is read from the first input's last axis.
+
+    ``LazyLinear(out_features, bias=True)``; after the first forward it is a
+    ``Linear(in_features, out_features)`` (see :class:`_LazyMixin` for the
+    optimizer: run a dummy forward first).
+    """
+
+    cls_to_become = Linear
+
+    def __init__(self, out_features, bias=True):
+        Module.__init__(self)
+        if out_features < 1:
+            raise ValueError(f"LazyLinear: out_features must be positive, got {out_features}")
+        self.out_features, self.in_features = out_features, 0
+        self._lazy_init(bias)
+
+    def _infer_size(self, x):
+        return int(x.shape[-1])                    # Linear acts on the last axis
+
+    def extra_repr(self):                          # as PyTorch: in_features=0 until the first forward
+        return f"in_features=0, out_features={self.out_features}, bias={self._lazy_bias}"
+
+
+class LazyConv2d(_LazyMixin, Conv2d):
+    """``Conv2d`` whose ``in_channels`` is read from the first input (N, C, H, W).
+
+    ``LazyConv2d(out_channels, kernel_size, stride=1, padding=0, dilation=1,
+    groups=1, bias=True)``; after the first forward it is a ``Conv2d`` (see
+    :class:`_LazyMixin` for the optimizer: run a dummy forward first).
+    """
+
+    cls_to_become = Conv2d
+
+    def __init__(self, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True):
+        Module.__init__(self)
+        if out_channels % groups:
+            raise ValueError(f"LazyConv2d: groups={groups} must divide out_channels ({out_channels})")
+        self._set_options(out_channels, kernel_size, stride, padding, dilation, groups)
+        self.in_channels = 0
+        self._lazy_init(bias)
+
+    def _infer_size(self, x):
+        from ..functional.helpers import check_4d
+        check_4d("LazyConv2d", x)
+        return int(x.shape[1])
+
+    def extra_repr(self):                          # as PyTorch: in_channels 0 until the first forward
+        return super().extra_repr().replace(", bias=False", "") + ("" if self._lazy_bias else ", bias=False")
 
 
 class MaxPool2d(Module):
@@ -168,6 +281,51 @@ class BatchNorm1d(BatchNormBase):
 class BatchNorm2d(BatchNormBase):
     """Batch norm over (N, C, H, W): statistics per channel over N, H and W."""
     expected_ndim = 4
+
+
+class LayerNorm(Module):
+    """Layer norm over the last ``len(normalized_shape)`` axes of each sample; see F.layer_norm.
+
+    weight (gamma) = 1 and bias (beta) = 0, both of shape ``normalized_shape``
+    (``elementwise_affine=False``: neither; ``bias=False``: no beta). No
+    running statistics: training and evaluation compute the same thing.
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.normalized_shape, self.eps, self.elementwise_affine = shape, eps, elementwise_affine
+        self.weight = Parameter(np.ones(shape, dtype=np.float32)) if elementwise_affine else None
+        self.bias = Parameter(np.zeros(shape, dtype=np.float32)) if elementwise_affine and bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class GroupNorm(Module):
+    """Group norm: ``num_channels`` split into ``num_groups`` groups, each standardised per
+    sample; see F.group_norm. weight = 1, bias = 0, shape (num_channels,) (``affine=False``: none).
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True):
+        super().__init__()
+        from ..functional.norm import check_groups
+        check_groups("GroupNorm", num_groups, num_channels)
+        self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, eps, affine
+        self.weight = Parameter(np.ones(num_channels, dtype=np.float32)) if affine else None
+        self.bias = Parameter(np.zeros(num_channels, dtype=np.float32)) if affine else None
+
+    def forward(self, x):
+        if x.ndim >= 2 and x.shape[1] != self.num_channels:
+            raise ValueError(f"GroupNorm({self.num_groups}, {self.num_channels}): input has "
+                             f"{x.shape[1]} channels, expected {self.num_channels}")
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
 
 
 class Dropout(Module):
@@ -331,6 +489,25 @@ class BCEWithLogitsLoss(_Loss):
 
     def forward(self, x, target):
         return F.binary_cross_entropy_with_logits(x, target, self.reduction)
+
+
+class MultiMarginLoss(_Loss):
+    """The multiclass SVM loss (CS231n): l_i = 1/C Σ_{j≠y_i} w[y_i] max(0, margin - x_i[y_i] + x_i[j])^p."""
+
+    def __init__(self, p=1, margin=1, weight=None, reduction="mean"):
+        super().__init__(reduction)
+        if p not in (1, 2):
+            raise ValueError(f"MultiMarginLoss: only p == 1 and p == 2 are supported, got p={p!r}")
+        self.p, self.margin = p, margin
+        if weight is not None and not isinstance(weight, Tensor):
+            weight = Tensor(np.asarray(weight, dtype=np.float32))
+        self.register_buffer("weight", weight)      # per-class weights (C,), saved with the model
+
+    def forward(self, x, target):
+        return F.multi_margin_loss(x, target, self.p, self.margin, self.weight, self.reduction)
+
+    def extra_repr(self):
+        return f"p={self.p}, margin={self.margin}, reduction={self.reduction!r}"
 
 
 class Normalize(Module):

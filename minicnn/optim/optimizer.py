@@ -78,7 +78,9 @@ class Optimizer:
                             f"got {type(params).__name__}") from None
         if not groups:
             raise ValueError(f"{name} got an empty parameter list (if you passed "
-                             "model.parameters(), is it a generator you already used up?)")
+                             "model.parameters(), is it a generator you already used up? A model "
+                             "of lazy layers, nn.LazyLinear / nn.LazyConv2d, has parameters only "
+                             "after its first forward: run a dummy batch through it first)")
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
         for group in groups:

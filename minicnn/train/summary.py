@@ -223,6 +223,7 @@ def summary(model, input_size=(1, 1, 28, 28), dtype=None) -> Summary:
                      "trainable": sum(p.size for p in fresh if p.requires_grad),
                      "macs": r["macs"], "calls": r["calls"], "shared": bool(own) and not fresh, "leaf": leaf})
     buffers = list(model.buffers())
+    params = list(model.parameters())       # again: lazy layers (nn.LazyLinear) create theirs in the forward
     return Summary(rows, input_size,
                    total_params=sum(p.size for p in params),
                    trainable_params=sum(p.size for p in params if p.requires_grad),
