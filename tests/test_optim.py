@@ -260,6 +260,26 @@ def test_adagrad_lr_decay_by_hand():
     assert run_with_grads(adagrad(lr_decay=1.0), [3, 4]) == pytest.approx([-1.0, -1.4], rel=1e-14)
 
 
+# ----------------------------------------------------------------------------
+# Adadelta, by hand with lr = 1, rho = 0.5, eps = 1 (eps sets the first step: u_0 = 0), gradients 3 then 1
+# ----------------------------------------------------------------------------
+def test_adadelta_by_hand():
+    # step 1: v = 0.5*9 = 4.5, delta = sqrt(0 + 1)/sqrt(4.5 + 1) * 3, u = 0.5 * delta^2 = 4.5/5.5
+    # step 2: v = 0.5*4.5 + 0.5*1 = 2.75, delta = sqrt(4.5/5.5 + 1)/sqrt(2.75 + 1) * 1
+    d1 = 3 / math.sqrt(5.5)
+    d2 = math.sqrt(4.5 / 5.5 + 1) / math.sqrt(3.75)
+    w1, w2 = run_with_grads(lambda p: optim.Adadelta(p, lr=1.0, rho=0.5, eps=1.0), [3, 1])
+    assert w1 == pytest.approx(-d1, rel=1e-14)
+    assert w2 == pytest.approx(-d1 - d2, rel=1e-14)
+
+
+def test_adadelta_weight_decay_and_lr_by_hand():
+    # w0 = 2, weight_decay 0.5: g_1 = 3 + 1 = 4, v = 8, delta = 4/sqrt(9) = 4/3, lr 0.5 -> w = 2 - 2/3
+    w1, = run_with_grads(lambda p: optim.Adadelta(p, lr=0.5, rho=0.5, eps=1.0, weight_decay=0.5), [3],
+                         w0=2.0)
+    assert w1 == pytest.approx(2 - 2 / 3, rel=1e-14)
+
+
 def test_adagrad_initial_accumulator_by_hand():
     # G starts at 16: G = 25, w = -3/5;  G = 41, w = -0.6 - 4/sqrt(41)
     got = run_with_grads(adagrad(initial_accumulator_value=16.0), [3, 4])
@@ -372,6 +392,7 @@ ALL_OPTIMIZERS = {
     "RMSprop-centered": lambda p: optim.RMSprop(p, lr=0.01, centered=True, momentum=0.5),
     "Adagrad": lambda p: optim.Adagrad(p, lr=0.1, lr_decay=0.01, weight_decay=0.01,
                                        initial_accumulator_value=0.1),
+    "Adadelta": lambda p: optim.Adadelta(p, lr=0.5, rho=0.9, weight_decay=0.01),
 }
 
 
@@ -550,6 +571,7 @@ def test_error_empty_parameter_list():
     lambda p: optim.AdamW(p, lr=-0.1),
     lambda p: optim.RMSprop(p, lr=-0.1),
     lambda p: optim.Adagrad(p, lr=-0.1),
+    lambda p: optim.Adadelta(p, lr=-0.1),
 ])
 def test_error_negative_lr(make):
     with pytest.raises(ValueError, match=r"lr must be >= 0, got -0.1"):
@@ -608,6 +630,8 @@ def test_error_bad_hyperparameters():
         optim.AdamW([w], weight_decay=-0.01)
     with pytest.raises(ValueError, match="lr_decay must be >= 0"):
         optim.Adagrad([w], lr_decay=-1)
+    with pytest.raises(ValueError, match=r"rho must be in \[0, 1\], got 1.5"):
+        optim.Adadelta([w], rho=1.5)
 
 
 def test_error_gradient_shape():
@@ -769,6 +793,8 @@ ORACLE_CASES = [
     ("Adagrad", dict()),
     ("Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.5,
                      eps=1e-6)),
+    ("Adadelta", dict()),
+    ("Adadelta", dict(lr=0.5, rho=0.8, eps=1e-4, weight_decay=0.1)),
 ]
 
 
