@@ -77,6 +77,7 @@ def _battery():
         F.max_pool2d(x, 2), F.avg_pool2d(x, 2, padding=1, count_include_pad=False),
         F.adaptive_avg_pool2d(x, 2), F.unfold(x, 3),
         F.batch_norm(x, None, None, t(3), t(3), training=True),
+        F.layer_norm(x, (6, 6), t(6, 6), t(6, 6)), F.group_norm(t(2, 4, 3, 3), 2, t(4), t(4)),
         F.linear(t(5, 4), t(3, 4), t(3)), F.dropout(t(4, 4), 0.5),
     ]
     a, c = t(3, 4), t(3, 4)
@@ -88,7 +89,7 @@ def _battery():
     outs += [F.leaky_relu(a, 0.1), F.gelu(a, approximate="tanh"), F.softmax(a), F.log_softmax(a)]
     target = mc.tensor(np.array([0, 3, 1]))
     outs += [F.cross_entropy(a, target, label_smoothing=0.1), F.nll_loss(F.log_softmax(a), target),
-             F.mse_loss(a, c), F.smooth_l1_loss(a, c), F.binary_cross_entropy_with_logits(a, F.sigmoid(c)),
+             F.multi_margin_loss(a, target, p=2, weight=np.ones(4)), F.mse_loss(a, c), F.smooth_l1_loss(a, c), F.binary_cross_entropy_with_logits(a, F.sigmoid(c)),
              F.kl_div(F.log_softmax(a), F.softmax(c), reduction="batchmean"),
              F.kl_div(F.log_softmax(a), F.log_softmax(c), log_target=True),
              F.fake_quantize_per_tensor_affine(a, 0.1, 0, -128, 127),

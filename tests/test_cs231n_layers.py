@@ -3,8 +3,9 @@
 Layer norm, group norm, the multiclass SVM loss (``MultiMarginLoss``),
 Adadelta (its step-by-step checks are in test_optim.py), the lazy layers, and
 PyTorch's import path ``minicnn.nn.functional``. Each Function is gradchecked
-in float64 on every backend, checked on a case worked out by hand, and — where
-torch is installed — against PyTorch (values and gradients).
+in float64 on every backend and checked on a case worked out by hand; the
+comparisons with PyTorch (values and gradients) are in test_torch_oracle.py,
+Adadelta's in test_optim.py.
 """
 import math
 
@@ -247,98 +248,3 @@ def test_lazy_layers_errors():
     conv = nn.LazyConv2d(4, 3, groups=2)
     with pytest.raises(ValueError, match=r"groups=2 must divide in_channels \(3\)"):
         conv(zeros(1, 3, 5, 5))
-
-
-# -- PyTorch as the oracle ------------------------------------------------------------
-def _torch():
-    return pytest.importorskip("torch")
-
-
-def _check_against_torch(ours_out, theirs_out, ours_in, theirs_in, atol=1e-10):
-    torch = _torch()
-    np.testing.assert_allclose(ours_out.numpy(), theirs_out.detach().numpy(), atol=atol, rtol=1e-9)
-    g = np.random.default_rng(0).standard_normal(theirs_out.shape)
-    ours_out.backward(mc.tensor(g, dtype="float64"))
-    theirs_out.backward(torch.tensor(g))
-    for a, b in zip(ours_in, theirs_in):
-        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), atol=atol, rtol=1e-9)
-
-
-def _both(a):
-    torch = _torch()
-    return t64(a), torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=True)
-
-
-@pytest.mark.parametrize("shape,normalized_shape", LN_CASES)
-def test_layer_norm_matches_torch(backend, shape, normalized_shape):
-    torch = _torch()
-    rs = np.random.default_rng(9)
-    (x, tx), (w, tw), (b, tb) = (_both(rs.standard_normal(s)) for s in (shape, normalized_shape, normalized_shape))
-    _check_against_torch(F.layer_norm(x, normalized_shape, w, b, eps=1e-3),
-                         torch.nn.functional.layer_norm(tx, normalized_shape, tw, tb, eps=1e-3),
-                         (x, w, b), (tx, tw, tb))
-
-
-@pytest.mark.parametrize("shape,groups", GN_CASES)
-def test_group_norm_matches_torch(backend, shape, groups):
-    torch = _torch()
-    rs = np.random.default_rng(10)
-    (x, tx), (w, tw), (b, tb) = (_both(rs.standard_normal(s)) for s in (shape, shape[1:2], shape[1:2]))
-    _check_against_torch(F.group_norm(x, groups, w, b), torch.nn.functional.group_norm(tx, groups, tw, tb),
-                         (x, w, b), (tx, tw, tb))
-
-
-@pytest.mark.parametrize("p", [1, 2])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("weighted", [False, True])
-def test_multi_margin_loss_matches_torch(backend, p, reduction, weighted):
-    torch = _torch()
-    rs = np.random.default_rng(11)
-    x, tx = _both(rs.standard_normal((6, 5)))
-    target = rs.integers(0, 5, 6)
-    weight = rs.uniform(0.5, 2.0, 5) if weighted else None
-    _check_against_torch(
-        F.multi_margin_loss(x, target, p, 0.8, weight, reduction),
-        torch.nn.functional.multi_margin_loss(tx, torch.tensor(target), p, 0.8,
-                                              None if weight is None else torch.tensor(weight),
-                                              reduction=reduction),
-        (x,), (tx,))
-
-
-def test_modules_match_torch_modules():
-    """Same parameter names and shapes as PyTorch's modules; loaded weights give the same output."""
-    torch = _torch()
-    rs = np.random.default_rng(12)
-    pairs = [(nn.LayerNorm((4, 5)), torch.nn.LayerNorm((4, 5))), (nn.GroupNorm(3, 6), torch.nn.GroupNorm(3, 6)),
-             (nn.LayerNorm(5, elementwise_affine=False), torch.nn.LayerNorm(5, elementwise_affine=False)),
-             (nn.LayerNorm(5, bias=False), torch.nn.LayerNorm(5, bias=False))]
-    for ours, theirs in pairs:
-        sd = theirs.state_dict()
-        assert [(k, tuple(v.shape)) for k, v in ours.state_dict().items()] == \
-            [(k, tuple(v.shape)) for k, v in sd.items()]
-        sd = {k: rs.standard_normal(tuple(v.shape)) for k, v in sd.items()}
-        theirs.load_state_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in sd.items()})
-        ours.load_state_dict(sd)
-        x = rs.standard_normal((2, 6, 4, 5)).astype(np.float32)
-        np.testing.assert_allclose(ours(mc.tensor(x)).numpy(), theirs(torch.tensor(x)).detach().numpy(),
-                                   atol=1e-5)
-    lazy, tlazy = nn.LazyConv2d(4, 3, stride=2), torch.nn.LazyConv2d(4, 3, stride=2)
-    lazy(zeros(1, 2, 7, 7))
-    tlazy(torch.zeros(1, 2, 7, 7))
-    assert type(tlazy) is torch.nn.Conv2d and type(lazy) is nn.Conv2d
-    assert [(k, tuple(v.shape)) for k, v in lazy.state_dict().items()] == \
-        [(k, tuple(v.shape)) for k, v in tlazy.state_dict().items()]
-
-
-def test_adadelta_state_dict_has_torch_names():
-    torch = _torch()
-    w = nn.Parameter(mc.tensor(np.ones(3), dtype="float64"))
-    tw = torch.ones(3, dtype=torch.float64, requires_grad=True)
-    ours, theirs = optim.Adadelta([w], weight_decay=0.1), torch.optim.Adadelta([tw], weight_decay=0.1)
-    w.grad, tw.grad = mc.tensor(np.full(3, 0.5), dtype="float64"), torch.full((3,), 0.5, dtype=torch.float64)
-    ours.step()
-    theirs.step()
-    assert set(ours.state_dict()["state"][0]) == set(theirs.state_dict()["state"][0])
-    for key in ("square_avg", "acc_delta"):
-        np.testing.assert_allclose(ours.state_dict()["state"][0][key], theirs.state_dict()["state"][0][key].numpy())
-    assert set(ours.state_dict()["param_groups"][0]) <= set(theirs.state_dict()["param_groups"][0])

@@ -861,6 +861,21 @@ def test_state_dict_loads_pytorch_layout():
         assert set(mine["state"][i]) == set(ref["state"][i])
 
 
+def test_adadelta_state_dict_has_torch_names():
+    torch = pytest.importorskip("torch")
+    w = param(np.ones(3))
+    tw = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    ours, theirs = optim.Adadelta([w], weight_decay=0.1), torch.optim.Adadelta([tw], weight_decay=0.1)
+    w.grad, tw.grad = mc.tensor(np.full(3, 0.5), dtype="float64"), torch.full((3,), 0.5, dtype=torch.float64)
+    ours.step()
+    theirs.step()
+    mine, ref = ours.state_dict(), theirs.state_dict()
+    assert set(mine["state"][0]) == set(ref["state"][0])               # step, square_avg, acc_delta
+    for key in ("square_avg", "acc_delta"):
+        np.testing.assert_allclose(mine["state"][0][key], ref["state"][0][key].numpy())
+    assert set(mine["param_groups"][0]) <= set(ref["param_groups"][0])
+
+
 def test_clip_grad_norm_matches_pytorch():
     torch = pytest.importorskip("torch")
     rs = np.random.default_rng(3)

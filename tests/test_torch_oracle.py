@@ -137,3 +137,61 @@ def test_state_dict_loads_into_and_from_an_identical_torch_model(backend):
     with torch.no_grad():
         expected = theirs(torch.tensor(data)).numpy()
     np.testing.assert_allclose(ours(mc.tensor(data, dtype="float64")).numpy(), expected, atol=1e-10)
+
+
+# -- the layers CS231n teaches (tests/test_cs231n_layers.py has their gradchecks) ----------------
+LN_CASES = [((3, 5), (5,)), ((2, 3, 4), (4,)), ((2, 3, 4), (3, 4)), ((2, 3, 4, 5), (4, 5)),
+            ((2, 3, 4, 5), (3, 4, 5))]
+GN_CASES = [((2, 6, 3, 3), 1), ((2, 6, 3, 3), 2), ((2, 6, 3, 3), 6), ((3, 4, 5), 2), ((4, 6), 3)]
+
+
+@pytest.mark.parametrize("shape,normalized_shape", LN_CASES)
+def test_layer_norm_matches_torch(backend, shape, normalized_shape):
+    rs = np.random.default_rng(9)
+    (x, tx), (w, tw), (b, tb) = (both(rs.standard_normal(s)) for s in (shape, normalized_shape, normalized_shape))
+    check(F.layer_norm(x, normalized_shape, w, b, eps=1e-3), tF.layer_norm(tx, normalized_shape, tw, tb, eps=1e-3),
+          (x, w, b), (tx, tw, tb))
+
+
+@pytest.mark.parametrize("shape,groups", GN_CASES)
+def test_group_norm_matches_torch(backend, shape, groups):
+    rs = np.random.default_rng(10)
+    (x, tx), (w, tw), (b, tb) = (both(rs.standard_normal(s)) for s in (shape, shape[1:2], shape[1:2]))
+    check(F.group_norm(x, groups, w, b), tF.group_norm(tx, groups, tw, tb), (x, w, b), (tx, tw, tb))
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_multi_margin_loss_matches_torch(backend, p, reduction, weighted):
+    rs = np.random.default_rng(11)
+    x, tx = both(rs.standard_normal((6, 5)))
+    target = rs.integers(0, 5, 6)
+    weight = rs.uniform(0.5, 2.0, 5) if weighted else None
+    tweight = None if weight is None else torch.tensor(weight)
+    check(F.multi_margin_loss(x, target, p, 0.8, weight, reduction),
+          tF.multi_margin_loss(tx, torch.tensor(target), p, 0.8, tweight, reduction=reduction), (x,), (tx,))
+
+
+def test_norm_modules_and_lazy_conv_match_torch_modules():
+    """Same parameter names and shapes as PyTorch's modules; loaded weights give the same output."""
+    rs = np.random.default_rng(12)
+    pairs = [(nn.LayerNorm((4, 5)), torch.nn.LayerNorm((4, 5))), (nn.GroupNorm(3, 6), torch.nn.GroupNorm(3, 6)),
+             (nn.LayerNorm(5, elementwise_affine=False), torch.nn.LayerNorm(5, elementwise_affine=False)),
+             (nn.LayerNorm(5, bias=False), torch.nn.LayerNorm(5, bias=False))]
+    for ours, theirs in pairs:
+        sd = theirs.state_dict()
+        assert [(k, tuple(v.shape)) for k, v in ours.state_dict().items()] == \
+            [(k, tuple(v.shape)) for k, v in sd.items()]
+        sd = {k: rs.standard_normal(tuple(v.shape)) for k, v in sd.items()}
+        theirs.load_state_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in sd.items()})
+        ours.load_state_dict(sd)
+        x = rs.standard_normal((2, 6, 4, 5)).astype(np.float32)
+        np.testing.assert_allclose(ours(mc.tensor(x)).numpy(), theirs(torch.tensor(x)).detach().numpy(),
+                                   atol=1e-5)
+    lazy, tlazy = nn.LazyConv2d(4, 3, stride=2), torch.nn.LazyConv2d(4, 3, stride=2)
+    lazy(mc.tensor(np.zeros((1, 2, 7, 7), dtype=np.float32)))
+    tlazy(torch.zeros(1, 2, 7, 7))
+    assert type(tlazy) is torch.nn.Conv2d and type(lazy) is nn.Conv2d        # both become Conv2d
+    assert [(k, tuple(v.shape)) for k, v in lazy.state_dict().items()] == \
+        [(k, tuple(v.shape)) for k, v in tlazy.state_dict().items()]
