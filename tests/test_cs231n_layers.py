@@ -248,3 +248,6 @@ def test_lazy_layers_errors():
     conv = nn.LazyConv2d(4, 3, groups=2)
     with pytest.raises(ValueError, match=r"groups=2 must divide in_channels \(3\)"):
         conv(zeros(1, 3, 5, 5))
+    assert type(conv) is nn.LazyConv2d and list(conv.parameters()) == []   # still lazy after a bad input
+    conv(zeros(1, 4, 5, 5))
+    assert type(conv) is nn.Conv2d and conv.weight.shape == (4, 2, 3, 3)

@@ -138,7 +138,7 @@ def batch_norm(x: Tensor, running_mean, running_var, weight=None, bias=None, tra
 class LayerNormFn(Function):
     """Layer normalisation (Ba, Kiros & Hinton, 2016), as ``torch.nn.functional.layer_norm``.
 
-    x has shape (*, *normalized_shape); the last k = len(normalized_shape) axes
+    x has shape ``(*, *normalized_shape)``; the last k = len(normalized_shape) axes
     hold the D = prod(normalized_shape) features of one sample::
 
         mu, var = mean and biased variance of x over the last k axes     (*, 1, ..., 1)
@@ -175,7 +175,7 @@ class LayerNormFn(Function):
 class GroupNormFn(Function):
     """Group normalisation (Wu & He, 2018), as ``torch.nn.functional.group_norm``.
 
-    x (N, C, *) with C channels split into G groups of C/G; each sample's group
+    x ``(N, C, *)`` with C channels split into G groups of C/G; each sample's group
     is standardised over its C/G channels and every position (D = C/G * H * W
     values for an image)::
 
@@ -232,7 +232,7 @@ def layer_norm(x: Tensor, normalized_shape, weight=None, bias=None, eps=1e-5) ->
 
 
 def group_norm(x: Tensor, num_groups, weight=None, bias=None, eps=1e-5) -> Tensor:
-    """PyTorch's ``F.group_norm``: x (N, C, *), C divisible by ``num_groups``; weight, bias (C,)."""
+    """PyTorch's ``F.group_norm``: x ``(N, C, *)``, C divisible by ``num_groups``; weight, bias (C,)."""
     if x.ndim < 2:
         raise ValueError(f"group_norm: expected an input (N, C, *) with at least 2 dimensions, "
                          f"got shape {shape_str(x.shape)}")

@@ -98,11 +98,12 @@ class Conv2d(Module):
         return s
 
 
-class _LazyMixin:
-    """What LazyLinear and LazyConv2d share (PyTorch's ``LazyModuleMixin``, in small).
+class LazyModuleMixin:
+    """What LazyLinear and LazyConv2d share (PyTorch's ``torch.nn.modules.lazy.LazyModuleMixin``, in small).
 
     The layer is built without its input size; a forward pre-hook reads it from
-    the first input (``x.shape[1]``), creates the parameters exactly as the
+    the first input (LazyConv2d: the channels ``x.shape[1]``; LazyLinear: the
+    features ``x.shape[-1]``), creates the parameters exactly as the
     full layer would (same shapes, same initialisation), removes itself, and
     turns the module into that layer: ``type(m)`` becomes ``cls_to_become``
     (Conv2d or Linear), so from then on it *is* one — same ``repr``,
@@ -130,11 +131,12 @@ class _LazyMixin:
         self._lazy_bias, self._lazy_dtype = bias, None
         self.register_parameter("weight", None)
         self.register_parameter("bias", None)
-        self._lazy_hook = self.register_forward_pre_hook(_LazyMixin._infer_parameters)
+        self._lazy_hook = self.register_forward_pre_hook(LazyModuleMixin._infer_parameters)
 
     def _infer_parameters(self, inputs):
-        self._lazy_hook.remove()
+        # a bad first input raises here and leaves the layer lazy, ready for a good one
         self._create_parameters(self._infer_size(inputs[0]), self._lazy_bias)
+        self._lazy_hook.remove()
         if self._lazy_dtype is not None:
             super().to(self._lazy_dtype)
         self.__class__ = self.cls_to_become
@@ -142,15 +144,16 @@ class _LazyMixin:
             del self.__dict__[name]
 
     def to(self, dtype):
+        """Before the first forward: remember ``dtype`` for the parameters it will create."""
         self._lazy_dtype = dtype               # remembered for the parameters the first forward creates
         return super().to(dtype)
 
 
-class LazyLinear(_LazyMixin, Linear):
+class LazyLinear(LazyModuleMixin, Linear):
     """``Linear`` whose ``in_features`` is read from the first input's last axis.
 
     ``LazyLinear(out_features, bias=True)``; after the first forward it is a
-    ``Linear(in_features, out_features)`` (see :class:`_LazyMixin` for the
+    ``Linear(in_features, out_features)`` (see :class:`LazyModuleMixin` for the
     optimizer: run a dummy forward first).
     """
 
@@ -170,12 +173,12 @@ class LazyLinear(_LazyMixin, Linear):
         return f"in_features=0, out_features={self.out_features}, bias={self._lazy_bias}"
 
 
-class LazyConv2d(_LazyMixin, Conv2d):
+class LazyConv2d(LazyModuleMixin, Conv2d):
     """``Conv2d`` whose ``in_channels`` is read from the first input (N, C, H, W).
 
     ``LazyConv2d(out_channels, kernel_size, stride=1, padding=0, dilation=1,
     groups=1, bias=True)``; after the first forward it is a ``Conv2d`` (see
-    :class:`_LazyMixin` for the optimizer: run a dummy forward first).
+    :class:`LazyModuleMixin` for the optimizer: run a dummy forward first).
     """
 
     cls_to_become = Conv2d
