@@ -163,7 +163,7 @@ def default_collate(batch):
       (dtype kept);
     * Python ints -> int64 Tensor, floats -> float64 Tensor, bools -> bool,
       NumPy scalars -> their dtype;
-    * strings (and bytes) -> the list as is;
+    * strings (and bytes) -> the sequence of them as is;
     * dicts -> a dict of collated values; namedtuples -> the same namedtuple;
       tuples and lists -> a list of collated columns (every sample must have
       as many elements).
@@ -187,11 +187,11 @@ def default_collate(batch):
     if isinstance(elem, collections.abc.Mapping):
         return {key: default_collate([d[key] for d in batch]) for key in elem}
     if isinstance(elem, tuple) and hasattr(elem, "_fields"):           # namedtuple
-        return type(elem)(*(default_collate(list(s)) for s in zip(*batch)))
+        return type(elem)(*(default_collate(s) for s in zip(*batch)))
     if isinstance(elem, collections.abc.Sequence):
         if any(len(s) != len(elem) for s in batch):
             raise RuntimeError("each element in list of batch should be of equal size")
-        return [default_collate(list(s)) for s in zip(*batch)]
+        return [default_collate(s) for s in zip(*batch)]
     raise TypeError(f"default_collate: batch must contain tensors, numpy arrays, numbers, dicts "
                     f"or lists; found {type(elem)}")
 
