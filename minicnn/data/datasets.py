@@ -333,11 +333,12 @@ def load_cifar10_arrays(train=True, root=None, download=True, **kwargs):
     try:
         folder = cifar.download(download_folder, **kwargs)
     except _download.DownloadError as e:
-        first = str(e).splitlines()[0]
+        lines = str(e).splitlines()
+        reason = lines[-1].strip() if len(lines) > 1 else lines[0]
         raise _download.DownloadError(
-            f"{first}; no copy of CIFAR-10 was found locally either (searched "
-            f"{', '.join(f for f, _ in candidates)}). Offline, unpack {cifar.ARCHIVE} into "
-            f"$MINICNN_DATA_DIR/cifar10/ or pass --data-dir.") from None
+            f"CIFAR-10 not found locally (searched {', '.join(f for f, _ in candidates)}) and the "
+            f"download failed ({reason}); offline, unpack {cifar.ARCHIVE} into "
+            f"$MINICNN_DATA_DIR/cifar10/ or pass --data-dir\n{e}") from None
     images, labels = cifar.read_split(folder, train)
     return images, labels, f"downloaded from {cifar.URL} into {download_folder}"
 
