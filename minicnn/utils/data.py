@@ -222,7 +222,9 @@ def _fast_batcher(dataset):
 class DataLoader:
     """PyTorch's ``DataLoader``: iterate over ``dataset`` in batches made by ``collate_fn``.
 
-    Args (PyTorch's names and defaults):
+    The arguments are PyTorch's, with its names and defaults.
+
+    Args:
         dataset: anything with ``__len__`` and ``__getitem__``.
         batch_size: samples per batch (default **1**, as in PyTorch); None
             yields the samples one by one, uncollated.
