@@ -64,6 +64,7 @@ _LAZY = {
     "compress": ("minicnn.compress", None), "tune": ("minicnn.tune", None),
     "transfer": ("minicnn.transfer", None), "distributed": ("minicnn.distributed", None),
     "quant": ("minicnn.quant", None), "course": ("minicnn.course", None),
+    "utils": ("minicnn.utils", None), "vision": ("minicnn.vision", None),   # torch.utils.data, torchvision
 }
 
 

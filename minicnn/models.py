@@ -1,4 +1,10 @@
-"""Ready-made networks for 28×28 single-channel images (MNIST, Fashion-MNIST).
+"""Ready-made networks for 28×28 single-channel images (MNIST, Fashion-MNIST), and other sizes.
+
+``in_channels`` and ``input_size`` (the side of a square input, default 28)
+adapt them: ``get_model("reference", in_channels=3, input_size=32)`` is the
+reference CNN for CIFAR-10. Only the first conv and the first linear layer
+change shape; the names in the state dict stay the same. ResNet and MobileNet
+end in global average pooling, so they take any size as they are.
 
 * :class:`ReferenceCNN` — the course's reference network: two 3×3 conv blocks
   and a small classifier (≈225k parameters). ≥ 99 % on MNIST in 3 epochs.
@@ -29,6 +35,14 @@ def _scaled(channels, width):
     return max(1, int(round(channels * width)))
 
 
+def _side_after_two_blocks(input_size, k, first_padding):
+    """The side after conv(k, padding)-pool(2)-conv(k)-pool(2) on an ``input_size`` square."""
+    side = ((int(input_size) + 2 * first_padding - k + 1) // 2 - k + 1) // 2
+    if side < 1:
+        raise ValueError(f"input_size {input_size} is too small for this network")
+    return side
+
+
 class ReferenceCNN(nn.Sequential):
     """Conv(1,32,3)-ReLU-MaxPool(2)-Conv(32,64,3)-ReLU-MaxPool(2)-Flatten-
     Linear(1600,128)-ReLU-Dropout(0.5)-Linear(128,10).
@@ -39,14 +53,17 @@ class ReferenceCNN(nn.Sequential):
     ``width`` multiplies the channel counts 32, 64 and the hidden 128 (so the
     parameters grow roughly as width²); the layer indices and names stay the same.
     ``kernel_size`` (default 3) changes both convs; the spatial size
-    after them is ((28 - k + 1) // 2 - k + 1) // 2 (5 for k=3, 4 for k=5).
+    after them is ((S - k + 1) // 2 - k + 1) // 2 for an S×S input (``input_size``,
+    default 28: 5 for k=3, 4 for k=5; S=32: 6 for k=3).
     """
 
-    def __init__(self, num_classes=10, in_channels=1, dropout=0.5, width=1.0, kernel_size=3):
-        k = int(kernel_size)
-        side = ((28 - k + 1) // 2 - k + 1) // 2
+    def __init__(self, num_classes=10, in_channels=1, dropout=0.5, width=1.0, kernel_size=3, input_size=28):
+        k, s = int(kernel_size), int(input_size)
+        side = ((s - k + 1) // 2 - k + 1) // 2
         if k < 1 or side < 1:
-            raise ValueError(f"ReferenceCNN: kernel_size must be in 1..11 for 28x28 inputs, got {kernel_size}")
+            largest = max([j for j in range(1, s + 1) if ((s - j + 1) // 2 - j + 1) // 2 >= 1], default=0)
+            raise ValueError(f"ReferenceCNN: kernel_size must be in 1..{largest} for {s}x{s} inputs, "
+                             f"got {kernel_size}")
         c1, c2, h = _scaled(32, width), _scaled(64, width), _scaled(128, width)
         super().__init__(
             nn.Conv2d(in_channels, c1, k), nn.ReLU(), nn.MaxPool2d(2),
@@ -62,12 +79,13 @@ class ReferenceCNNBN(nn.Sequential):
     and its own beta plays the bias's role.
     """
 
-    def __init__(self, num_classes=10, in_channels=1, dropout=0.3, width=1.0):
+    def __init__(self, num_classes=10, in_channels=1, dropout=0.3, width=1.0, input_size=28):
         c1, c2, h = _scaled(32, width), _scaled(64, width), _scaled(128, width)
+        side = _side_after_two_blocks(input_size, 3, 0)
         super().__init__(
             nn.Conv2d(in_channels, c1, 3, bias=False), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, 3, bias=False), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(c2 * 5 * 5, h, bias=False), nn.BatchNorm1d(h), nn.ReLU(),
+            nn.Flatten(), nn.Linear(c2 * side * side, h, bias=False), nn.BatchNorm1d(h), nn.ReLU(),
             nn.Dropout(dropout), nn.Linear(h, num_classes))
 
 
@@ -78,11 +96,12 @@ class LeNet5(nn.Sequential):
     Linear(400,120)-Tanh-Linear(120,84)-Tanh-Linear(84,10).
     """
 
-    def __init__(self, num_classes=10, in_channels=1):
+    def __init__(self, num_classes=10, in_channels=1, input_size=28):
+        side = _side_after_two_blocks(input_size, 5, 2)
         super().__init__(
             nn.Conv2d(in_channels, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
             nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
-            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(),
+            nn.Flatten(), nn.Linear(16 * side * side, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(),
             nn.Linear(84, num_classes))
 
 
@@ -93,11 +112,12 @@ class TinyCNN(nn.Sequential):
     Conv(1,8,3)-ReLU-MaxPool(2)-Conv(8,16,3)-ReLU-MaxPool(2)-Flatten-Linear(400,32)-ReLU-Linear(32,10).
     """
 
-    def __init__(self, num_classes=10, in_channels=1):
+    def __init__(self, num_classes=10, in_channels=1, input_size=28):
+        side = _side_after_two_blocks(input_size, 3, 0)
         super().__init__(
             nn.Conv2d(in_channels, 8, 3), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(8, 16, 3), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(16 * 5 * 5, 32), nn.ReLU(), nn.Linear(32, num_classes))
+            nn.Flatten(), nn.Linear(16 * side * side, 32), nn.ReLU(), nn.Linear(32, num_classes))
 
 
 class BasicBlock(nn.Module):
@@ -227,7 +247,7 @@ MODELS = {
 }
 
 
-def get_model(name, num_classes=10, in_channels=1, normalize=None, **kwargs) -> nn.Module:
+def get_model(name, num_classes=10, in_channels=1, normalize=None, input_size=None, **kwargs) -> nn.Module:
     """Build a model by name: one of ``MODELS``.
 
     ``kwargs`` go to the model's constructor (its shape options), e.g.
@@ -235,6 +255,8 @@ def get_model(name, num_classes=10, in_channels=1, normalize=None, **kwargs) -> 
     ``config["model_kwargs"]`` so that the same model can be rebuilt from it.
     ``normalize=(mean, std)`` puts an :class:`nn.Normalize` in front (see
     :func:`with_normalize`), so the model takes pixel units [0, 1].
+    ``input_size`` (side of the square input; None = 28) goes to the models
+    whose layer sizes depend on it; those with global pooling ignore it.
     """
     import inspect
     try:
@@ -243,11 +265,13 @@ def get_model(name, num_classes=10, in_channels=1, normalize=None, **kwargs) -> 
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}") from None
     params = inspect.signature(cls).parameters
     if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        accepted = set(params) - {"num_classes", "in_channels"}
+        accepted = set(params) - {"num_classes", "in_channels", "input_size"}
         unknown = sorted(set(kwargs) - accepted)
         if unknown:
             raise ValueError(f"model {name!r} has no option {', '.join(unknown)} "
                              f"(it takes: {', '.join(sorted(accepted)) or 'none'})")
+    if input_size is not None and "input_size" in params:
+        kwargs["input_size"] = int(input_size)
     model = cls(num_classes=num_classes, in_channels=in_channels, **kwargs)
     return model if normalize is None else with_normalize(model, *normalize)
 

@@ -24,7 +24,8 @@ import numpy as np
 from ..io import write_json
 
 # Normalisation constants (mean, std of the training pixels in [0, 1]).
-NORMALIZATION = {"mnist": (0.1307, 0.3081), "digits": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
+NORMALIZATION = {"mnist": (0.1307, 0.3081), "digits": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530),
+                 "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])}   # per channel, R G B
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("none", "step", "exponential", "cosine", "warmup-cosine", "plateau")
 
@@ -83,6 +84,12 @@ def build_loaders(dataset, batch_size, augment=False, data_dir=None, download=Tr
     classes = list(getattr(train, "classes", [str(i) for i in range(10)]))
     source = getattr(train, "source", key)
     return train_loader, val_loader, test_loader, source, classes
+
+
+def input_shape_of(loader):
+    """``(C, H, W)`` of the images a loader built by :func:`build_loaders` yields."""
+    shape = loader.arrays[0].shape[1:]
+    return (1,) + tuple(shape) if len(shape) == 2 else tuple(shape)
 
 
 def build_optimizer(name, params, lr, weight_decay=0.0):
@@ -227,12 +234,15 @@ def prepare_run(args) -> Run:
         key, args.batch_size, args.augment, args.data_dir, not args.no_download,
         args.limit_train, args.limit_test, val_split=args.val_split, seed=args.seed)
     model_kwargs = {} if getattr(args, "width", 1.0) == 1.0 else {"width": args.width}
+    input_shape = input_shape_of(train_loader)
+    if input_shape != (1, 28, 28):          # MNIST's shape needs no option: its configs stay as they were
+        model_kwargs.update(in_channels=input_shape[0], input_size=input_shape[1])
     try:
         model = get_model(args.model, num_classes=len(classes), **model_kwargs)
     except ValueError as e:
         raise CLIError(str(e)) from None
     config = {"model_name": args.model, "num_classes": len(classes), "model_kwargs": model_kwargs,
-              "dataset": key, "classes": classes,
+              "dataset": key, "classes": classes, "input_shape": list(input_shape),
               "normalization": NORMALIZATION[key],
               "args": {k: _plain(v) for k, v in vars(args).items() if k != "func"}}
     run = Run(args=args, key=key, source=source, classes=classes, model=model, config=config,
@@ -371,6 +381,12 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 
 def load_image_28x28(path):
     """A PNG/JPEG as a (28, 28) float array in [0, 1], white digit on black like MNIST."""
+    return load_image(path)
+
+
+def load_image(path, channels=1, size=28):
+    """A PNG/JPEG as a float array in [0, 1]: ``(size, size)`` grey, white digit on black like MNIST
+    (``channels=1``), or ``(3, size, size)`` RGB as it is (``channels=3``, CIFAR-10)."""
     if not os.path.isfile(path):
         raise CLIError(f"image not found: {path}")
     try:
@@ -378,15 +394,17 @@ def load_image_28x28(path):
         with Image.open(path) as img:
             if img.width * img.height > MAX_IMAGE_PIXELS:       # checked before decoding anything
                 raise CLIError(f"image {path} is {img.width}x{img.height} pixels; predict takes images "
-                               f"of at most {MAX_IMAGE_PIXELS:,} pixels (it scales them to 28x28)")
-            img = img.convert("L")
-            if img.size != (28, 28):
-                img = img.resize((28, 28), Image.BILINEAR)
+                               f"of at most {MAX_IMAGE_PIXELS:,} pixels (it scales them to {size}x{size})")
+            img = img.convert("L" if channels == 1 else "RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
             a = np.asarray(img, dtype=np.float32) / 255.0
     except CLIError:
         raise
     except Exception as e:
         raise CLIError(f"cannot read image {path}: {e}") from None
+    if channels != 1:
+        return a.transpose(2, 0, 1)
     if a.mean() > 0.5:            # dark digit on a light background: invert to MNIST's convention
         a = 1.0 - a
     return a
@@ -396,9 +414,11 @@ def cmd_predict(args):
     import minicnn as mc
     state = load_checkpoint_file(args.checkpoint)
     model, config = model_from_checkpoint(state)
-    image = load_image_28x28(args.image)
-    mean, std = config.get("normalization", NORMALIZATION["mnist"])
-    x = mc.tensor(((image - mean) / std)[None, None])
+    channels, size, _ = config.get("input_shape", (1, 28, 28))
+    image = load_image(args.image, channels, size)
+    mean, std = (np.reshape(np.asarray(v, dtype=np.float32), (-1, 1, 1))
+                 for v in config.get("normalization", NORMALIZATION["mnist"]))
+    x = mc.tensor(((image.reshape(channels, size, size) - mean) / std)[None])
     with mc.no_grad():
         logits = model(x).numpy()[0]
     p = np.exp(logits - logits.max())
@@ -445,7 +465,7 @@ def add_train_arguments(t):
     """The options of `minicnn train` (also accepted by `tune` and `lr-find`)."""
     from ..models import MODELS
     t.add_argument("--dataset", default="digits",
-                   help="digits (embedded, no network) | mnist | fashion-mnist (default: digits)")
+                   help="digits (embedded, no network) | mnist | fashion-mnist | cifar10 (default: digits)")
     t.add_argument("--model", default="reference", choices=sorted(MODELS))
     t.add_argument("--width", type=float, default=1.0, metavar="W",
                    help="width multiplier of reference, reference-bn, mobilenet: channels x W (e.g. 0.25, 0.5, 2)")
@@ -461,7 +481,7 @@ def add_train_arguments(t):
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="runs/latest", help="output folder (checkpoints, plots, history)")
     t.add_argument("--resume", default=None, metavar="CHECKPOINT")
-    t.add_argument("--data-dir", default=None, help="folder holding mnist/ and fashion-mnist/ (IDX files)")
+    t.add_argument("--data-dir", default=None, help="folder holding mnist/ and fashion-mnist/ (IDX files), cifar10/cifar-10-batches-bin/")
     t.add_argument("--no-download", action="store_true", help="never download; fail if files are missing")
     t.add_argument("--limit-train", type=int, default=None, metavar="N", help="use the first N training images")
     t.add_argument("--limit-test", type=int, default=None, metavar="N", help="use the first N test images")

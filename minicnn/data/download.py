@@ -163,8 +163,22 @@ def md5_of_content(path) -> str:
     return h.hexdigest()
 
 
-def _verify(path, md5):
+def md5_of_file(path) -> str:
+    """MD5 (hex) of the file's bytes as stored (an archive's published checksum), streamed."""
+    h = hashlib.md5()
+    with open(os.fspath(path), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify(path, md5, checksum="content"):
     if md5 is None:
+        return
+    if checksum == "file":
+        found = md5_of_file(path)
+        if found != md5:
+            raise ChecksumError(f"checksum mismatch: MD5 of the file is {found}, expected {md5}")
         return
     try:
         found = md5_of_content(path)
@@ -178,7 +192,7 @@ def _verify(path, md5):
 # ----------------------------------------------------------------------------
 # One URL, one attempt
 # ----------------------------------------------------------------------------
-def _fetch(url, dest, md5, timeout, progress):
+def _fetch(url, dest, md5, timeout, progress, checksum="content"):
     """Stream ``url`` into a temporary file beside ``dest``, verify, publish atomically."""
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -198,7 +212,7 @@ def _fetch(url, dest, md5, timeout, progress):
             if total is not None and received != total:
                 raise _Incomplete(f"connection closed after {received:,} of {total:,} bytes")
             f.flush()
-            _verify(f.name, md5)  # raising here deletes the temporary file
+            _verify(f.name, md5, checksum)  # raising here deletes the temporary file
 
 
 def _is_permanent(error) -> bool:
@@ -226,7 +240,8 @@ def _describe(error) -> str:
 # Public API
 # ----------------------------------------------------------------------------
 def download_file(urls, dest, md5=None, retries: int = 3, backoff: float = 1.0,
-                  timeout: float = 30.0, progress=None, sleep=time.sleep) -> str:
+                  timeout: float = 30.0, progress=None, sleep=time.sleep,
+                  checksum: str = "content") -> str:
     """Download the first good copy among ``urls`` to ``dest``; return the URL used.
 
     Args:
@@ -242,6 +257,9 @@ def download_file(urls, dest, md5=None, retries: int = 3, backoff: float = 1.0,
         progress: show a tqdm progress bar; ``None`` = only when stderr is a
             terminal.
         sleep: the function used to wait (tests pass a no-op).
+        checksum: what ``md5`` is of: ``"content"`` (decompressed, the IDX
+            files) or ``"file"`` (the bytes as published, e.g. CIFAR-10's
+            ``.tar.gz``).
 
     ``dest`` appears only when a complete, verified copy is in hand; on
     failure nothing is left under ``dest`` (nor any temporary file) and
@@ -253,6 +271,8 @@ def download_file(urls, dest, md5=None, retries: int = 3, backoff: float = 1.0,
         raise ValueError("download_file: no URLs given")
     if retries < 1:
         raise ValueError(f"download_file: retries must be at least 1, got {retries}")
+    if checksum not in ("content", "file"):
+        raise ValueError(f"download_file: checksum must be 'content' or 'file', got {checksum!r}")
     if progress is None:
         progress = sys.stderr.isatty()
     dest = os.fspath(dest)
@@ -261,7 +281,7 @@ def download_file(urls, dest, md5=None, retries: int = 3, backoff: float = 1.0,
     for url in urls:
         for attempt in range(retries):
             try:
-                _fetch(url, dest, md5, timeout, progress)
+                _fetch(url, dest, md5, timeout, progress, checksum)
                 return url
             except (OSError, http.client.HTTPException, ChecksumError) as e:
                 # URLError, HTTPError, timeouts and resets are all OSErrors

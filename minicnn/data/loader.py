@@ -7,12 +7,15 @@ One epoch = one pass over a permutation of the sample indices::
 
 Each batch is built on the host and moved to the device once:
 
-* **fast path** — the dataset exposes its arrays (``dataset.arrays()``, as
-  every minicnn dataset does, or you pass ``(images, labels)`` directly) and
-  has no per-image ``transform``: the whole batch is one fancy-index,
-  ``images[order[k*B:(k+1)*B]]`` — no Python loop over samples;
-* **general path** — any object with ``__len__`` and ``__getitem__``
-  returning ``(image, label)``: the items are fetched one by one and stacked.
+* **fast path** — one of minicnn's own array datasets
+  (:class:`~minicnn.data.ArrayDataset`: MNIST, CIFAR10, ...) whose
+  ``__getitem__`` is not overridden and which has no per-image ``transform``,
+  or a pair ``(images, labels)`` passed directly: the whole batch is one
+  fancy-index, ``images[order[k*B:(k+1)*B]]`` — no Python loop over samples;
+* **general path** — any other object with ``__len__`` and ``__getitem__``
+  returning ``(image, label)``, including a subclass that overrides
+  ``__getitem__`` (what it returns is what gets batched): the items are
+  fetched one by one and stacked.
 
 Then the batch transform (``transform=``, e.g. augmentation from
 :mod:`minicnn.data.transforms`) runs on the whole ``(B, C, H, W)`` float32
@@ -33,7 +36,29 @@ from .. import rng as _rng
 from ..io import to_numpy
 from ..backend import to_device, to_host
 from ..autograd.tensor import Tensor
+from .datasets import ArrayDataset
 from .transforms import to_float
+
+
+def fast_arrays(dataset):
+    """``(images, labels)`` when ``dataset[i]`` is known to equal ``(to_float(images[i]), labels[i])``.
+
+    True of :class:`ArrayDataset` (and subclasses such as MNIST) when neither
+    ``__getitem__`` is overridden nor a per-image ``transform`` is set; then a
+    batch is one fancy-index. Anything else returns None: its own
+    ``__getitem__`` must run for every item.
+    """
+    if (isinstance(dataset, ArrayDataset) and getattr(dataset, "transform", None) is None
+            and type(dataset).__getitem__ is ArrayDataset.__getitem__):
+        return dataset.arrays()
+    return None
+
+
+def batch_from_arrays(images, labels, index):
+    """Host arrays of one batch cut from ``(images, labels)``: float32 ``(B, C, H, W)`` in
+    [0, 1] for uint8 pixels (``(B, H, W)`` gains its channel), int64 ``(B,)``."""
+    x = to_float(images[index])
+    return (x[:, None] if x.ndim == 3 else x), np.asarray(labels[index], dtype=np.int64)
 
 
 class DataLoader:
@@ -88,8 +113,8 @@ class DataLoader:
                 raise ValueError("DataLoader: expected a dataset or a pair (images, labels), "
                                  f"got a sequence of {len(dataset)} items")
             images, labels = (np.asarray(to_host(a)) for a in dataset)
-        elif hasattr(dataset, "arrays") and getattr(dataset, "transform", None) is None:
-            images, labels = dataset.arrays()
+        elif (arrays := fast_arrays(dataset)) is not None:
+            images, labels = arrays
         else:
             if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
                 raise TypeError("DataLoader: expected a dataset with __len__ and __getitem__, "
@@ -146,14 +171,13 @@ class DataLoader:
 
     def _batch(self, index):
         if self._arrays is not None:
-            images, labels = self._arrays
-            x, y = to_float(images[index]), labels[index]          # one gather each
+            x, y = batch_from_arrays(*self._arrays, index)          # one gather each
         else:
             items = [self.dataset[int(i)] for i in index]
             x = np.stack([to_float(to_numpy(img)) for img, _ in items])
             y = np.array([int(to_numpy(label)) for _, label in items])
-        if x.ndim == 3:
-            x = x[:, None]                                          # (B, H, W) -> (B, 1, H, W)
+            if x.ndim == 3:
+                x = x[:, None]                                      # (B, H, W) -> (B, 1, H, W)
         if self.transform is not None:
             x = np.asarray(self.transform(x), dtype=np.float32)
         x = Tensor(to_device(x), dtype=np.float32)
