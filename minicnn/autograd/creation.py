@@ -14,14 +14,15 @@ import numpy as np
 from .. import rng
 from ..backend import current, to_device
 from ..device import device as _device, move
-from .tensor import DEFAULT_FLOAT, Tensor, resolve_dtype
+from .tensor import DEFAULT_FLOAT, Tensor, TensorError, resolve_dtype
 
 
 def _size(size, who):
     size = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else tuple(size)
-    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0 for n in size):
-        raise TypeError(f"{who}: the size must be non-negative ints, as {who}(2, 3) or {who}((2, 3)), "
-                        f"got {size}")
+    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in size):
+        raise TypeError(f"{who}: the size must be ints, as {who}(2, 3) or {who}((2, 3)), got {size}")
+    if any(n < 0 for n in size):
+        raise TensorError(f"{who}: the size must not be negative, got {size}")
     return tuple(int(n) for n in size)
 
 
@@ -78,7 +79,7 @@ def randint(low, high=None, size=None, *, dtype=None, requires_grad=False, devic
     if size is None:
         raise TypeError("randint: give a size, as randint(10, (3,)) or randint(0, 10, (3,))")
     if high <= low:
-        raise ValueError(f"randint: high ({high}) must be greater than low ({low})")
+        raise TensorError(f"randint: high ({high}) must be greater than low ({low})")
     drawn = rng.generator().integers(low, high, _size((size,), "randint"), dtype=np.int64)
     return _wrap(drawn, np.int64 if dtype is None else dtype, requires_grad, device)
 

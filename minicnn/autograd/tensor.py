@@ -110,6 +110,10 @@ def shape_str(shape):
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
+class TensorError(ValueError, RuntimeError):
+    """A bad value where PyTorch raises RuntimeError (item() of many, t() of 3-D, ...): catch either."""
+
+
 class Size(tuple):
     """``x.size()``: a tuple of the dimensions, like ``torch.Size``."""
 
@@ -243,7 +247,7 @@ class Tensor:
     def item(self):
         """The single value of a one-element tensor, as a Python number."""
         if self.data.size != 1:
-            raise ValueError(f"item() needs a tensor with one element, got shape {shape_str(self.shape)}")
+            raise TensorError(f"item() needs a tensor with one element, got shape {shape_str(self.shape)}")
         return to_host(self.data).reshape(()).item()
 
     def tolist(self):
@@ -295,7 +299,7 @@ class Tensor:
         out = self
         if dtype is not None and resolve_dtype(dtype) != self.dtype:
             out = out.astype(dtype)
-        if device is not None:
+        if device is not None and _device(device).type != out.device.type:
             out = _math.MoveFn.apply(out, device=_device(device))
         return out.clone() if copy and out is self else out
 
@@ -399,7 +403,7 @@ class Tensor:
 
     def __bool__(self):
         if self.data.size != 1:
-            raise ValueError(f"the truth value of a tensor of shape {shape_str(self.shape)} is "
+            raise TensorError(f"the truth value of a tensor of shape {shape_str(self.shape)} is "
                              "ambiguous; use .any() or .all()")
         return bool(self.item())
 
@@ -510,7 +514,7 @@ class Tensor:
     def t(self):
         """The transpose of a tensor with at most 2 dimensions."""
         if self.ndim > 2:
-            raise ValueError(f"t() expects a tensor with <= 2 dimensions, got shape {shape_str(self.shape)}; "
+            raise TensorError(f"t() expects a tensor with <= 2 dimensions, got shape {shape_str(self.shape)}; "
                              "use transpose(dim0, dim1) or permute(...)")
         return _shape.TransposeFn.apply(self, axes=None)
 
