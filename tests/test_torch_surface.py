@@ -186,7 +186,9 @@ def test_type_names_and_nothing_to_do_returns_self():
     assert m.type() == t.type().replace("torch", "minicnn") == "minicnn.FloatTensor"
     assert mc.tensor([1]).type() == "minicnn.LongTensor" and m.bool().type() == "minicnn.BoolTensor"
     assert m.type("torch.DoubleTensor").dtype == np.float64
-    assert m.to(m.device) is m and m.float() is m and m.contiguous() is m and m.cpu().cpu() is m.cpu()
+    assert m.to(m.device) is m and m.float() is m and m.contiguous() is m
+    c = m.cpu()
+    assert c.cpu() is c
 
 
 def test_clone_detach_requires_grad_are_in_or_out_of_the_graph():
