@@ -300,7 +300,8 @@ class Tensor:
         if dtype is not None and resolve_dtype(dtype) != self.dtype:
             out = out.astype(dtype)
         if device is not None and _device(device).type != out.device.type:
-            out = _math.MoveFn.apply(out, device=_device(device))
+            out = _math.MoveFn.apply(out, device=_device(device))    # recorded for backward
+            out.data = move(out.data, _device(device))
         return out.clone() if copy and out is self else out
 
     def cpu(self):

@@ -262,11 +262,15 @@ class CastFn(Function):
 
 
 class MoveFn(Function):
-    """y = x copied to another device (``t.to("cuda")``).   dx = gy copied back."""
+    """y = x copied to another device (``t.to("cuda")``).   dx = gy copied back.
+
+    ``Function.apply`` hands back arrays of the active backend, so forward
+    only records where x was; ``Tensor.to`` then moves the output's array.
+    """
 
     def forward(self, x, device):
         self.source = device_of(x)
-        return move(x, device)
+        return x
 
     def backward(self, gy):
         return move(gy, self.source)
