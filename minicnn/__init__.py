@@ -42,9 +42,15 @@ from .autograd.gradcheck import GradcheckError, gradcheck  # noqa: E402
 from .rng import manual_seed  # noqa: E402
 from .io import load, save  # noqa: E402
 from .autograd.anomaly import detect_anomaly  # noqa: E402
-from .autograd.tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor  # noqa: E402
+from .autograd.tensor import Function, Size, Tensor, enable_grad, is_grad_enabled, no_grad, tensor  # noqa: E402
+from .autograd.creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, full,  # noqa: E402
+                                full_like, linspace, ones, ones_like, rand, rand_like, randint, randn,
+                                randn_like, zeros, zeros_like)
+from .device import device  # noqa: E402
+from . import accelerator, cuda  # noqa: E402  (mc.cuda.is_available(): asks CuPy, never switches backend)
 
 from . import functional  # noqa: E402  (after tensor: functional builds on it)
+from .functional.reductions import max, mean, min, sum  # noqa: E402, A004 - PyTorch's mc.max(x, dim), ...
 from . import nn  # noqa: E402
 from .nn.fusion import fuse  # noqa: E402  (mc.fuse(model): the fused fast path, made explicit)
 from . import optim  # noqa: E402
@@ -78,13 +84,37 @@ def __getattr__(name):
     raise AttributeError(f"module 'minicnn' has no attribute {name!r}")
 
 
+def _function_of(method):
+    """``mc.eq(x, y)`` = ``x.eq(y)``: PyTorch's top-level forms of Tensor methods."""
+    def function(input, *args, **kwargs):  # noqa: A002 - PyTorch's parameter name
+        return getattr(input, method)(*args, **kwargs)
+    function.__name__ = function.__qualname__ = method
+    function.__doc__ = f"``mc.{method}(x, ...)`` is ``x.{method}(...)``."
+    return function
+
+
+for _name in ("eq", "ne", "lt", "le", "gt", "ge", "argmax", "argmin", "amax", "amin", "var", "std", "any",
+              "all", "flatten", "reshape", "unsqueeze", "squeeze", "permute", "transpose", "t", "clone",
+              "numel", "exp", "log", "sqrt", "abs", "clamp", "clip"):
+    globals()[_name] = _function_of(_name)
+
+
 import numpy as _np  # noqa: E402
 
-float32, float64 = _np.float32, _np.float64
+# dtypes, PyTorch's names for NumPy's (t.dtype == mc.float32 holds)
+float32 = float = _np.float32  # noqa: A001
+float64 = double = _np.float64
+float16 = half = _np.float16
+int64 = long = _np.int64
+int32 = int = _np.int32  # noqa: A001
+int16, int8, uint8 = _np.int16, _np.int8, _np.uint8
+bool = _np.bool_  # noqa: A001
 
 __all__ = [
     "BackendError", "Function", "GradcheckError", "Tensor", "cat", "concatenate", "enable_grad",
     "data", "functional", "get_backend", "gradcheck", "is_grad_enabled", "manual_seed", "models", "nn",
     "no_grad", "optim", "set_backend", "stack", "Summary", "summary", "tensor", "train", "save", "load",
-    "detect_anomaly", "fuse",
+    "detect_anomaly", "fuse", "Size", "device", "cuda", "accelerator", "arange", "as_tensor", "empty",
+    "empty_like", "eye", "from_numpy", "full", "full_like", "linspace", "ones", "ones_like", "rand",
+    "rand_like", "randint", "randn", "randn_like", "zeros", "zeros_like", "max", "min", "mean", "sum",
 ]

@@ -147,13 +147,13 @@ def test_summary_counts_macs_at_leaves_only_and_shared_params_once():
     s = mc.summary(model, (2, 1, 28, 28))
     assert s.total_macs == sum(r["macs"] for r in s.rows if r["leaf"])
     assert all(r["macs"] == 0 for r in s.rows if not r["leaf"])             # containers add nothing
-    assert sum(r["params"] for r in s.rows) == s.total_params == sum(p.size for p in model.parameters())
+    assert sum(r["params"] for r in s.rows) == s.total_params == sum(p.numel() for p in model.parameters())
     # a Linear used twice, and a second Linear sharing its weight
     a, b = nn.Linear(4, 4), nn.Linear(4, 4)
     b.weight = a.weight
     tied = nn.Sequential(a, nn.ReLU(), b)
     t = mc.summary(tied, (3, 4))
-    assert t.total_params == 16 + 4 + 4 == sum(p.size for p in tied.parameters())
+    assert t.total_params == 16 + 4 + 4 == sum(p.numel() for p in tied.parameters())
     assert t["2"]["params"] == 4 and t.total_macs == 2 * 3 * 16
 
     class Twice(nn.Module):

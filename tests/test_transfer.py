@@ -74,7 +74,7 @@ def test_frozen_layers_and_their_batchnorm_statistics_stay_bit_identical():
     names = transfer.resolve_layers(model, "stem,stages.0")
     report = transfer.freeze_layers(model, names)
     assert report["batchnorms"] == ["stem.1", "stages.0.bn1", "stages.0.bn2"]
-    assert report["params"] == sum(p.size for n in names for p in dict(model.named_modules())[n].parameters())
+    assert report["params"] == sum(p.numel() for n in names for p in dict(model.named_modules())[n].parameters())
     before = _snapshot(model)
     model.train()
     _steps(model, optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-2))

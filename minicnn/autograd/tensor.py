@@ -30,6 +30,7 @@ import numbers
 import numpy as np
 
 from ..backend import current, to_device, to_host
+from ..device import device as _device, device_of, move
 from .observer import observers
 
 # ----------------------------------------------------------------------------
@@ -109,6 +110,53 @@ def shape_str(shape):
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
+class TensorError(ValueError, RuntimeError):
+    """A bad value where PyTorch raises RuntimeError (item() of many, t() of 3-D, ...): catch either."""
+
+
+class Size(tuple):
+    """``x.size()``: a tuple of the dimensions, like ``torch.Size``."""
+
+    def __repr__(self):
+        return f"minicnn.Size({list(self)})"
+
+    def numel(self) -> int:
+        n = 1
+        for d in self:
+            n *= d
+        return n
+
+
+def check_dim(d, ndim):
+    """``d`` (negative counts from the end) as a non-negative dimension, or PyTorch's IndexError."""
+    if not isinstance(d, (int, np.integer)) or isinstance(d, bool):
+        raise TypeError(f"a dimension must be an int, got {d!r}")
+    n = max(ndim, 1)
+    if not -n <= d < n:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {d})")
+    return int(d) % n
+
+
+def dim_args(dim, keepdim, axis, keepdims):
+    """PyTorch's ``dim=``/``keepdim=`` with NumPy's ``axis=``/``keepdims=`` accepted as aliases."""
+    if axis is not None:
+        if dim is not None:
+            raise TypeError("give dim= or its alias axis=, not both")
+        dim = axis
+    return (tuple(dim) if isinstance(dim, list) else dim), bool(keepdim or keepdims)
+
+
+def _shape_args(shape):
+    """``f(2, 3)`` and ``f((2, 3))`` alike."""
+    return tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else tuple(shape)
+
+
+#: ``t.type()`` names, PyTorch's with minicnn's prefix
+TYPE_NAMES = {"float32": "FloatTensor", "float64": "DoubleTensor", "float16": "HalfTensor",
+              "int64": "LongTensor", "int32": "IntTensor", "int16": "ShortTensor", "int8": "CharTensor",
+              "uint8": "ByteTensor", "bool": "BoolTensor"}
+
+
 # ----------------------------------------------------------------------------
 # Tensor
 # ----------------------------------------------------------------------------
@@ -138,7 +186,30 @@ class Tensor:
     shape = property(lambda self: tuple(self.data.shape))
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: int(self.data.size))
+
+    def size(self, dim=None):
+        """``x.size()`` -> a :class:`Size` (a tuple); ``x.size(d)`` -> the length of dimension d."""
+        if dim is None:
+            return Size(self.data.shape)
+        if self.ndim == 0:
+            raise IndexError(f"Dimension specified as {dim} but tensor has no dimensions")
+        return int(self.data.shape[check_dim(dim, self.ndim)])
+
+    def numel(self) -> int:
+        """The number of elements."""
+        return int(self.data.size)
+
+    nelement = numel
+
+    def dim(self) -> int:
+        return self.data.ndim
+
+    ndimension = dim
+
+    @property
+    def device(self) -> _device:
+        """Where the array lives (``minicnn/device.py``): cpu, or cuda for CuPy and the simulator."""
+        return device_of(self.data)
 
     @property
     def is_leaf(self) -> bool:
@@ -163,10 +234,20 @@ class Tensor:
         """A host NumPy copy of the data (never a view into a live tensor)."""
         return np.array(to_host(self.data), copy=True)
 
+    def __float__(self): return float(self.item())
+    def __int__(self):   return int(self.item())
+
+    def __index__(self):
+        """A one-element integer tensor used as an index: ``classes[labels[j]]``."""
+        if self.data.dtype.kind not in "iub":
+            raise TypeError(f"only integer tensors of a single element can be converted to an index, "
+                            f"got dtype {self.dtype}")
+        return int(self.item())
+
     def item(self):
         """The single value of a one-element tensor, as a Python number."""
         if self.data.size != 1:
-            raise ValueError(f"item() needs a tensor with one element, got shape {shape_str(self.shape)}")
+            raise TensorError(f"item() needs a tensor with one element, got shape {shape_str(self.shape)}")
         return to_host(self.data).reshape(()).item()
 
     def tolist(self):
@@ -177,15 +258,64 @@ class Tensor:
         return Tensor(self.data, dtype=self.data.dtype)
 
     def astype(self, dtype) -> "Tensor":
-        """A differentiable cast (float32 <-> float64)."""
-        from ..functional.math import CastFn
-        return CastFn.apply(self, dtype=resolve_dtype(dtype))
+        """A cast; differentiable between float types (float32 <-> float64)."""
+        dtype = resolve_dtype(dtype)
+        if dtype == self.dtype:
+            return self
+        if dtype.kind != "f":                     # to int or bool: no gradient, as in PyTorch
+            return Tensor(self.data.astype(dtype), dtype=dtype)
+        return _math.CastFn.apply(self, dtype=dtype)
 
-    def float(self):
-        return self.astype(np.float32)
+    def float(self):  return self.astype(np.float32)
+    def double(self): return self.astype(np.float64)
+    def half(self):   return self.astype(np.float16)
+    def long(self):   return self.astype(np.int64)
+    def int(self):    return self.astype(np.int32)
+    def bool(self):   return self.astype(np.bool_)
 
-    def double(self):
-        return self.astype(np.float64)
+    def type(self, dtype=None):
+        """``t.type()`` -> its type's name ('minicnn.FloatTensor'); ``t.type(dtype)`` -> a cast."""
+        if dtype is None:
+            return "minicnn." + TYPE_NAMES.get(self.dtype.name, self.dtype.name)
+        if isinstance(dtype, str) and dtype.startswith(("minicnn.", "torch.")):
+            names = {v: k for k, v in TYPE_NAMES.items()}
+            dtype = names.get(dtype.rsplit(".", 1)[1], dtype)
+        return self.astype(dtype)
+
+    def to(self, *args, dtype=None, device=None, copy=False):
+        """``t.to(device)``, ``t.to(dtype)``, ``t.to(device, dtype)``, ``t.to(other_tensor)``.
+
+        Returns ``t`` itself when nothing changes. Moving between host and GPU
+        copies the array (CuPy needed for a real GPU); it does not switch the
+        backend (``minicnn/device.py``).
+        """
+        for a in args:
+            if isinstance(a, Tensor):
+                device, dtype = a.device, a.dtype
+            elif isinstance(a, _device) or (isinstance(a, str) and not names_a_dtype(a)):
+                device = a
+            else:
+                dtype = a
+        out = self
+        if dtype is not None and resolve_dtype(dtype) != self.dtype:
+            out = out.astype(dtype)
+        if device is not None and _device(device).type != out.device.type:
+            out = _math.MoveFn.apply(out, device=_device(device))    # recorded for backward
+            out.data = move(out.data, _device(device))
+        return out.clone() if copy and out is self else out
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self, device=None):
+        return self.to("cuda" if device is None else _device("cuda", device) if isinstance(device, int) else device)
+
+    def clone(self) -> "Tensor":
+        """A copy of the data, still in the graph (the gradient flows back)."""
+        return _math.CloneFn.apply(self)
+
+    def contiguous(self):
+        return self
 
     def requires_grad_(self, flag=True) -> "Tensor":
         if flag and self.data.dtype.kind != "f":
@@ -263,17 +393,18 @@ class Tensor:
         other = other.data if isinstance(other, Tensor) else other
         return Tensor(op(self.data, other))
 
-    def __eq__(self, other): return self._compare(other, lambda a, b: a == b)
-    def __ne__(self, other): return self._compare(other, lambda a, b: a != b)
-    def __lt__(self, other): return self._compare(other, lambda a, b: a < b)
-    def __le__(self, other): return self._compare(other, lambda a, b: a <= b)
-    def __gt__(self, other): return self._compare(other, lambda a, b: a > b)
-    def __ge__(self, other): return self._compare(other, lambda a, b: a >= b)
+    def eq(self, other): return self._compare(other, lambda a, b: a == b)
+    def ne(self, other): return self._compare(other, lambda a, b: a != b)
+    def lt(self, other): return self._compare(other, lambda a, b: a < b)
+    def le(self, other): return self._compare(other, lambda a, b: a <= b)
+    def gt(self, other): return self._compare(other, lambda a, b: a > b)
+    def ge(self, other): return self._compare(other, lambda a, b: a >= b)
+    __eq__, __ne__, __lt__, __le__, __gt__, __ge__ = eq, ne, lt, le, gt, ge
     __hash__ = object.__hash__   # tensors are hashable by identity, as in PyTorch
 
     def __bool__(self):
         if self.data.size != 1:
-            raise ValueError(f"the truth value of a tensor of shape {shape_str(self.shape)} is "
+            raise TensorError(f"the truth value of a tensor of shape {shape_str(self.shape)} is "
                              "ambiguous; use .any() or .all()")
         return bool(self.item())
 
@@ -291,43 +422,102 @@ class Tensor:
 
     clamp = clip
 
-    # -- reductions ----------------------------------------------------------
-    def sum(self, axis=None, keepdims=False):
-        return _red.SumFn.apply(self, axis=axis, keepdims=keepdims)
+    # -- reductions (PyTorch's dim=/keepdim=; NumPy's axis=/keepdims= accepted too) ----
+    def sum(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
+        return _red.SumFn.apply(self, axis=dim, keepdims=keepdim)
 
-    def mean(self, axis=None, keepdims=False):
-        return _red.MeanFn.apply(self, axis=axis, keepdims=keepdims)
+    def mean(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
+        return _red.MeanFn.apply(self, axis=dim, keepdims=keepdim)
 
-    def max(self, axis=None, keepdims=False):
-        return _red.MaxFn.apply(self, axis=axis, keepdims=keepdims)
+    def amax(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        """The maximum over ``dim`` (all dims by default); ties share the gradient."""
+        dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
+        return _red.MaxFn.apply(self, axis=dim, keepdims=keepdim)
 
-    def min(self, axis=None, keepdims=False):
-        return -_red.MaxFn.apply(-self, axis=axis, keepdims=keepdims)
+    def amin(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        return -(-self).amax(dim, keepdim, axis=axis, keepdims=keepdims)
 
-    def var(self, axis=None, keepdims=False, unbiased=False):
-        return _red.var(self, axis=axis, keepdims=keepdims, unbiased=unbiased)
+    def max(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        """``x.max()`` -> a 0-d tensor; ``x.max(dim)`` -> ``(values, indices)``; ``x.max(y)`` -> elementwise."""
+        return _red.max_or_min(self, "max", dim, keepdim, axis, keepdims)
 
-    def argmax(self, axis=None):
-        return Tensor(self.data.argmax(axis=axis))
+    def min(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        """``x.min()`` -> a 0-d tensor; ``x.min(dim)`` -> ``(values, indices)``; ``x.min(y)`` -> elementwise."""
+        return _red.max_or_min(self, "min", dim, keepdim, axis, keepdims)
 
-    def any(self):
-        return bool(self.data.any())
+    def var(self, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=False):
+        """Variance; as PyTorch, unbiased (divides by n - 1) unless ``unbiased=False`` or ``correction=0``."""
+        dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
+        return _red.var(self, axis=dim, keepdims=keepdim, correction=_red.correction_of(unbiased, correction))
 
-    def all(self):
-        return bool(self.data.all())
+    def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=False):
+        return self.var(dim, unbiased, keepdim, correction=correction, axis=axis, keepdims=keepdims).sqrt()
+
+    def argmax(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
+        return Tensor(_red.arg_reduce(self.data, "argmax", dim, keepdim))
+
+    def argmin(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
+        return Tensor(_red.arg_reduce(self.data, "argmin", dim, keepdim))
+
+    def any(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        """A boolean tensor (``bool(x.any())`` for a Python bool)."""
+        dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
+        axes = _red.normalize_axes(dim, self.ndim)
+        return Tensor(current.xp.asarray(self.data.any(axis=axes, keepdims=keepdim)))
+
+    def all(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
+        axes = _red.normalize_axes(dim, self.ndim)
+        return Tensor(current.xp.asarray(self.data.all(axis=axes, keepdims=keepdim)))
 
     # -- shape ---------------------------------------------------------------
     def reshape(self, *shape):
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        return _shape.ReshapeFn.apply(self, shape=shape)
+        return _shape.ReshapeFn.apply(self, shape=_shape_args(shape))
 
-    view = reshape
+    view = reshape      # minicnn never shares storage between a view and its tensor
 
-    def transpose(self, *axes):
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
-        return _shape.TransposeFn.apply(self, axes=axes or None)
+    def view_as(self, other):    return self.reshape(other.shape)
+    def reshape_as(self, other): return self.reshape(other.shape)
+
+    def unsqueeze(self, dim):
+        d = check_dim(dim, self.ndim + 1)
+        return self.reshape(self.shape[:d] + (1,) + self.shape[d:])
+
+    def squeeze(self, dim=None):
+        """Drop dimensions of size 1 (only ``dim``'s, if given; a no-op if it is not 1)."""
+        dims = range(self.ndim) if dim is None else [check_dim(d, self.ndim) for d in
+                                                     (dim if isinstance(dim, (tuple, list)) else (dim,))]
+        drop = {d for d in dims if self.ndim and self.shape[d] == 1}
+        return self.reshape(tuple(n for d, n in enumerate(self.shape) if d not in drop))
+
+    def permute(self, *dims):
+        dims = _shape_args(dims)
+        if len(dims) != self.ndim:
+            raise ValueError(f"permute: expected {self.ndim} dims for a tensor of shape {shape_str(self.shape)}, "
+                             f"got {dims}")
+        return _shape.TransposeFn.apply(self, axes=tuple(check_dim(d, self.ndim) for d in dims))
+
+    def transpose(self, dim0=None, dim1=None):
+        """``x.transpose(d0, d1)`` swaps two dimensions (PyTorch); ``x.transpose()`` of a 2-D tensor is ``x.t()``."""
+        if dim0 is None and dim1 is None:
+            return self.t()
+        if dim0 is None or dim1 is None:
+            raise TypeError("transpose(dim0, dim1) swaps two dimensions: give both (permute(...) for more)")
+        order = list(range(self.ndim))
+        d0, d1 = check_dim(dim0, self.ndim), check_dim(dim1, self.ndim)
+        order[d0], order[d1] = order[d1], order[d0]
+        return _shape.TransposeFn.apply(self, axes=tuple(order))
+
+    def t(self):
+        """The transpose of a tensor with at most 2 dimensions."""
+        if self.ndim > 2:
+            raise TensorError(f"t() expects a tensor with <= 2 dimensions, got shape {shape_str(self.shape)}; "
+                             "use transpose(dim0, dim1) or permute(...)")
+        return _shape.TransposeFn.apply(self, axes=None)
 
     @property
     def T(self):
@@ -335,6 +525,14 @@ class Tensor:
 
     def flatten(self, start_dim=0, end_dim=-1):
         return _shape.flatten(self, start_dim, end_dim)
+
+
+def names_a_dtype(name: str) -> bool:
+    try:
+        np.dtype(name)
+        return True
+    except TypeError:
+        return False
 
 
 def lift(value, like: Tensor) -> Tensor:
@@ -358,10 +556,6 @@ def _unwrap_index(index):
 def tensor(data, requires_grad=False, dtype=None) -> Tensor:
     """Create a leaf tensor (``mc.tensor([[1., 2.]], requires_grad=True)``)."""
     return Tensor(data, requires_grad=requires_grad, dtype=dtype)
-
-
-def as_tensor(value, dtype=None) -> Tensor:
-    return value if isinstance(value, Tensor) else Tensor(value, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------

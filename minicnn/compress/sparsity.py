@@ -342,12 +342,12 @@ def prune_to(model, method, sparsity, layers=None):
         raise ValueError(f"sparsity must be a fraction in [0, 1], got {sparsity!r}")
     layers = prunable_layers(model, method) if layers is None else layers
     if method == "global-l1":
-        total = sum(m.weight_orig.size if hasattr(m, "weight_mask") else m.weight.size for _, m in layers)
+        total = sum(m.weight_orig.numel() if hasattr(m, "weight_mask") else m.weight.numel() for _, m in layers)
         count = max(0, round(sparsity * total) - sum(_mask_zeros(m) for _, m in layers))
         prune.global_unstructured([(m, "weight") for _, m in layers], prune.L1Unstructured, amount=count)
     elif method == "l1":
         for _, m in layers:
-            n = int(m.weight_orig.size if hasattr(m, "weight_mask") else m.weight.size)
+            n = int(m.weight_orig.numel() if hasattr(m, "weight_mask") else m.weight.numel())
             prune.l1_unstructured(m, "weight", amount=max(0, round(sparsity * n) - _mask_zeros(m)))
     else:
         for _, m in layers:

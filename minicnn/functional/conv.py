@@ -152,4 +152,4 @@ def conv2d_simple(x: Tensor, weight: Tensor, bias: Tensor = None, stride=1, padd
     y = weight.reshape(Cout, -1) @ cols                             # (Cout, N*oh*ow)
     if bias is not None:
         y = y + bias.reshape(Cout, 1)
-    return y.reshape(Cout, N, oh, ow).transpose(1, 0, 2, 3)
+    return y.reshape(Cout, N, oh, ow).permute(1, 0, 2, 3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import current
+from ..device import device_of, move
 from ..autograd.tensor import Function, Tensor, lift
 from .helpers import matmul as array_matmul
 
@@ -258,6 +259,31 @@ class CastFn(Function):
 
     def backward(self, gy):
         return gy.astype(self.src_dtype)
+
+
+class MoveFn(Function):
+    """y = x copied to another device (``t.to("cuda")``).   dx = gy copied back.
+
+    ``Function.apply`` hands back arrays of the active backend, so forward
+    only records where x was; ``Tensor.to`` then moves the output's array.
+    """
+
+    def forward(self, x, device):
+        self.source = device_of(x)
+        return x
+
+    def backward(self, gy):
+        return move(gy, self.source)
+
+
+class CloneFn(Function):
+    """y = a copy of x (``t.clone()``).   dx = gy."""
+
+    def forward(self, x):
+        return x.copy()
+
+    def backward(self, gy):
+        return gy
 
 
 class MaximumFn(Function):

@@ -126,7 +126,7 @@ def batch_norm(x: Tensor, running_mean, running_var, weight=None, bias=None, tra
         raise ValueError("batch_norm: give both running_mean and running_var, or neither")
     if not training and running_mean is None:
         raise ValueError("batch_norm: evaluation mode needs running_mean and running_var")
-    if training and x.size // C <= 1:
+    if training and x.numel() // C <= 1:
         raise ValueError(f"batch_norm: training needs more than one value per channel to compute "
                          f"a variance, got input shape {shape_str(x.shape)}")
     rm = None if running_mean is None else running_mean.data

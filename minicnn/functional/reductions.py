@@ -7,22 +7,23 @@ divided by the count for a mean, routed to the maximum for a max.
 from __future__ import annotations
 
 import builtins
+import collections
 
 from ..backend import current
-from ..autograd.tensor import Function
+from ..autograd.tensor import Function, Tensor, check_dim, dim_args
+from .math import MaximumFn
+
+#: what ``x.max(dim)`` / ``x.min(dim)`` return, like ``torch.return_types.max``
+MaxResult = collections.namedtuple("max", ["values", "indices"])
+MinResult = collections.namedtuple("min", ["values", "indices"])
 
 
-def _normalize_axes(axis, ndim, op):
-    """None -> all axes; int or tuple -> a sorted tuple of non-negative axes."""
+def normalize_axes(axis, ndim, op=""):
+    """None -> all axes; int or tuple -> a sorted tuple of non-negative axes (IndexError out of range)."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    out = []
-    for a in axes:
-        if not -ndim <= a < builtins.max(ndim, 1):
-            raise ValueError(f"{op}: axis {a} is out of range for a tensor with {ndim} dimensions")
-        out.append(a % ndim if ndim else 0)
-    return tuple(sorted(out))
+    axes = (axis,) if not isinstance(axis, (tuple, list)) else tuple(axis)
+    return tuple(sorted({check_dim(a, ndim) for a in axes}))
 
 
 def _expand(g, x_shape, axes, keepdims):
@@ -40,7 +41,7 @@ class SumFn(Function):
 
     def forward(self, x, axis=None, keepdims=False):
         self.x_shape = x.shape
-        self.axes = _normalize_axes(axis, x.ndim, "sum")
+        self.axes = normalize_axes(axis, x.ndim, "sum")
         self.keepdims = keepdims
         return x.sum(axis=self.axes, keepdims=keepdims)
 
@@ -54,7 +55,7 @@ class MeanFn(Function):
 
     def forward(self, x, axis=None, keepdims=False):
         self.x_shape = x.shape
-        self.axes = _normalize_axes(axis, x.ndim, "mean")
+        self.axes = normalize_axes(axis, x.ndim, "mean")
         self.keepdims = keepdims
         self.count = 1
         for a in self.axes:
@@ -77,7 +78,7 @@ class MaxFn(Function):
     """
 
     def forward(self, x, axis=None, keepdims=False):
-        self.axes = _normalize_axes(axis, x.ndim, "max")
+        self.axes = normalize_axes(axis, x.ndim, "max")
         if x.size == 0:
             raise ValueError("max: cannot reduce an empty tensor")
         self.keepdims = keepdims
@@ -93,24 +94,61 @@ class MaxFn(Function):
         return (winners * (g / count)).astype(gy.dtype)
 
 
-def var(x, axis=None, keepdims=False, unbiased=False):
-    """Variance, composed from differentiable pieces: mean((x - mean(x))**2)."""
+def correction_of(unbiased, correction):
+    """PyTorch's two spellings: ``unbiased=True/False`` or ``correction=1/0`` (default 1)."""
+    if unbiased is not None and correction is not None:
+        raise TypeError("var/std: give unbiased= or correction=, not both")
+    return (1 if unbiased else 0) if unbiased is not None else (1 if correction is None else correction)
+
+
+def var(x, axis=None, keepdims=False, correction=1):
+    """Variance, composed from differentiable pieces: sum((x - mean(x))**2) / (n - correction)."""
     mu = x.mean(axis=axis, keepdims=True)
     sq = (x - mu) ** 2
     v = sq.mean(axis=axis, keepdims=keepdims)
-    if unbiased:
-        n = x.size // v.size
-        v = v * (n / (n - 1))
+    if correction:
+        n = x.numel() // builtins.max(v.numel(), 1)
+        v = v * (n / (n - correction) if n > correction else float("nan"))
     return v
 
 
-def sum(x, axis=None, keepdims=False):  # noqa: A001 - PyTorch's name
-    return SumFn.apply(x, axis=axis, keepdims=keepdims)
+def arg_reduce(a, op, dim, keepdim):
+    """``a.argmax``/``a.argmin`` over one dim (the flat index with none), as an int64 array."""
+    if dim is None:
+        out = getattr(a.reshape(-1), op)()
+        return current.xp.asarray(out, dtype="int64").reshape((1,) * a.ndim if keepdim else ())
+    if isinstance(dim, tuple):
+        raise TypeError(f"{op}: dim must be one int, got {dim}")
+    return getattr(a, op)(axis=check_dim(dim, a.ndim), keepdims=keepdim).astype("int64")
 
 
-def mean(x, axis=None, keepdims=False):
-    return MeanFn.apply(x, axis=axis, keepdims=keepdims)
+def max_or_min(x, op, dim=None, keepdim=False, axis=None, keepdims=False):
+    """``x.max()`` (0-d), ``x.max(dim)`` (values, indices), ``x.max(other)`` (elementwise): PyTorch's three."""
+    sign = 1 if op == "max" else -1
+    if isinstance(dim, Tensor):
+        return sign * MaximumFn.apply(sign * x, sign * dim)
+    dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
+    if dim is None:
+        return x.amax() if op == "max" else x.amin()
+    if isinstance(dim, tuple):
+        raise TypeError(f"{op}(dim) reduces one dim, got {dim}; amax/amin reduce several")
+    values = x.amax(dim, keepdim) if op == "max" else x.amin(dim, keepdim)
+    indices = Tensor(arg_reduce(x.data, "arg" + op, dim, keepdim))
+    return (MaxResult if op == "max" else MinResult)(values, indices)
 
 
-def max(x, axis=None, keepdims=False):  # noqa: A001 - PyTorch's name
-    return MaxFn.apply(x, axis=axis, keepdims=keepdims)
+def sum(x, dim=None, keepdim=False, *, axis=None, keepdims=False):  # noqa: A001 - PyTorch's name
+    return x.sum(dim, keepdim, axis=axis, keepdims=keepdims)
+
+
+def mean(x, dim=None, keepdim=False, *, axis=None, keepdims=False):
+    return x.mean(dim, keepdim, axis=axis, keepdims=keepdims)
+
+
+def max(x, dim=None, keepdim=False, *, axis=None, keepdims=False):  # noqa: A001 - PyTorch's name
+    """``mc.max(x)``, ``mc.max(x, dim)`` -> (values, indices), ``mc.max(a, b)`` elementwise."""
+    return max_or_min(x, "max", dim, keepdim, axis, keepdims)
+
+
+def min(x, dim=None, keepdim=False, *, axis=None, keepdims=False):  # noqa: A001 - PyTorch's name
+    return max_or_min(x, "min", dim, keepdim, axis, keepdims)

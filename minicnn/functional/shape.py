@@ -128,12 +128,13 @@ class StackFn(Function):
         return tuple(xp.take(gy, i, axis=self.axis) for i in range(gy.shape[self.axis]))
 
 
-def concatenate(tensors, axis=0) -> Tensor:
-    return ConcatenateFn.apply(*tensors, axis=axis)
+def concatenate(tensors, dim=0, *, axis=None) -> Tensor:
+    """PyTorch's ``torch.cat(tensors, dim=0)`` (``axis=`` accepted too)."""
+    return ConcatenateFn.apply(*tensors, axis=dim if axis is None else axis)
 
 
-def stack(tensors, axis=0) -> Tensor:
-    return StackFn.apply(*tensors, axis=axis)
+def stack(tensors, dim=0, *, axis=None) -> Tensor:
+    return StackFn.apply(*tensors, axis=dim if axis is None else axis)
 
 
 def reshape(x, shape):

@@ -34,7 +34,8 @@ from collections import OrderedDict
 import numpy as np
 
 from ..backend import to_device
-from ..autograd.tensor import Tensor, resolve_dtype, shape_str
+from ..autograd.tensor import Tensor, names_a_dtype, resolve_dtype, shape_str
+from ..device import device as mc_device, move
 
 
 class Parameter(Tensor):
@@ -222,15 +223,36 @@ class Module:
         fn(self)
         return self
 
-    def to(self, dtype):
-        """Convert floating parameters and buffers to ``dtype`` in place; returns self."""
+    def to(self, *args, dtype=None, device=None):
+        """``module.to(device)``, ``.to(dtype)``, ``.to(device, dtype)``: parameters and buffers, in place.
+
+        A dtype converts the floating ones; a device moves every array (and
+        gradient) there. Returns self. As ``Tensor.to``, moving does not switch
+        minicnn's backend (``minicnn/device.py``).
+        """
+        for a in args:
+            if isinstance(a, (str, mc_device)) and not names_a_dtype(a):
+                device = a
+            else:
+                dtype = a
         dtype = resolve_dtype(dtype)
+        device = None if device is None else mc_device(device)
         for t in list(self.parameters()) + list(self.buffers()):
-            if t.data.dtype.kind == "f":
+            if dtype is not None and t.data.dtype.kind == "f":
                 t.data = t.data.astype(dtype)
                 if t.grad is not None:
                     t.grad = Tensor(t.grad.data.astype(dtype), dtype=dtype)
+            if device is not None:
+                t.data = move(t.data, device)
+                if t.grad is not None:
+                    t.grad = Tensor(move(t.grad.data, device), dtype=t.grad.dtype)
         return self
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self, device=None):
+        return self.to("cuda" if device is None else mc_device("cuda", device) if isinstance(device, int) else device)
 
     def double(self):
         return self.to(np.float64)
@@ -239,7 +261,7 @@ class Module:
         return self.to(np.float32)
 
     def num_parameters(self, trainable_only=True):
-        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     # -- saving and loading ----------------------------------------------------
     def state_dict(self):

@@ -17,7 +17,7 @@ What is counted, and how
   (``module.named_parameters(recurse=False)``). A container (``Sequential``,
   a residual block) owns none, so its row shows ``--`` and nothing is counted
   twice: the column sums to ``total_params``, which equals
-  ``sum(p.size for p in model.parameters())`` — a parameter shared by two
+  ``sum(p.numel() for p in model.parameters())`` — a parameter shared by two
   layers is counted once, at the first layer that owns it (the other row says
   ``shared``). These are exactly PyTorch's counts for the same network.
 * **MACs** (multiply-accumulates, ``a += w * x``) at the leaf layers only,
@@ -219,14 +219,14 @@ def summary(model, input_size=(1, 1, 28, 28), dtype=None) -> Summary:
         if leaf:
             activation_bytes += r["out_bytes"]
         rows.append({"name": names.get(key, "?"), "type": type(m).__name__, "output_shape": r["output_shape"],
-                     "params": sum(p.size for p in fresh),
-                     "trainable": sum(p.size for p in fresh if p.requires_grad),
+                     "params": sum(p.numel() for p in fresh),
+                     "trainable": sum(p.numel() for p in fresh if p.requires_grad),
                      "macs": r["macs"], "calls": r["calls"], "shared": bool(own) and not fresh, "leaf": leaf})
     buffers = list(model.buffers())
     params = list(model.parameters())       # again: lazy layers (nn.LazyLinear) create theirs in the forward
     return Summary(rows, input_size,
-                   total_params=sum(p.size for p in params),
-                   trainable_params=sum(p.size for p in params if p.requires_grad),
-                   param_bytes=sum(p.size * np.dtype(p.dtype).itemsize for p in params),
+                   total_params=sum(p.numel() for p in params),
+                   trainable_params=sum(p.numel() for p in params if p.requires_grad),
+                   param_bytes=sum(p.numel() * np.dtype(p.dtype).itemsize for p in params),
                    buffer_bytes=sum(int(np.prod(b.shape)) * np.dtype(b.dtype).itemsize for b in buffers),
                    activation_bytes=activation_bytes, dtype=dtype)

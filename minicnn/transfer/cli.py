@@ -62,7 +62,7 @@ def configure_model(args, run):
         except ValueError as e:
             raise CLIError(f"--freeze: {e}") from None
         report = transfer.freeze_layers(model, names, bn_eval=True)
-        trainable = sum(p.size for p in model.parameters() if p.requires_grad)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"freeze: {', '.join(names)} ({report['params']:,} parameters frozen, {trainable:,} trainable)")
         if report["batchnorms"]:
             print(f"freeze: BatchNorm layers {', '.join(report['batchnorms'])} stay in eval mode "

@@ -131,7 +131,7 @@ def freeze_layers(model, names, bn_eval=True) -> dict:
     frozen, bns = 0, []
     for name in names:
         m = modules[name]
-        frozen += sum(p.size for p in m.parameters() if p.requires_grad)
+        frozen += sum(p.numel() for p in m.parameters() if p.requires_grad)
         nn.utils.freeze(m, bn_eval=bn_eval)
         bns += [f"{name}.{n}" if n else name for n, b in m.named_modules()
                 if isinstance(b, (nn.BatchNorm1d, nn.BatchNorm2d))]
