@@ -3,7 +3,8 @@
 * ``commands.py``    — the core commands (train, evaluate, predict, info), the parser, and the building
   blocks every command shares, public: :class:`CLIError`, :func:`prepare_run`, :func:`run_fit`,
   :func:`add_train_arguments`, :func:`load_checkpoint_file`, :func:`model_from_checkpoint`;
-* ``model_shape.py`` — ``minicnn train --dropout/--kernel-size`` (rebuilds the model).
+* ``model_shape.py`` — ``minicnn train --dropout/--kernel-size`` (rebuilds the model);
+* ``from_torch.py``  — ``minicnn from-torch PROGRAM.py``: a PyTorch program, its imports rewritten, run on minicnn.
 
 Each technique keeps its command-line part in its own folder (``minicnn/compress/prune_cli.py``,
 ``minicnn/quant/cli.py``, ...), listed in ``commands.COMMANDS`` (a subcommand: ``add_parser``) and/or

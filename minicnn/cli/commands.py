@@ -198,7 +198,7 @@ TRAIN_PLUGINS = ("minicnn.cli.model_shape",     # rebuilds the model with --drop
 # which registers the command and its function (set_defaults(func=...)).
 COMMANDS = ("minicnn.compress.prune_cli", "minicnn.quant.cli", "minicnn.quant.export_cli",
             "minicnn.attacks.cli", "minicnn.explain.cli", "minicnn.tune.cli",
-            "minicnn.course.cli")
+            "minicnn.course.cli", "minicnn.cli.from_torch")
 
 
 def _plugins(names):

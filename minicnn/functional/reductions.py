@@ -123,7 +123,12 @@ def arg_reduce(a, op, dim, keepdim):
 
 
 def max_or_min(x, op, dim=None, keepdim=False, axis=None, keepdims=False):
-    """``x.max()`` (0-d), ``x.max(dim)`` (values, indices), ``x.max(other)`` (elementwise): PyTorch's three."""
+    """``x.max()`` (0-d), ``x.max(dim)`` (values, indices), ``x.max(other)`` (elementwise): PyTorch's three.
+
+    ``x`` may also be a backend array: ``torch.max(outputs.data, 1)`` is common in
+    PyTorch programs, and minicnn's ``t.data`` is the array (README, "From PyTorch").
+    """
+    x = x if isinstance(x, Tensor) else Tensor(x)
     sign = 1 if op == "max" else -1
     if isinstance(dim, Tensor):
         return sign * MaximumFn.apply(sign * x, sign * dim)
