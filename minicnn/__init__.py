@@ -93,7 +93,7 @@ def _function_of(method):
     return function
 
 
-for _name in ("eq", "ne", "lt", "le", "gt", "ge", "argmax", "argmin", "amax", "amin", "var", "std", "any",
+for _name in ("eq", "ne", "lt", "le", "gt", "ge", "argmax", "argmin", "amax", "amin", "prod", "var", "std", "any",
               "all", "flatten", "reshape", "unsqueeze", "squeeze", "permute", "transpose", "t", "clone",
               "numel", "exp", "log", "sqrt", "abs", "clamp", "clip"):
     globals()[_name] = _function_of(_name)

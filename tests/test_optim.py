@@ -901,3 +901,15 @@ def test_clip_grad_value_matches_pytorch():
     clip_grad_value_([p], 1.5)
     torch.nn.utils.clip_grad_value_([tp], 1.5)
     np.testing.assert_array_equal(p.grad.numpy(), tp.grad.numpy())
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad", "adadelta"])
+def test_every_cli_optimizer_builds_and_steps(name):
+    """``minicnn train --optimizer NAME``: each name builds its optimizer (adadelta: PyTorch's MNIST example's)."""
+    from minicnn.cli.commands import OPTIMIZERS, build_optimizer
+    assert name in OPTIMIZERS
+    w = nn.Parameter(mc.tensor(np.ones((3, 2), dtype=np.float32)))
+    opt = build_optimizer(name, [w], lr=1.0 if name == "adadelta" else 0.1)
+    w.grad = mc.tensor(np.full((3, 2), 0.5, dtype=np.float32))
+    opt.step()
+    assert float(np.abs(w.numpy() - 1).max()) > 0

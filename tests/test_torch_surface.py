@@ -73,6 +73,27 @@ def test_reductions_match_torch(call):
     same(call(m), call(t))
 
 
+@pytest.mark.parametrize("call", [lambda x: x.prod(), lambda x: x.prod(1), lambda x: x.prod(dim=0, keepdim=True),
+                                  lambda x: x.prod(-1, True)])
+@pytest.mark.parametrize("a", [X, np.array([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0], [4.0, 5.0, -6.0]], np.float32)])
+def test_prod_and_its_gradient_match_torch_zeros_included(call, a):
+    m = mc.tensor(a, requires_grad=True, dtype="float64")
+    t = torch.tensor(a.astype(np.float64), requires_grad=True)
+    ym, yt = call(m), call(t)
+    same(ym, yt)
+    weights = np.arange(1.0, 1.0 + ym.numel()).reshape(ym.shape)
+    (ym * mc.tensor(weights)).sum().backward()
+    (yt * torch.tensor(weights)).sum().backward()
+    same(m.grad, t.grad)
+
+
+def test_prod_gradcheck_and_one_dim_only():
+    x = mc.tensor(np.random.default_rng(0).standard_normal((3, 4)), requires_grad=True, dtype="float64")
+    assert mc.gradcheck(lambda x: x.prod(1), (x,)) and mc.gradcheck(lambda x: mc.prod(x), (x,))
+    with pytest.raises(TypeError, match="one dim"):
+        x.prod(dim=(0, 1))
+
+
 def test_axis_and_keepdims_still_accepted():
     m, t = pair()
     same(m.sum(axis=1, keepdims=True), t.sum(dim=1, keepdim=True))

@@ -431,6 +431,13 @@ class Tensor:
         dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
         return _red.MeanFn.apply(self, axis=dim, keepdims=keepdim)
 
+    def prod(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        """The product over one ``dim`` (all elements by default), as PyTorch's."""
+        dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
+        if isinstance(dim, tuple):
+            raise TypeError(f"prod(dim) reduces one dim (PyTorch's rule), got {dim}")
+        return _red.ProdFn.apply(self, axis=None if dim is None else check_dim(dim, self.ndim), keepdims=keepdim)
+
     def amax(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
         """The maximum over ``dim`` (all dims by default); ties share the gradient."""
         dim, keepdim = dim_args(dim, keepdim, axis, keepdims)

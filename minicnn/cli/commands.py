@@ -26,7 +26,7 @@ from ..io import write_json
 # Normalisation constants (mean, std of the training pixels in [0, 1]).
 NORMALIZATION = {"mnist": (0.1307, 0.3081), "digits": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530),
                  "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])}   # per channel, R G B
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad", "adadelta")
 SCHEDULES = ("none", "step", "exponential", "cosine", "warmup-cosine", "plateau")
 
 
@@ -107,6 +107,8 @@ def build_optimizer(name, params, lr, weight_decay=0.0):
         return optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
     if name == "adagrad":
         return optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+    if name == "adadelta":                 # PyTorch's MNIST example: lr 1.0 (a scale on its own step size)
+        return optim.Adadelta(params, lr=lr, weight_decay=weight_decay)
     raise CLIError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
 
 

@@ -50,6 +50,34 @@ class SumFn(Function):
         return current.xp.broadcast_to(g, self.x_shape).copy()
 
 
+class ProdFn(Function):
+    """y = product of x over ``axis`` (one axis, or all).
+
+    dx_i = gy * (product of every *other* element of its row): written as the
+    product of the elements before i times the product of those after i
+    (exclusive cumulative products from both ends), so a zero in the row gives
+    the right gradient too — not gy * y / x_i, which divides by it.
+    """
+
+    def forward(self, x, axis=None, keepdims=False):
+        xp = current.xp
+        self.x_shape, self.axis, self.keepdims = x.shape, axis, keepdims
+        rows = xp.moveaxis(x, axis, -1) if axis is not None else x.reshape(1, -1)   # (..., K)
+        self.save_for_backward(rows)
+        return x.prod(axis=axis, keepdims=keepdims)
+
+    def backward(self, gy):
+        xp = current.xp
+        rows, = self.saved_tensors                                            # (..., K)
+        ones = xp.ones(rows.shape[:-1] + (1,), dtype=rows.dtype)
+        before = xp.cumprod(xp.concatenate([ones, rows[..., :-1]], axis=-1), axis=-1)
+        after = xp.flip(xp.cumprod(xp.concatenate([ones, xp.flip(rows, -1)[..., :-1]], axis=-1), axis=-1), -1)
+        if self.axis is None:
+            return (gy.reshape(1, 1) * before * after).reshape(self.x_shape)
+        g = gy if not self.keepdims else xp.squeeze(gy, self.axis)
+        return xp.moveaxis(g[..., None] * before * after, -1, self.axis)
+
+
 class MeanFn(Function):
     """y = mean of x over ``axis`` (n elements each).   dx = gy / n, broadcast back."""
 
