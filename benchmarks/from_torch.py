@@ -29,13 +29,15 @@ def run(argv, cwd, env):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("program")
-    ap.add_argument("args", nargs="*", help="the program's arguments (after --)")
     ap.add_argument("--torch-python", default=sys.executable, help="a Python with torch (and torchvision)")
     ap.add_argument("--cwd", default=".", help="where both run (the program's relative data paths)")
     ap.add_argument("--backend", default="numba", help="minicnn's backend (MINICNN_BACKEND)")
     ap.add_argument("--tail", type=int, default=4)
     ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    program_args = argv[argv.index("--") + 1:] if "--" in argv else []      # the program's own arguments
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.args = program_args
     program = os.path.abspath(args.program)
     env = dict(os.environ, MPLBACKEND="Agg")
     results = {}
