@@ -369,11 +369,22 @@ def save(obj, path):
     return save_file(obj, path, kind="state")
 
 
-def load(path):
+def load(path, map_location=None, weights_only=True):
     """Load what :func:`save` wrote (arrays as host NumPy arrays); never runs code.
 
     A plain safetensors file (``safetensors.torch.save_file(torch_model.state_dict(), path)``)
     loads too, as its flat dict of tensors: ``model.load_state_dict(mc.load(path))``.
+
+    ``map_location`` and ``weights_only`` are PyTorch's arguments, accepted so that
+    ``torch.load(path, map_location=device, weights_only=True)`` runs unchanged:
+    minicnn's files hold weights only, whatever ``weights_only`` says (nothing in
+    them can run code), and ``load_state_dict`` puts the arrays where the model lives.
     """
+    if map_location is not None:
+        from .device import device as as_device
+        if not callable(map_location) and not isinstance(map_location, dict):
+            as_device(map_location)        # a device PyTorch would refuse is refused here too
+    if not isinstance(weights_only, bool):
+        raise TypeError(f"load: weights_only must be True or False, got {weights_only!r}")
     state, _ = load_file(path, allow_plain=True)
     return state

@@ -357,3 +357,16 @@ def test_module_to_device_and_dtype():
     assert lin.weight.dtype == np.float32 and lin.cpu().weight.device.type == "cpu"
     if mc.get_backend() in ("numpy", "numba"):
         assert lin(mc.ones(1, 3)).shape == (1, 2)
+
+
+def test_load_takes_pytorchs_weights_only_and_map_location(tmp_path):
+    """``model.load_state_dict(torch.load(PATH, weights_only=True))`` (PyTorch's quickstart) runs as written."""
+    model = nn.Linear(3, 2)
+    mc.save(model.state_dict(), tmp_path / "model.pth")
+    other = nn.Linear(3, 2)
+    other.load_state_dict(mc.load(tmp_path / "model.pth", weights_only=True))
+    other.load_state_dict(mc.load(tmp_path / "model.pth", map_location=mc.device("cpu")))
+    other.load_state_dict(mc.load(tmp_path / "model.pth", map_location="cpu", weights_only=False))
+    np.testing.assert_array_equal(other.weight.numpy(), model.weight.numpy())
+    with pytest.raises(ValueError, match="device"):
+        mc.load(tmp_path / "model.pth", map_location="gpu")
