@@ -349,3 +349,15 @@ def test_the_lazy_upward_imports_are_the_listed_ones():
     for (m, t), why in LAZY_UPWARD.items():
         _, found = _imports()
         assert any(a == m and b == t for a, b, _ in found), f"{m} no longer imports {t}: drop it from LAZY_UPWARD"
+
+
+def test_sequential_forward_is_the_plain_loop_and_numpy_ref_implements_every_declared_kernel():
+    """The two structural promises of the readable core checked here too (their full tests:
+    tests/test_fused.py and tests/test_kernel_contract.py)."""
+    import inspect
+
+    from minicnn.kernels import contract, numpy_ref
+    source = inspect.getsource(nn.Sequential.forward)
+    assert "fus" not in source.lower() and "for " in source, source
+    assert all(hasattr(numpy_ref, k.name) for k in contract.KERNELS), "numpy_ref lacks a declared kernel"
+    assert contract.missing_kernels(numpy_ref) == ([], [])
