@@ -1,7 +1,7 @@
 """Devices: where a tensor's array lives (PyTorch's ``torch.device``).
 
 ``mc.device("cpu")``, ``mc.device("cuda")``, ``mc.device("cuda:0")``;
-``t.device`` answers where ``t.data`` lives: a NumPy array is on the ``cpu``;
+``t.device`` answers where ``t.array`` lives: a NumPy array is on the ``cpu``;
 a CuPy array is on ``cuda``, and so is an array of the test-only
 ``simulator`` backend, which pretends to be a device.
 

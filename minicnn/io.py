@@ -134,7 +134,7 @@ def to_numpy(x) -> np.ndarray:
     A Tensor gives its data (no copy on the CPU backends; device arrays are
     copied to the host). Use ``Tensor.numpy()`` when you need a copy you may modify.
     """
-    return to_host(x.data if isinstance(x, Tensor) else x)
+    return to_host(x.array if isinstance(x, Tensor) else x)
 _TAGS = ("__tensor__", "__tuple__", "__dict__", "__float__", "__scalar__")
 
 

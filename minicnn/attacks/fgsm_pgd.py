@@ -68,7 +68,7 @@ def _labels(y, n, num_classes, who, name="y"):
     y = y if isinstance(y, Tensor) else Tensor(np.asarray(to_host(y)).astype(np.int64).reshape(-1))
     if y.ndim != 1 or y.shape[0] != n:
         raise ValueError(f"{who}: expected {n} class indices for {n} images, got {name} of shape {y.shape}")
-    host = to_host(y.data)
+    host = to_host(y.array)
     if n and (host.min() < 0 or host.max() >= num_classes):
         raise ValueError(f"{who}: {name} must be class indices in [0, {num_classes - 1}], got values "
                          f"from {int(host.min())} to {int(host.max())}")
@@ -92,8 +92,8 @@ def input_gradient(model, x, y, loss_fn=F.cross_entropy):
         raise RuntimeError("the model's output does not depend differentiably on its input: no input "
                            "gradient to attack with (non-differentiable preprocessing inside the model?)")
     loss.backward()
-    g = xt.grad.data if xt.grad is not None else current.xp.zeros_like(x)
-    return g, out.data
+    g = xt.grad.array if xt.grad is not None else current.xp.zeros_like(x)
+    return g, out.array
 
 
 def _num_classes(model, x, who="attack"):
@@ -113,7 +113,7 @@ def _per_example_loss(logits, y):
     xp = current.xp
     z = logits - logits.max(axis=1, keepdims=True)
     log_p = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
-    return -xp.take_along_axis(log_p, y.data.reshape(-1, 1), axis=1)[:, 0]
+    return -xp.take_along_axis(log_p, y.array.reshape(-1, 1), axis=1)[:, 0]
 
 
 def _uniform(shape, low, high, dtype, rng):
@@ -135,11 +135,11 @@ def fgsm(model, x, y, eps, clamp=(0.0, 1.0), targeted=False):
     eps = _check_eps(eps, "fgsm")
     x = _as_tensor(x, "fgsm")
     with frozen(model):
-        y = _labels(y, x.shape[0], _num_classes(model, x.data, "fgsm"), "fgsm",
+        y = _labels(y, x.shape[0], _num_classes(model, x.array, "fgsm"), "fgsm",
                     "the target class" if targeted else "y")
-        g, _ = input_gradient(model, x.data, y)
+        g, _ = input_gradient(model, x.array, y)
         step = -eps if targeted else eps
-        adv = _clamp(x.data + step * current.xp.sign(g), clamp)
+        adv = _clamp(x.array + step * current.xp.sign(g), clamp)
     return Tensor(adv.astype(x.dtype), dtype=x.dtype)
 
 
@@ -174,7 +174,7 @@ def pgd(model, x, y, eps, alpha=None, steps=10, random_start=True, restarts=1, c
     from .. import rng as _rng
     gen = np.random.default_rng(seed) if seed is not None else _rng.generator()
     xp = current.xp
-    x0 = x.data
+    x0 = x.array
     lo, hi = x0 - eps, x0 + eps
     sign = -1.0 if targeted else 1.0
     best, best_loss = None, None
@@ -192,7 +192,7 @@ def pgd(model, x, y, eps, alpha=None, steps=10, random_start=True, restarts=1, c
                 best = adv
                 break
             with no_grad():
-                loss = sign * _per_example_loss(model(Tensor(adv, dtype=adv.dtype)).data, y)
+                loss = sign * _per_example_loss(model(Tensor(adv, dtype=adv.dtype)).array, y)
             if best is None:
                 best, best_loss = adv, loss
             else:
@@ -212,7 +212,7 @@ def random_noise(model, x, y, eps, clamp=(0.0, 1.0), seed=None):
     from .. import rng as _rng
     gen = np.random.default_rng(seed) if seed is not None else _rng.generator()
     signs = to_device(gen.choice(np.array([-1.0, 1.0], dtype=x.dtype), size=x.shape))
-    return Tensor(_clamp(x.data + eps * signs, clamp).astype(x.dtype), dtype=x.dtype)
+    return Tensor(_clamp(x.array + eps * signs, clamp).astype(x.dtype), dtype=x.dtype)
 
 
 _ATTACKS = {"fgsm": fgsm, "pgd": pgd, "noise": random_noise}
@@ -289,7 +289,7 @@ def robust_accuracy(model, loader, attack="pgd", eps_list=(0.05, 0.1, 0.2, 0.3),
 
     def n_right(xa, y):
         with no_grad():
-            return int((model(xa).data.argmax(axis=1) == y.data).sum())
+            return int((model(xa).array.argmax(axis=1) == y.array).sum())
 
     try:
         for b, (x, y) in enumerate(loader):
@@ -380,7 +380,7 @@ class AdversarialTraining:
         c = x.shape[1]
         m = np.broadcast_to(np.asarray(mean, dtype=np.float64), (c,)).reshape(1, c, 1, 1)
         s = np.broadcast_to(np.asarray(std, dtype=np.float64), (c,)).reshape(1, c, 1, 1)
-        pixels = x.data * to_device(s.astype(x.dtype)) + to_device(m.astype(x.dtype))
+        pixels = x.array * to_device(s.astype(x.dtype)) + to_device(m.astype(x.dtype))
         return Tensor(_clamp(pixels, self.clamp), dtype=x.dtype)
 
     def __call__(self, model, optimizer, x, y, loss_fn):

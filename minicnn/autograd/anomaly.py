@@ -81,9 +81,9 @@ class _Detector(OperationObserver):
         if not self._is_innermost():
             return
         fn._anomaly_site = _call_site()
-        output = output.data
+        output = output.array
         if self.check_forward and not _finite(output):
-            self._raise(fn, [t.data if t is not None else None for t in inputs],
+            self._raise(fn, [t.array if t is not None else None for t in inputs],
                         f"its forward output {_shape(output)} contains {_what(output)}")
 
     def on_backward(self, fn, grad_output, grads):
@@ -93,7 +93,7 @@ class _Detector(OperationObserver):
         for i, (t, g) in enumerate(zip(fn.inputs, grads)):
             wanted = t is not None and t.requires_grad     # other gradients are thrown away
             if wanted and g is not None and not _finite(g):
-                self._raise(fn, [t.data if t is not None else None for t in fn.inputs],
+                self._raise(fn, [t.array if t is not None else None for t in fn.inputs],
                             f"the gradient it returned for input {i} {_shape(g)} contains {_what(g)}")
 
     @staticmethod

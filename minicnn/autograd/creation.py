@@ -109,7 +109,7 @@ def eye(n, m=None, *, dtype=None, requires_grad=False, device=None):
 
 def _like(maker, t, dtype, requires_grad, device):
     out = maker(t.shape, dtype=t.dtype if dtype is None else dtype)
-    return _wrap(out.data, None, requires_grad, t.device if device is None else device)
+    return _wrap(out.array, None, requires_grad, t.device if device is None else device)
 
 
 def zeros_like(t, *, dtype=None, requires_grad=False, device=None):
@@ -133,7 +133,7 @@ def randn_like(t, *, dtype=None, requires_grad=False, device=None):
 
 
 def full_like(t, fill_value, *, dtype=None, requires_grad=False, device=None):
-    return _wrap(full(t.shape, fill_value, dtype=t.dtype if dtype is None else dtype).data,
+    return _wrap(full(t.shape, fill_value, dtype=t.dtype if dtype is None else dtype).array,
                  None, requires_grad, t.device if device is None else device)
 
 

@@ -110,7 +110,7 @@ def _check_input_grads(fn, input_grads):
     for parent, parent_grad in zip(fn.inputs, input_grads):
         if parent is None or parent_grad is None or not parent.requires_grad:
             continue
-        if parent_grad.shape != parent.data.shape:
+        if parent_grad.shape != parent.array.shape:
             raise RuntimeError(f"{type(fn).__name__}.backward returned a gradient of shape "
                                f"{shape_str(parent_grad.shape)} for an input of shape "
                                f"{shape_str(parent.shape)}")

@@ -79,20 +79,20 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, verbose=False)
     for _, t in targets:
         t.grad = None
     out.backward(weights_t)
-    analytic = [np.zeros(t.shape) if t.grad is None else to_host(t.grad.data).astype(np.float64)
+    analytic = [np.zeros(t.shape) if t.grad is None else to_host(t.grad.array).astype(np.float64)
                 for _, t in targets]
     for _, t in targets:
         t.grad = None
 
     def scalar():
         with no_grad():
-            return float((to_host(fn(*inputs).data).astype(np.float64) * weights).sum())
+            return float((to_host(fn(*inputs).array).astype(np.float64) * weights).sum())
 
     for (name, t), a in zip(targets, analytic):
         numeric = np.zeros(t.shape)
-        if not t.data.flags.c_contiguous:
-            t.data = t.data.copy()                      # so that reshape(-1) is a view
-        flat = t.data.reshape(-1)                       # a view: nudging it nudges t
+        if not t.array.flags.c_contiguous:
+            t.array = t.array.copy()                      # so that reshape(-1) is a view
+        flat = t.array.reshape(-1)                       # a view: nudging it nudges t
         num_flat = numeric.reshape(-1)
         for i in range(flat.size):
             original = flat[i].item()

@@ -2,7 +2,7 @@
 
 The whole engine fits on one screen:
 
-* A :class:`Tensor` holds an array (``.data``), a flag ``requires_grad``, and —
+* A :class:`Tensor` holds an array (``.array``), a flag ``requires_grad``, and —
   if an operation made it — the :class:`Function` that did (``._ctx``).
 * A :class:`Function` has a ``forward`` (arrays in, one array out; it saves what
   the backward will need) and a ``backward`` (the gradient of the loss w.r.t.
@@ -32,6 +32,7 @@ import numpy as np
 from ..backend import current, to_device, to_host
 from ..device import device as _device, device_of, move
 from .observer import observers
+from .. import rng as _rng
 
 # ----------------------------------------------------------------------------
 # Gradient mode
@@ -92,7 +93,7 @@ def _as_array(data, dtype=None):
     dtype = resolve_dtype(dtype)
     xp = current.xp
     if isinstance(data, Tensor):
-        data = data.data
+        data = data.array
     if not isinstance(data, xp.ndarray):
         # lists and scalars; host arrays go to the device, device arrays to the host
         data = xp.asarray(to_host(data)) if xp is np else to_device(data)
@@ -164,7 +165,10 @@ class Tensor:
     """An n-dimensional array that remembers how it was computed.
 
     Attributes:
-        data: the backend array (``numpy.ndarray`` or ``cupy.ndarray``).
+        array: the backend array (``numpy.ndarray`` or ``cupy.ndarray``) this
+            tensor holds; what the engine and the kernels read.
+        data: PyTorch's ``.data``: a detached :class:`Tensor` sharing ``array``
+            (assigning ``t.data = value`` replaces the array).
         grad: a :class:`Tensor` with the accumulated gradient, or ``None``.
         requires_grad: whether operations on this tensor are recorded.
     """
@@ -173,43 +177,43 @@ class Tensor:
     __array_priority__ = 1000
 
     def __init__(self, data, requires_grad=False, dtype=None):
-        self.data = _as_array(data, dtype)
-        if requires_grad and self.data.dtype.kind != "f":
+        self.array = _as_array(data, dtype)
+        if requires_grad and self.array.dtype.kind != "f":
             raise TypeError("only floating-point tensors can require gradients, "
-                            f"got dtype {self.data.dtype}")
+                            f"got dtype {self.array.dtype}")
         self.requires_grad = bool(requires_grad)
         self.grad = None
         self._ctx = None            # the Function that produced this tensor, if any
         self._retain_grad = False
 
     # -- basic properties ------------------------------------------------
-    shape = property(lambda self: tuple(self.data.shape))
-    dtype = property(lambda self: self.data.dtype)
-    ndim = property(lambda self: self.data.ndim)
+    shape = property(lambda self: tuple(self.array.shape))
+    dtype = property(lambda self: self.array.dtype)
+    ndim = property(lambda self: self.array.ndim)
 
     def size(self, dim=None):
         """``x.size()`` -> a :class:`Size` (a tuple); ``x.size(d)`` -> the length of dimension d."""
         if dim is None:
-            return Size(self.data.shape)
+            return Size(self.array.shape)
         if self.ndim == 0:
             raise IndexError(f"Dimension specified as {dim} but tensor has no dimensions")
-        return int(self.data.shape[check_dim(dim, self.ndim)])
+        return int(self.array.shape[check_dim(dim, self.ndim)])
 
     def numel(self) -> int:
         """The number of elements."""
-        return int(self.data.size)
+        return int(self.array.size)
 
     nelement = numel
 
     def dim(self) -> int:
-        return self.data.ndim
+        return self.array.ndim
 
     ndimension = dim
 
     @property
     def device(self) -> _device:
         """Where the array lives (``minicnn/device.py``): cpu, or cuda for CuPy and the simulator."""
-        return device_of(self.data)
+        return device_of(self.array)
 
     @property
     def is_leaf(self) -> bool:
@@ -217,10 +221,10 @@ class Tensor:
         return self._ctx is None
 
     def __len__(self):
-        return len(self.data)
+        return len(self.array)
 
     def __repr__(self):
-        body = np.array2string(to_host(self.data), precision=4, separator=", ",
+        body = np.array2string(to_host(self.array), precision=4, separator=", ",
                                prefix="tensor(")
         extra = f", dtype={self.dtype}" if self.dtype != DEFAULT_FLOAT else ""
         if self._ctx is not None:
@@ -232,30 +236,165 @@ class Tensor:
     # -- conversion --------------------------------------------------------
     def numpy(self) -> np.ndarray:
         """A host NumPy copy of the data (never a view into a live tensor)."""
-        return np.array(to_host(self.data), copy=True)
+        return np.array(to_host(self.array), copy=True)
 
     def __float__(self): return float(self.item())
     def __int__(self):   return int(self.item())
 
     def __index__(self):
         """A one-element integer tensor used as an index: ``classes[labels[j]]``."""
-        if self.data.dtype.kind not in "iub":
+        if self.array.dtype.kind not in "iub":
             raise TypeError(f"only integer tensors of a single element can be converted to an index, "
                             f"got dtype {self.dtype}")
         return int(self.item())
 
     def item(self):
         """The single value of a one-element tensor, as a Python number."""
-        if self.data.size != 1:
+        if self.array.size != 1:
             raise TensorError(f"item() needs a tensor with one element, got shape {shape_str(self.shape)}")
-        return to_host(self.data).reshape(()).item()
+        return to_host(self.array).reshape(()).item()
 
     def tolist(self):
-        return to_host(self.data).tolist()
+        return to_host(self.array).tolist()
 
     def detach(self) -> "Tensor":
         """A new tensor sharing the data but cut off from the graph."""
-        return Tensor(self.data, dtype=self.data.dtype)
+        return Tensor(self.array, dtype=self.array.dtype)
+
+    @property
+    def data(self) -> "Tensor":
+        """PyTorch's ``.data``: a tensor sharing this array, cut off from the graph.
+
+        Not the array (that is :attr:`array`): ``p.data.zero_()`` and
+        ``p.data -= lr * p.grad.data`` write into ``p``'s array, as in PyTorch.
+        """
+        return Tensor(self.array, dtype=self.array.dtype)
+
+    @data.setter
+    def data(self, value):
+        """``t.data = value`` (a Tensor or an array) replaces the array; shape and dtype may change."""
+        self.array = value.array if isinstance(value, Tensor) else _as_array(value)
+
+    # -- in-place operations (on the shared array) ---------------------------
+    def _check_inplace(self, other=None):
+        """PyTorch's rule: no in-place change to a leaf that requires grad while grad is on.
+
+        minicnn does not record in-place operations, so one on a tensor in the
+        graph (or with an operand in it) is refused too; ``x = x + y`` is the way.
+        """
+        if not is_grad_enabled():
+            return
+        if self.requires_grad:
+            if self.is_leaf:
+                raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+            raise RuntimeError("minicnn does not record in-place operations on a tensor that requires grad; "
+                               "write x = x + y, or work on x.data")
+        if isinstance(other, Tensor) and other.requires_grad:
+            raise RuntimeError("minicnn does not record in-place operations with an operand that requires "
+                               "grad; write x = x + y, or use other.detach()")
+
+    def _write(self, values):
+        """Store ``values`` into this array in place (broadcast to its shape, cast to its dtype)."""
+        xp = current.xp
+        values = values.array if isinstance(values, Tensor) else values
+        if isinstance(values, (np.ndarray, xp.ndarray)) and not isinstance(values, xp.ndarray):
+            values = to_device(values) if xp is not np else to_host(values)
+        vshape = getattr(values, "shape", ())
+        if np.broadcast_shapes(vshape, self.array.shape) != self.array.shape:
+            raise RuntimeError(f"output with shape {list(self.array.shape)} doesn't match the broadcast "
+                               f"shape {list(np.broadcast_shapes(vshape, self.array.shape))}")
+        vdtype = getattr(values, "dtype", None)
+        if vdtype is not None and not np.can_cast(vdtype, self.array.dtype, "same_kind"):
+            raise RuntimeError(f"result type {vdtype} can't be cast to the desired output type {self.array.dtype}")
+        self.array[...] = values
+        return self
+
+    def _binary_(self, other, op):
+        self._check_inplace(other)
+        o = other.array if isinstance(other, Tensor) else other
+        return self._write(op(self.array, o))
+
+    def zero_(self):
+        """Fill with zeros, in place."""
+        self._check_inplace()
+        self.array[...] = 0
+        return self
+
+    def fill_(self, value):
+        """Fill with ``value``, in place."""
+        self._check_inplace(value)
+        self.array[...] = value.item() if isinstance(value, Tensor) else value
+        return self
+
+    def copy_(self, src):
+        """Copy ``src`` (broadcast, cast to this dtype) into this array, in place."""
+        self._check_inplace(src)
+        src = src.array if isinstance(src, Tensor) else src
+        if not isinstance(src, current.xp.ndarray):
+            src = _as_array(src)
+        self.array[...] = src.astype(self.array.dtype, copy=False)
+        return self
+
+    def add_(self, other, alpha=1):
+        """``self += alpha * other``, in place."""
+        return self._binary_(other, lambda a, b: a + (b if alpha == 1 else alpha * b))
+
+    def sub_(self, other, alpha=1):
+        """``self -= alpha * other``, in place."""
+        return self._binary_(other, lambda a, b: a - (b if alpha == 1 else alpha * b))
+
+    def mul_(self, other):
+        return self._binary_(other, lambda a, b: a * b)
+
+    def div_(self, other):
+        return self._binary_(other, lambda a, b: a / b)
+
+    def clamp_(self, min=None, max=None):
+        """Clamp to ``[min, max]``, in place."""
+        if min is None and max is None:
+            raise RuntimeError("clamp_: at least one of 'min' or 'max' must not be None")
+        self._check_inplace()
+        self.array[...] = current.xp.clip(self.array, min, max)
+        return self
+
+    clip_ = clamp_
+
+    def normal_(self, mean=0.0, std=1.0):
+        """Fill with samples of N(mean, std^2) from minicnn's generator, in place."""
+        self._check_inplace()
+        self.array[...] = to_device(_rng.generator().normal(mean, std, size=self.shape), dtype=self.dtype)
+        return self
+
+    def uniform_(self, a=0.0, b=1.0):
+        """Fill with samples of U(a, b) from minicnn's generator, in place."""
+        self._check_inplace()
+        self.array[...] = to_device(_rng.generator().uniform(a, b, size=self.shape), dtype=self.dtype)
+        return self
+
+    def _augmented(self, other, op, name):
+        """``x op= y``: in place on the array when PyTorch would allow it and the result fits.
+
+        A tensor in the graph (or an operand that requires grad) takes the
+        out-of-place path, which records the operation: ``h += x`` in a model
+        keeps working and Python rebinds ``h``.
+        """
+        grad_on = is_grad_enabled()
+        if grad_on and self.requires_grad and self.is_leaf:
+            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+        if grad_on and (self.requires_grad or (isinstance(other, Tensor) and other.requires_grad)):
+            return getattr(self, name)(other)
+        o = other.array if isinstance(other, Tensor) else other
+        values = op(self.array, o)
+        if (getattr(values, "shape", ()) != self.array.shape
+                or not np.can_cast(getattr(values, "dtype", self.dtype), self.dtype, "same_kind")):
+            return getattr(self, name)(other)
+        self.array[...] = values
+        return self
+
+    def __iadd__(self, other): return self._augmented(other, lambda a, b: a + b, "__add__")
+    def __isub__(self, other): return self._augmented(other, lambda a, b: a - b, "__sub__")
+    def __imul__(self, other): return self._augmented(other, lambda a, b: a * b, "__mul__")
+    def __itruediv__(self, other): return self._augmented(other, lambda a, b: a / b, "__truediv__")
 
     def astype(self, dtype) -> "Tensor":
         """A cast; differentiable between float types (float32 <-> float64)."""
@@ -263,7 +402,7 @@ class Tensor:
         if dtype == self.dtype:
             return self
         if dtype.kind != "f":                     # to int or bool: no gradient, as in PyTorch
-            return Tensor(self.data.astype(dtype), dtype=dtype)
+            return Tensor(self.array.astype(dtype), dtype=dtype)
         return _math.CastFn.apply(self, dtype=dtype)
 
     def float(self):  return self.astype(np.float32)
@@ -301,7 +440,7 @@ class Tensor:
             out = out.astype(dtype)
         if device is not None and _device(device).type != out.device.type:
             out = _math.MoveFn.apply(out, device=_device(device))    # recorded for backward
-            out.data = move(out.data, _device(device))
+            out.array = move(out.array, _device(device))
         return out.clone() if copy and out is self else out
 
     def cpu(self):
@@ -318,7 +457,7 @@ class Tensor:
         return self
 
     def requires_grad_(self, flag=True) -> "Tensor":
-        if flag and self.data.dtype.kind != "f":
+        if flag and self.array.dtype.kind != "f":
             raise TypeError(f"only floating-point tensors can require gradients, got {self.dtype}")
         self.requires_grad = bool(flag)
         return self
@@ -341,29 +480,29 @@ class Tensor:
             raise RuntimeError("backward() called on a tensor that does not require grad: "
                                "none of the tensors it was computed from has requires_grad=True")
         if grad is None:
-            if self.data.size != 1:
+            if self.array.size != 1:
                 raise RuntimeError(
                     f"backward() without a gradient needs a scalar (one-element) tensor, "
                     f"got shape {shape_str(self.shape)}; reduce it first (e.g. .sum()) "
                     "or pass grad= with the same shape")
-            grad = current.xp.ones_like(self.data)
+            grad = current.xp.ones_like(self.array)
         else:
-            grad = grad.data if isinstance(grad, Tensor) else _as_array(grad, self.dtype)
-            if grad.shape != self.data.shape:
+            grad = grad.array if isinstance(grad, Tensor) else _as_array(grad, self.dtype)
+            if grad.shape != self.array.shape:
                 raise ValueError(f"backward(grad): expected a gradient of shape {shape_str(self.shape)}, "
                                  f"got {shape_str(grad.shape)}")
 
         backpropagate(self, grad)      # engine.py: topological order, then the chain rule
 
     def _accumulate(self, g):
-        if g.dtype != self.data.dtype:
-            g = g.astype(self.data.dtype)
+        if g.dtype != self.array.dtype:
+            g = g.astype(self.array.dtype)
         if self.grad is None:
             # a copy: two leaves must never share one gradient array
             # (in-place clipping of one would silently change the other)
             self.grad = Tensor(g.copy(), dtype=g.dtype)
         else:
-            self.grad = Tensor(self.grad.data + g, dtype=g.dtype)
+            self.grad = Tensor(self.grad.array + g, dtype=g.dtype)
 
     # -- operators (the Functions live in minicnn/functional/) ----------------
     def __add__(self, other):  return _math.AddFn.apply(self, lift(other, self))
@@ -390,8 +529,8 @@ class Tensor:
 
     # comparisons give boolean tensors outside the graph (no gradient)
     def _compare(self, other, op):
-        other = other.data if isinstance(other, Tensor) else other
-        return Tensor(op(self.data, other))
+        other = other.array if isinstance(other, Tensor) else other
+        return Tensor(op(self.array, other))
 
     def eq(self, other): return self._compare(other, lambda a, b: a == b)
     def ne(self, other): return self._compare(other, lambda a, b: a != b)
@@ -403,7 +542,7 @@ class Tensor:
     __hash__ = object.__hash__   # tensors are hashable by identity, as in PyTorch
 
     def __bool__(self):
-        if self.data.size != 1:
+        if self.array.size != 1:
             raise TensorError(f"the truth value of a tensor of shape {shape_str(self.shape)} is "
                              "ambiguous; use .any() or .all()")
         return bool(self.item())
@@ -464,22 +603,22 @@ class Tensor:
 
     def argmax(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
         dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
-        return Tensor(_red.arg_reduce(self.data, "argmax", dim, keepdim))
+        return Tensor(_red.arg_reduce(self.array, "argmax", dim, keepdim))
 
     def argmin(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
         dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
-        return Tensor(_red.arg_reduce(self.data, "argmin", dim, keepdim))
+        return Tensor(_red.arg_reduce(self.array, "argmin", dim, keepdim))
 
     def any(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
         """A boolean tensor (``bool(x.any())`` for a Python bool)."""
         dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
         axes = _red.normalize_axes(dim, self.ndim)
-        return Tensor(current.xp.asarray(self.data.any(axis=axes, keepdims=keepdim)))
+        return Tensor(current.xp.asarray(self.array.any(axis=axes, keepdims=keepdim)))
 
     def all(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
         dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
         axes = _red.normalize_axes(dim, self.ndim)
-        return Tensor(current.xp.asarray(self.data.all(axis=axes, keepdims=keepdim)))
+        return Tensor(current.xp.asarray(self.array.all(axis=axes, keepdims=keepdim)))
 
     # -- shape ---------------------------------------------------------------
     def reshape(self, *shape):
@@ -554,9 +693,9 @@ def lift(value, like: Tensor) -> Tensor:
 def _unwrap_index(index):
     """Tensors used as indices become their arrays (t[mask], t[idx])."""
     if isinstance(index, Tensor):
-        return index.data
+        return index.array
     if isinstance(index, tuple):
-        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
+        return tuple(i.array if isinstance(i, Tensor) else i for i in index)
     return index
 
 
@@ -605,7 +744,7 @@ class Function:
     def apply(cls, *inputs, **options) -> Tensor:
         """Run forward; if any input requires grad (and grad mode is on), record it."""
         fn = cls()
-        arrays = [t.data if t is not None else None for t in inputs]
+        arrays = [t.array if t is not None else None for t in inputs]
         requires_grad = _grad_enabled and any(t is not None and t.requires_grad for t in inputs)
         if requires_grad:
             fn.needs_input_grad = tuple(t is not None and t.requires_grad for t in inputs)
@@ -613,7 +752,7 @@ class Function:
         data = fn.forward(*arrays, **options)
         if not isinstance(data, current.xp.ndarray):   # NumPy turns full reductions into scalars
             data = current.xp.asarray(data)
-        out.data = data
+        out.array = data
         out.grad, out._retain_grad = None, False
         out.requires_grad = requires_grad
         if requires_grad:

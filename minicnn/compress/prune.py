@@ -120,11 +120,11 @@ class BasePruningMethod:
         elif tuple(importance_scores.shape) != tuple(current_weight.shape):
             raise ValueError(f"importance_scores has shape {tuple(importance_scores.shape)} but "
                              f"{name} of {type(module).__name__} has {tuple(current_weight.shape)}")
-        scores = importance_scores.data if isinstance(importance_scores, Tensor) else importance_scores
+        scores = importance_scores.array if isinstance(importance_scores, Tensor) else importance_scores
         if old_method is None:
-            default_mask = current.xp.ones_like(current_weight.data)
+            default_mask = current.xp.ones_like(current_weight.array)
         else:
-            default_mask = getattr(module, name + "_mask").data.copy()
+            default_mask = getattr(module, name + "_mask").array.copy()
         # compute first (errors leave the module untouched), then reparametrize
         mask = method.compute_mask(scores, default_mask=default_mask)
         if old_method is None:
@@ -133,15 +133,15 @@ class BasePruningMethod:
             del module._parameters[name]
         else:
             del module._forward_pre_hooks[old_key]
-        module.register_buffer(name + "_mask", Tensor(mask, dtype=current_weight.data.dtype))
+        module.register_buffer(name + "_mask", Tensor(mask, dtype=current_weight.array.dtype))
         setattr(module, name, method.apply_mask(module))
         module.register_forward_pre_hook(method)
         return method
 
     def prune(self, t, default_mask=None, importance_scores=None):
         """``t * mask`` for a plain tensor (no module involved)."""
-        data = t.data if isinstance(t, Tensor) else t
-        scores = data if importance_scores is None else getattr(importance_scores, "data", importance_scores)
+        data = t.array if isinstance(t, Tensor) else t
+        scores = data if importance_scores is None else getattr(importance_scores, "array", importance_scores)
         if default_mask is None:
             default_mask = current.xp.ones_like(data)
         return t * Tensor(self.compute_mask(scores, default_mask=default_mask), dtype=data.dtype)
@@ -153,7 +153,7 @@ class BasePruningMethod:
         if name in module.__dict__:
             delattr(module, name)
         orig = module._parameters[name + "_orig"]
-        orig.data = weight.data
+        orig.array = weight.array
         orig.grad = None
         del module._parameters[name + "_orig"]
         del module._buffers[name + "_mask"]
@@ -321,7 +321,7 @@ class CustomFromMask(BasePruningMethod):
         self.mask = mask
 
     def compute_mask(self, t, default_mask):
-        mask = self.mask.data if isinstance(self.mask, Tensor) else self.mask
+        mask = self.mask.array if isinstance(self.mask, Tensor) else self.mask
         mask = current.xp.asarray(mask)
         if tuple(mask.shape) != tuple(default_mask.shape):
             raise ValueError(f"custom_from_mask: mask has shape {tuple(mask.shape)}, "
@@ -406,9 +406,9 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
     for module, name in parameters:
         w = getattr(module, name)
         s = importance_scores.get((module, name), w)
-        scores.append((s.data if isinstance(s, Tensor) else s).reshape(-1))
+        scores.append((s.array if isinstance(s, Tensor) else s).reshape(-1))
         m = getattr(module, name + "_mask", None)
-        masks.append(xp.ones_like(w.data).reshape(-1) if m is None else m.data.reshape(-1))
+        masks.append(xp.ones_like(w.array).reshape(-1) if m is None else m.array.reshape(-1))
     t, default_mask = xp.concatenate(scores), xp.concatenate(masks)
     method = pruning_method(**kwargs)
     container = PruningContainer()
@@ -418,7 +418,7 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
     start = 0
     for module, name in parameters:
         w = getattr(module, name)
-        n = int(w.data.size)
+        n = int(w.array.size)
         custom_from_mask(module, name, mask=final[start:start + n].reshape(w.shape))
         start += n
 
@@ -499,10 +499,10 @@ def effective_parameters(model):
                 continue
             if name.endswith("_orig") and name[:-5] + "_mask" in m._buffers:
                 base = name[:-5]
-                arr = to_host(p.data) * to_host(m._buffers[base + "_mask"].data)
+                arr = to_host(p.array) * to_host(m._buffers[base + "_mask"].array)
                 name = base
             else:
-                arr = to_host(p.data)
+                arr = to_host(p.array)
             yield (f"{prefix}.{name}" if prefix else name), np.asarray(arr)
 
 

@@ -111,13 +111,13 @@ def _effective(layer, name):
     """Host copy of a parameter as the forward pass uses it (orig * mask when pruned)."""
     p = layer._parameters.get(name + "_orig")
     if p is not None and name + "_mask" in layer._buffers:
-        return np.asarray(to_host(p.data) * to_host(layer._buffers[name + "_mask"].data))
+        return np.asarray(to_host(p.array) * to_host(layer._buffers[name + "_mask"].array))
     p = layer._parameters.get(name)
-    return None if p is None else np.array(to_host(p.data))
+    return None if p is None else np.array(to_host(p.array))
 
 
 def _set(t, arr):
-    t.data = to_device(np.ascontiguousarray(arr), dtype=arr.dtype)
+    t.array = to_device(np.ascontiguousarray(arr), dtype=arr.dtype)
 
 
 def _new_like(layer, **changes):
@@ -158,7 +158,7 @@ def _layer_inputs(model, x):
     seen, handles = {}, []
     for name, layer in model.named_children():
         handles.append(layer.register_forward_pre_hook(
-            lambda m, inp, name=name: seen.__setitem__(name, to_host(inp[0].data))))
+            lambda m, inp, name=name: seen.__setitem__(name, to_host(inp[0].array))))
     was = model.training
     model.eval()
     try:
@@ -240,13 +240,13 @@ def shrink(model, input_size=(1, 1, 28, 28)):
                 if layer._parameters.get(pname) is not None:
                     _set(getattr(m, pname), _effective(layer, pname)[sel])
             if layer.running_mean is not None:
-                mean = np.array(to_host(layer.running_mean.data))[sel]
+                mean = np.array(to_host(layer.running_mean.array))[sel]
                 fold = fold_into_bn.pop(id(layer), None)
                 if fold is not None:
                     mean = mean - fold.astype(mean.dtype)
                 _set(m.running_mean, mean)
-                _set(m.running_var, np.array(to_host(layer.running_var.data))[sel])
-                m.num_batches_tracked.data = layer.num_batches_tracked.data.copy()
+                _set(m.running_var, np.array(to_host(layer.running_var.array))[sel])
+                m.num_batches_tracked.array = layer.num_batches_tracked.array.copy()
             new[i] = m
         elif isinstance(layer, nn.Flatten):
             shape = inputs[names[i]].shape
@@ -321,7 +321,7 @@ def _mask_zeros(m, dim=None):
     mask = getattr(m, "weight_mask", None)
     if mask is None:
         return 0
-    a = to_host(mask.data)
+    a = to_host(mask.array)
     if dim is None:
         return int((a == 0).sum())
     return int((a.reshape(a.shape[0], -1).sum(axis=1) == 0).sum())
@@ -413,7 +413,7 @@ def sensitivity_analysis(model, evaluate, sparsities=(0.25, 0.5, 0.75, 0.9, 0.95
         raise ValueError(f"sensitivity_analysis: method must be 'l1' or 'ln-structured', got {method!r}")
     if prune.is_pruned(model):
         raise ValueError("sensitivity_analysis: the model is already pruned; run it on the dense model")
-    snapshot = {k: np.array(to_host(v.data)) for k, v in model.state_dict().items()}
+    snapshot = {k: np.array(to_host(v.array)) for k, v in model.state_dict().items()}
     result = {"sparsities": list(sparsities), "baseline": float(evaluate(model)), "layers": {},
               "method": method}
     for name, layer in prunable_layers(model, method):
@@ -467,7 +467,7 @@ def save_sparse(model, path, metadata=None):
     for prefix, m in model.named_modules():                 # persistent buffers, masks excluded
         for name, b in m._buffers.items():
             if b is not None and name not in m._non_persistent and not name.endswith("_mask"):
-                arrays[f"{prefix}.{name}" if prefix else name] = np.array(to_host(b.data))
+                arrays[f"{prefix}.{name}" if prefix else name] = np.array(to_host(b.array))
     for key, a in arrays.items():
         a = np.array(a, order="C")              # (ascontiguousarray would make 0-d arrays 1-d)
         nz = a.reshape(-1) != 0
@@ -527,8 +527,8 @@ def dense_bytes(model, metadata=None):
     for prefix, m in model.named_modules():
         for name, b in m._buffers.items():
             if b is not None and name not in m._non_persistent and not name.endswith("_mask"):
-                arrays[f"{prefix}.{name}" if prefix else name] = np.array(to_host(b.data)).reshape(-1) \
-                    if b.ndim == 0 else np.array(to_host(b.data))
+                arrays[f"{prefix}.{name}" if prefix else name] = np.array(to_host(b.array)).reshape(-1) \
+                    if b.ndim == 0 else np.array(to_host(b.array))
     meta = {"metadata": json.dumps(metadata or {}, default=_json_default)}
     return len(save(arrays, metadata=meta))
 

@@ -329,14 +329,14 @@ def _state_tensors(model):
 
 
 def _signature(model):
-    return [(name, tuple(int(s) for s in t.shape), str(t.data.dtype)) for name, t in _state_tensors(model)]
+    return [(name, tuple(int(s) for s in t.shape), str(t.array.dtype)) for name, t in _state_tensors(model)]
 
 
 def state_hash(model) -> str:
     """SHA-256 of every parameter's and buffer's name, shape, dtype and bytes."""
     h = hashlib.sha256()
     for name, t in _state_tensors(model):
-        a = np.ascontiguousarray(to_host(t.data))
+        a = np.ascontiguousarray(to_host(t.array))
         h.update(f"{name}{a.shape}{a.dtype}".encode())
         h.update(a.tobytes())
     return h.hexdigest()
@@ -361,9 +361,9 @@ def broadcast_state(model, root=0):
     if get_world_size() == 1:
         return model
     for _, t in _state_tensors(model):
-        host = np.ascontiguousarray(to_host(t.data)).copy()
+        host = np.ascontiguousarray(to_host(t.array)).copy()
         broadcast_(host, root)
-        t.data = to_device(host)
+        t.array = to_device(host)
     return model
 
 
@@ -442,10 +442,10 @@ class DistributedDataParallel:
         if key != self._layout_key:
             buckets, size, dtype = [], 0, None
             for p in params:
-                nbytes = p.data.nbytes
-                if not buckets or size + nbytes > self.bucket_cap_bytes or p.data.dtype != dtype:
+                nbytes = p.array.nbytes
+                if not buckets or size + nbytes > self.bucket_cap_bytes or p.array.dtype != dtype:
                     buckets.append([])
-                    size, dtype = 0, p.data.dtype
+                    size, dtype = 0, p.array.dtype
                 buckets[-1].append(p)
                 size += nbytes
             self._layout_key, self._buckets = key, buckets
@@ -457,17 +457,17 @@ class DistributedDataParallel:
             return
         xp = current.xp
         for bucket in self.buckets():
-            flat = xp.concatenate([(p.grad.data if p.grad is not None else xp.zeros_like(p.data)).ravel()
+            flat = xp.concatenate([(p.grad.array if p.grad is not None else xp.zeros_like(p.array)).ravel()
                                    for p in bucket])                       # one contiguous buffer
             all_reduce_(flat, average=True)
             offset = 0
             for p in bucket:
-                n = p.data.size
-                g = flat[offset:offset + n].reshape(p.data.shape)
+                n = p.array.size
+                g = flat[offset:offset + n].reshape(p.array.shape)
                 if p.grad is None:
                     p.grad = Tensor(g)
                 else:
-                    p.grad.data = g
+                    p.grad.array = g
                 offset += n
 
     def broadcast_buffers(self):
@@ -476,8 +476,8 @@ class DistributedDataParallel:
             return
         for _, b in self.module.named_buffers():
             if b is not None:
-                host = np.ascontiguousarray(to_host(b.data)).copy()
-                b.data = to_device(broadcast_(host))
+                host = np.ascontiguousarray(to_host(b.array)).copy()
+                b.array = to_device(broadcast_(host))
 
 
 # -----------------------------------------------------------------------------
@@ -641,7 +641,7 @@ def evaluate(model, loader, loss_fn=None, ddp=None) -> dict:
             for x, y in loader:
                 out = model(x)
                 total += loss_fn(out, y).item() * len(y)
-                correct += int((out.data.argmax(axis=1) == y.data).sum())
+                correct += int((out.array.argmax(axis=1) == y.array).sum())
                 count += len(y)
     finally:
         model.train(was_training)

@@ -132,8 +132,8 @@ class SyncBatchNorm(BatchNormBase):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, self.momentum, self.eps)
         if self.num_batches_tracked is not None:
-            self.num_batches_tracked.data = self.num_batches_tracked.data + 1
-        rm = self.running_mean.data if self.running_mean is not None else None
-        rv = self.running_var.data if self.running_var is not None else None
+            self.num_batches_tracked.array = self.num_batches_tracked.array + 1
+        rm = self.running_mean.array if self.running_mean is not None else None
+        rv = self.running_var.array if self.running_var is not None else None
         return SyncBatchNormFn.apply(x, self.weight, self.bias, running_mean=rm, running_var=rv,
                                            momentum=float(self.momentum), eps=float(self.eps))

@@ -93,13 +93,13 @@ def _target_gradient(model, x_data, t, who):
     xt = Tensor(x_data, requires_grad=True, dtype=x_data.dtype)
     out = _logits(model, xt, who)
     (out * Tensor(_one_hot(t, out.shape[1], out.dtype), dtype=out.dtype)).sum().backward()
-    return xt.grad.data, out.data
+    return xt.grad.array, out.array
 
 
 def _prepare(model, x, target, who):
     x = _images(x, who)
     with no_grad():
-        k = _logits(model, Tensor(x.data[:1], dtype=x.dtype), who, x.shape).shape[1]
+        k = _logits(model, Tensor(x.array[:1], dtype=x.dtype), who, x.shape).shape[1]
     return x, _targets(target, x.shape[0], k, who)
 
 
@@ -110,7 +110,7 @@ def saliency(model, x, target, abs=True):
     """∂y_target/∂x, shape of ``x``; its absolute value with ``abs=True`` (Captum's default)."""
     with frozen(model):
         x, t = _prepare(model, x, target, "saliency")
-        g, _ = _target_gradient(model, x.data, t, "saliency")
+        g, _ = _target_gradient(model, x.array, t, "saliency")
     g = current.xp.abs(g) if abs else g
     return Tensor(g, dtype=x.dtype)
 
@@ -129,12 +129,12 @@ def smoothgrad(model, x, target, noise=0.15, samples=25, seed=None, abs=True):
     xp = current.xp
     with frozen(model):
         x, t = _prepare(model, x, target, "smoothgrad")
-        host = to_host(x.data)
+        host = to_host(x.array)
         span = (host.max(axis=(1, 2, 3)) - host.min(axis=(1, 2, 3))).reshape(-1, 1, 1, 1)
-        total = xp.zeros_like(x.data)
+        total = xp.zeros_like(x.array)
         for _ in range(int(samples)):
             eps = to_device((gen.standard_normal(host.shape) * (noise * span)).astype(host.dtype))
-            g, _ = _target_gradient(model, x.data + eps, t, "smoothgrad")
+            g, _ = _target_gradient(model, x.array + eps, t, "smoothgrad")
             total = total + (xp.abs(g) if abs else g)
     return Tensor(total / samples, dtype=x.dtype)
 
@@ -156,12 +156,12 @@ def integrated_gradients(model, x, target, baseline=None, steps=50, internal_bat
     with frozen(model):
         x, t = _prepare(model, x, target, "integrated_gradients")
         if baseline is None:
-            base = xp.zeros_like(x.data)
+            base = xp.zeros_like(x.array)
         else:
-            b = baseline.data if isinstance(baseline, Tensor) else baseline
+            b = baseline.array if isinstance(baseline, Tensor) else baseline
             base = xp.broadcast_to(to_device(np.asarray(to_host(b), dtype=x.dtype)), x.shape).astype(x.dtype)
-        diff = x.data - base
-        total = xp.zeros_like(x.data)
+        diff = x.array - base
+        total = xp.zeros_like(x.array)
         n = x.shape[0]
         per_pass = max(1, internal_batch_size // n)          # path points evaluated in one batch
         for k0 in range(0, int(steps), per_pass):
@@ -172,8 +172,8 @@ def integrated_gradients(model, x, target, baseline=None, steps=50, internal_bat
         attributions = diff * (total / steps)
         with no_grad():
             rows = np.arange(len(t))
-            fx = to_host(model(x).data)[rows, t]
-            fb = to_host(model(Tensor(base, dtype=x.dtype)).data)[rows, t]
+            fx = to_host(model(x).array)[rows, t]
+            fb = to_host(model(Tensor(base, dtype=x.dtype)).array)[rows, t]
     gap = to_host(attributions.reshape(len(t), -1).sum(axis=1)).astype(np.float64) - (fx - fb)
     return Tensor(attributions, dtype=x.dtype), gap
 
@@ -230,7 +230,7 @@ def grad_cam(model, x, target, layer=None):
         x, t = _prepare(model, x, target, "grad_cam")
         handle = module.register_forward_hook(hook)
         try:
-            xt = Tensor(x.data, requires_grad=True, dtype=x.dtype)
+            xt = Tensor(x.array, requires_grad=True, dtype=x.dtype)
             out = _logits(model, xt, "grad_cam")
         finally:
             handle.remove()
@@ -238,9 +238,9 @@ def grad_cam(model, x, target, layer=None):
             raise ValueError(f"grad_cam: layer {name!r} was not called in the forward pass")
         (out * Tensor(_one_hot(t, out.shape[1], out.dtype), dtype=out.dtype)).sum().backward()
         a = captured["A"]
-        dA = a.grad.data if a.grad is not None else xp.zeros_like(a.data)
+        dA = a.grad.array if a.grad is not None else xp.zeros_like(a.array)
         alpha = dA.mean(axis=(2, 3), keepdims=True)                 # (N, K, 1, 1)
-        cam = xp.maximum((alpha * a.data).sum(axis=1), 0)           # (N, h, w)
+        cam = xp.maximum((alpha * a.array).sum(axis=1), 0)           # (N, h, w)
     return Tensor(cam.astype(x.dtype), dtype=x.dtype)
 
 
@@ -294,7 +294,7 @@ def occlusion(model, x, target, window=(4, 4), stride=2, baseline=0.0):
             raise ValueError(f"occlusion: window {wh}x{ww} is larger than the image {H}x{W}")
         rows = np.arange(n)
         with no_grad():
-            base_score = to_host(model(x).data)[rows, t]
+            base_score = to_host(model(x).array)[rows, t]
             total = np.zeros((n, H, W))
             count = np.zeros((H, W))
 
@@ -304,9 +304,9 @@ def occlusion(model, x, target, window=(4, 4), stride=2, baseline=0.0):
 
             for i in starts(H, wh, sh):
                 for j in starts(W, ww, sw):
-                    xo = x.data.copy()
+                    xo = x.array.copy()
                     xo[:, :, i:i + wh, j:j + ww] = baseline
-                    drop = base_score - to_host(model(Tensor(xo, dtype=x.dtype)).data)[rows, t]
+                    drop = base_score - to_host(model(Tensor(xo, dtype=x.dtype)).array)[rows, t]
                     total[:, i:i + wh, j:j + ww] += drop[:, None, None]
                     count[i:i + wh, j:j + ww] += 1
         att = np.broadcast_to((total / count)[:, None], x.shape).astype(x.dtype)

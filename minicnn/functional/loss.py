@@ -223,7 +223,7 @@ def cross_entropy(logits: Tensor, target, label_smoothing=0.0, reduction="mean")
     """Cross-entropy between logits (N, K) and integer class indices (N,)."""
     _check_reduction(reduction, "cross_entropy")
     target = target if isinstance(target, Tensor) else Tensor(target)
-    _check_class_targets("cross_entropy", logits, target.data)
+    _check_class_targets("cross_entropy", logits, target.array)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     return CrossEntropyFn.apply(logits, target, label_smoothing=float(label_smoothing),
@@ -234,7 +234,7 @@ def nll_loss(log_probs: Tensor, target, reduction="mean") -> Tensor:
     """Negative log-likelihood of log-probabilities (N, K) at class indices (N,)."""
     _check_reduction(reduction, "nll_loss")
     target = target if isinstance(target, Tensor) else Tensor(target)
-    _check_class_targets("nll_loss", log_probs, target.data)
+    _check_class_targets("nll_loss", log_probs, target.array)
     return NLLLossFn.apply(log_probs, target, reduction=reduction)
 
 
@@ -276,7 +276,7 @@ def multi_margin_loss(input: Tensor, target, p=1, margin=1, weight=None, reducti
     one_sample = input.ndim == 1
     if one_sample:
         input, target = input.reshape(1, -1), target.reshape(1)
-    _check_class_targets("multi_margin_loss", input, target.data)
+    _check_class_targets("multi_margin_loss", input, target.array)
     if weight is not None:
         weight = weight if isinstance(weight, Tensor) else Tensor(weight, dtype=input.dtype)
         if tuple(weight.shape) != (input.shape[1],):

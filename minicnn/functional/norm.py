@@ -129,8 +129,8 @@ def batch_norm(x: Tensor, running_mean, running_var, weight=None, bias=None, tra
     if training and x.numel() // C <= 1:
         raise ValueError(f"batch_norm: training needs more than one value per channel to compute "
                          f"a variance, got input shape {shape_str(x.shape)}")
-    rm = None if running_mean is None else running_mean.data
-    rv = None if running_var is None else running_var.data
+    rm = None if running_mean is None else running_mean.array
+    rv = None if running_var is None else running_var.array
     return BatchNormFn.apply(x, weight, bias, running_mean=rm, running_var=rv,
                            training=bool(training), momentum=float(momentum), eps=float(eps))
 

@@ -153,8 +153,8 @@ def arg_reduce(a, op, dim, keepdim):
 def max_or_min(x, op, dim=None, keepdim=False, axis=None, keepdims=False):
     """``x.max()`` (0-d), ``x.max(dim)`` (values, indices), ``x.max(other)`` (elementwise): PyTorch's three.
 
-    ``x`` may also be a backend array: ``torch.max(outputs.data, 1)`` is common in
-    PyTorch programs, and minicnn's ``t.data`` is the array (README, "From PyTorch").
+    ``x`` may also be a backend array (``t.array``); ``torch.max(outputs.data, 1)``,
+    common in PyTorch programs, passes a detached Tensor, as PyTorch's.
     """
     x = x if isinstance(x, Tensor) else Tensor(x)
     sign = 1 if op == "max" else -1
@@ -166,7 +166,7 @@ def max_or_min(x, op, dim=None, keepdim=False, axis=None, keepdims=False):
     if isinstance(dim, tuple):
         raise TypeError(f"{op}(dim) reduces one dim, got {dim}; amax/amin reduce several")
     values = x.amax(dim, keepdim) if op == "max" else x.amin(dim, keepdim)
-    indices = Tensor(arg_reduce(x.data, "arg" + op, dim, keepdim))
+    indices = Tensor(arg_reduce(x.array, "arg" + op, dim, keepdim))
     return (MaxResult if op == "max" else MinResult)(values, indices)
 
 

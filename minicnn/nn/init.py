@@ -49,7 +49,7 @@ def _fans(tensor):
 
 
 def _fill(tensor: Tensor, host_values):
-    tensor.data = to_device(host_values.reshape(tensor.shape), dtype=tensor.dtype)
+    tensor.array = to_device(host_values.reshape(tensor.shape), dtype=tensor.dtype)
     return tensor
 
 
@@ -62,7 +62,7 @@ def normal_(tensor, mean=0.0, std=1.0):
 
 
 def constant_(tensor, value):
-    tensor.data = tensor.data * 0 + value
+    tensor.array = tensor.array * 0 + value
     return tensor
 
 

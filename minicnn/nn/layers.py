@@ -266,7 +266,7 @@ class BatchNormBase(Module):
                              f"channels, expected {self.num_features}")
         use_batch_stats = self.training or self.running_mean is None
         if self.training and self.num_batches_tracked is not None:
-            self.num_batches_tracked.data = self.num_batches_tracked.data + 1
+            self.num_batches_tracked.array = self.num_batches_tracked.array + 1
         return F.batch_norm(x, self.running_mean if self.track_running_stats else None,
                             self.running_var if self.track_running_stats else None,
                             self.weight, self.bias, use_batch_stats, self.momentum, self.eps)
@@ -550,8 +550,8 @@ class Normalize(Module):
         if x.ndim != 4 or (c != 1 and x.shape[1] != c):
             raise ValueError(f"Normalize: expected input (N, {c}, H, W), got shape {tuple(x.shape)}")
         shape = (1, c, 1, 1)
-        mean = self.mean.data.reshape(shape).astype(x.dtype)
-        std = self.std.data.reshape(shape).astype(x.dtype)
+        mean = self.mean.array.reshape(shape).astype(x.dtype)
+        std = self.std.array.reshape(shape).astype(x.dtype)
         return (x - Tensor(mean, dtype=x.dtype)) / Tensor(std, dtype=x.dtype)
 
     def extra_repr(self):
@@ -592,7 +592,7 @@ class MixedPool2d(Module):
     def forward(self, x):
         from ..backend import current
         alpha = self.alpha
-        current.xp.clip(alpha.data, 0.0, 1.0, out=alpha.data)   # the projection onto [0, 1], in place
+        current.xp.clip(alpha.array, 0.0, 1.0, out=alpha.array)   # the projection onto [0, 1], in place
         mx = F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
         av = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
         return alpha * mx + (1.0 - alpha) * av

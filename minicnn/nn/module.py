@@ -238,14 +238,14 @@ class Module:
         dtype = resolve_dtype(dtype)
         device = None if device is None else mc_device(device)
         for t in list(self.parameters()) + list(self.buffers()):
-            if dtype is not None and t.data.dtype.kind == "f":
-                t.data = t.data.astype(dtype)
+            if dtype is not None and t.array.dtype.kind == "f":
+                t.array = t.array.astype(dtype)
                 if t.grad is not None:
-                    t.grad = Tensor(t.grad.data.astype(dtype), dtype=dtype)
+                    t.grad = Tensor(t.grad.array.astype(dtype), dtype=dtype)
             if device is not None:
-                t.data = move(t.data, device)
+                t.array = move(t.array, device)
                 if t.grad is not None:
-                    t.grad = Tensor(move(t.grad.data, device), dtype=t.grad.dtype)
+                    t.grad = Tensor(move(t.grad.array, device), dtype=t.grad.dtype)
         return self
 
     def cpu(self):
@@ -314,11 +314,11 @@ class Module:
                         live[f"{prefix}.{name}" if prefix else name] = t
         for k, value in given.items():
             if k in live:
-                arr = value.data if isinstance(value, Tensor) else value
+                arr = value.array if isinstance(value, Tensor) else value
                 t = live[k]
                 # a private copy in t's dtype, on the active backend
-                t.data = to_device(np.asarray(arr) if not hasattr(arr, "dtype") else arr,
-                                   dtype=t.data.dtype).reshape(t.shape).copy()
+                t.array = to_device(np.asarray(arr) if not hasattr(arr, "dtype") else arr,
+                                   dtype=t.array.dtype).reshape(t.shape).copy()
         return {"missing_keys": missing, "unexpected_keys": unexpected}
 
     # -- calling and hooks -------------------------------------------------

@@ -47,13 +47,13 @@ class Adadelta(Optimizer):
         rho, eps = group["rho"], group["eps"]
         if not state:
             state["step"] = 0
-            state["square_avg"] = xp.zeros_like(p.data)              # v_0 = 0
-            state["acc_delta"] = xp.zeros_like(p.data)               # u_0 = 0
+            state["square_avg"] = xp.zeros_like(p.array)              # v_0 = 0
+            state["acc_delta"] = xp.zeros_like(p.array)               # u_0 = 0
         state["step"] += 1
 
         g = grad
         if group["weight_decay"] != 0:
-            g = g + group["weight_decay"] * p.data
+            g = g + group["weight_decay"] * p.array
 
         v, u = state["square_avg"], state["acc_delta"]
         v *= rho
@@ -61,4 +61,4 @@ class Adadelta(Optimizer):
         delta = xp.sqrt(u + eps) / xp.sqrt(v + eps) * g              # delta_t
         u *= rho
         u += (1 - rho) * (delta * delta)                             # u_t
-        p.data -= group["lr"] * delta
+        p.array -= group["lr"] * delta

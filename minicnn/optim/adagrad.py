@@ -50,15 +50,15 @@ class Adagrad(Optimizer):
         xp = current.xp
         if not state:
             state["step"] = 0
-            state["sum"] = xp.full_like(p.data, group["initial_accumulator_value"])   # G_0
+            state["sum"] = xp.full_like(p.array, group["initial_accumulator_value"])   # G_0
         state["step"] += 1
         t = state["step"]
 
         g = grad
         if group["weight_decay"] != 0:
-            g = g + group["weight_decay"] * p.data
+            g = g + group["weight_decay"] * p.array
 
         lr_t = group["lr"] / (1 + (t - 1) * group["lr_decay"])
         G = state["sum"]
         G += g * g                                                    # G_t
-        p.data -= lr_t * g / (xp.sqrt(G) + group["eps"])
+        p.array -= lr_t * g / (xp.sqrt(G) + group["eps"])

@@ -68,10 +68,10 @@ class Adam(Optimizer):
         wd = group["weight_decay"]
         if not state:
             state["step"] = 0
-            state["exp_avg"] = xp.zeros_like(p.data)                 # m_0 = 0
-            state["exp_avg_sq"] = xp.zeros_like(p.data)              # v_0 = 0
+            state["exp_avg"] = xp.zeros_like(p.array)                 # m_0 = 0
+            state["exp_avg_sq"] = xp.zeros_like(p.array)              # v_0 = 0
             if group["amsgrad"]:
-                state["max_exp_avg_sq"] = xp.zeros_like(p.data)
+                state["max_exp_avg_sq"] = xp.zeros_like(p.array)
         state["step"] += 1
         t = state["step"]
 
@@ -80,16 +80,16 @@ class Adam(Optimizer):
         # proves the two equal bit for bit). It declines (False) arrays it cannot update in place.
         kernels = current.kernels
         if kernels.provides("adam_step_") and kernels.adam_step_(
-                p.data, grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
+                p.array, grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
                 lr, (beta1, beta2), eps, wd, self.decoupled_weight_decay, t):
             return
 
         g = grad
         if wd != 0:
             if self.decoupled_weight_decay:
-                p.data *= 1 - lr * wd                                # AdamW: shrink w directly
+                p.array *= 1 - lr * wd                                # AdamW: shrink w directly
             else:
-                g = g + wd * p.data                                  # Adam: L2 via the gradient
+                g = g + wd * p.array                                  # Adam: L2 via the gradient
 
         m, v = state["exp_avg"], state["exp_avg_sq"]
         m *= beta1
@@ -103,7 +103,7 @@ class Adam(Optimizer):
 
         m_hat = m / (1 - beta1 ** t)
         v_hat = v / (1 - beta2 ** t)
-        p.data -= lr * m_hat / (xp.sqrt(v_hat) + eps)
+        p.array -= lr * m_hat / (xp.sqrt(v_hat) + eps)
 
 
 class AdamW(Adam):

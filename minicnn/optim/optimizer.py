@@ -188,7 +188,7 @@ class Optimizer:
                 if set_to_none:
                     p.grad = None
                 else:
-                    p.grad.data[...] = 0
+                    p.grad.array[...] = 0
 
     def step(self, closure=None):
         """Update every parameter that has a gradient, in place; return the closure's loss.
@@ -207,8 +207,8 @@ class Optimizer:
                 for p in group["params"]:
                     if p.grad is None:
                         continue
-                    grad = p.grad.data
-                    if grad.shape != p.data.shape:
+                    grad = p.grad.array
+                    if grad.shape != p.array.shape:
                         raise ValueError(f"{type(self).__name__}.step: a parameter of shape "
                                          f"{shape_str(p.shape)} has a gradient of shape "
                                          f"{shape_str(grad.shape)}")
@@ -220,8 +220,8 @@ class Optimizer:
         """Update one parameter in place: the rule that defines the optimizer.
 
         Args:
-            p: the parameter; write the new values into ``p.data`` in place.
-            grad: the gradient array (``p.grad.data``); do not modify it.
+            p: the parameter; write the new values into ``p.array`` in place.
+            grad: the gradient array (``p.grad.array``); do not modify it.
             state: this parameter's dict of running quantities (empty at first).
             group: the parameter's group (``group["lr"]`` and other options).
         """

@@ -58,16 +58,16 @@ class RMSprop(Optimizer):
         lr, alpha, eps, mu = group["lr"], group["alpha"], group["eps"], group["momentum"]
         if not state:
             state["step"] = 0
-            state["square_avg"] = xp.zeros_like(p.data)               # v_0 = 0
+            state["square_avg"] = xp.zeros_like(p.array)               # v_0 = 0
             if mu > 0:
-                state["momentum_buffer"] = xp.zeros_like(p.data)      # b_0 = 0
+                state["momentum_buffer"] = xp.zeros_like(p.array)      # b_0 = 0
             if group["centered"]:
-                state["grad_avg"] = xp.zeros_like(p.data)             # gbar_0 = 0
+                state["grad_avg"] = xp.zeros_like(p.array)             # gbar_0 = 0
         state["step"] += 1
 
         g = grad
         if group["weight_decay"] != 0:
-            g = g + group["weight_decay"] * p.data
+            g = g + group["weight_decay"] * p.array
 
         v = state["square_avg"]
         v *= alpha
@@ -84,6 +84,6 @@ class RMSprop(Optimizer):
             b = state["momentum_buffer"]
             b *= mu
             b += g / s                                                # b_t
-            p.data -= lr * b
+            p.array -= lr * b
         else:
-            p.data -= lr * g / s
+            p.array -= lr * g / s

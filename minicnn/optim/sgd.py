@@ -59,7 +59,7 @@ class SGD(Optimizer):
         lr, mu, tau = group["lr"], group["momentum"], group["dampening"]
         g = grad
         if group["weight_decay"] != 0:
-            g = g + group["weight_decay"] * p.data              # gradient of the L2 penalty
+            g = g + group["weight_decay"] * p.array              # gradient of the L2 penalty
 
         if mu != 0:
             if "momentum_buffer" not in state:
@@ -71,4 +71,4 @@ class SGD(Optimizer):
             b = state["momentum_buffer"]
             g = g + mu * b if group["nesterov"] else b
 
-        p.data -= lr * g
+        p.array -= lr * g

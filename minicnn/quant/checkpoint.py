@@ -77,7 +77,7 @@ def save_fp16(path, model, config=None):
     """Write ``model``'s state_dict with float arrays in float16."""
     tensors = {}
     for k, v in model.state_dict().items():
-        a = to_host(v.data if hasattr(v, "data") else v)
+        a = to_host(v.array if hasattr(v, "array") else v)
         tensors[k] = a.astype(np.float16) if a.dtype.kind == "f" else a
     return _atomic_save(tensors, path, {"format": FP16, "config": config or {}})
 
@@ -85,8 +85,8 @@ def save_fp16(path, model, config=None):
 def half_weights(model):
     """A copy of ``model`` whose float parameters and buffers are rounded to float16 (kept as float32)."""
     m = copy.deepcopy(model)
-    state = {k: to_host(v.data).astype(np.float16).astype(v.data.dtype) if v.data.dtype.kind == "f" else
-             to_host(v.data) for k, v in m.state_dict().items()}
+    state = {k: to_host(v.array).astype(np.float16).astype(v.array.dtype) if v.array.dtype.kind == "f" else
+             to_host(v.array) for k, v in m.state_dict().items()}
     m.load_state_dict(state)
     return m
 

@@ -101,7 +101,7 @@ def cmd_quantize(args):
     quant.save_fp16(paths["fp16"], model, config)
     from safetensors.numpy import save_file
     from ..backend import to_host
-    save_file({k: np.array(to_host(v.data), order="C", copy=True) for k, v in model.state_dict().items()},
+    save_file({k: np.array(to_host(v.array), order="C", copy=True) for k, v in model.state_dict().items()},
               paths["fp32"])
     sizes = {k: os.path.getsize(p) for k, p in paths.items()}
 

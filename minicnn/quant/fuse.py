@@ -72,14 +72,14 @@ def fold_bn(layer, bn):
     channels = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
     if bn.num_features != channels:
         raise QuantError(f"{type(bn).__name__}({bn.num_features}) cannot follow a layer with {channels} outputs")
-    mu = to_host(bn.running_mean.data).astype(np.float64)
-    var = to_host(bn.running_var.data).astype(np.float64)
-    gamma = to_host(bn.weight.data).astype(np.float64) if bn.weight is not None else np.ones_like(mu)
-    beta = to_host(bn.bias.data).astype(np.float64) if bn.bias is not None else np.zeros_like(mu)
+    mu = to_host(bn.running_mean.array).astype(np.float64)
+    var = to_host(bn.running_var.array).astype(np.float64)
+    gamma = to_host(bn.weight.array).astype(np.float64) if bn.weight is not None else np.ones_like(mu)
+    beta = to_host(bn.bias.array).astype(np.float64) if bn.bias is not None else np.zeros_like(mu)
     a = gamma / np.sqrt(var + bn.eps)
-    w = to_host(layer.weight.data).astype(np.float64)
-    b = to_host(layer.bias.data).astype(np.float64) if layer.bias is not None else np.zeros_like(mu)
-    dtype = layer.weight.data.dtype
+    w = to_host(layer.weight.array).astype(np.float64)
+    b = to_host(layer.bias.array).astype(np.float64) if layer.bias is not None else np.zeros_like(mu)
+    dtype = layer.weight.array.dtype
     folded = copy.deepcopy(layer)
     folded.weight = Parameter(to_device((w * a.reshape((-1,) + (1,) * (w.ndim - 1))).astype(dtype)))
     folded.bias = Parameter(to_device((a * b + beta - a * mu).astype(dtype)))

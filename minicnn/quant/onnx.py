@@ -309,7 +309,7 @@ def to_onnx(model, input_shape, dtype=np.float32):
     names = {id(x): "input"}
     arrays = {}
     for name, p in model.state_dict().items():
-        arr = p.data if isinstance(p, Tensor) else p
+        arr = p.array if isinstance(p, Tensor) else p
         arrays[id(arr)] = name
     params = {id(t): n for n, t in _named_tensors(model)}
     emitted_consts = {}
@@ -332,9 +332,9 @@ def to_onnx(model, input_shape, dtype=np.float32):
         if names.get(key):
             return names[key]
         if key in params:
-            names[key] = buffer_name(t.data) or g.const(to_host(t.data), params[key])
+            names[key] = buffer_name(t.array) or g.const(to_host(t.array), params[key])
             return names[key]
-        names[key] = g.const(to_host(t.data))           # a constant made inside forward
+        names[key] = g.const(to_host(t.array))           # a constant made inside forward
         return names[key]
 
     for c in calls:

@@ -133,7 +133,7 @@ class QuantLayer(nn.Module):
                 y = y + m.bias.reshape((1, -1) + (1,) * (y.ndim - 2))
             use_batch = self.training and not self.bn_frozen
             if use_batch and bn.num_batches_tracked is not None:
-                bn.num_batches_tracked.data = bn.num_batches_tracked.data + 1
+                bn.num_batches_tracked.array = bn.num_batches_tracked.array + 1
             y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, use_batch,
                              bn.momentum, bn.eps)
         if self.relu:

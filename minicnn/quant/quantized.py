@@ -171,7 +171,7 @@ class QuantizedLayer(nn.Module):
             else:
                 a = self.conv_args
                 y = F.conv2d(X, W, B, a["stride"], a["padding"], a["dilation"], a["groups"])
-        y = to_host(y.data)
+        y = to_host(y.array)
         lo, hi = self.clamp
         return np.clip(np.rint(y / np.float64(self.out_scale)) + self.out_zero_point, lo, hi).astype(np.uint8)
 
@@ -204,7 +204,7 @@ class QuantizedModel(nn.Module):
         mode, requant = mode or self.mode, requant or self.requant
         if mode not in ("integer", "simulate"):
             raise ValueError(f"mode must be 'integer' or 'simulate', got {mode!r}")
-        x = x.data if isinstance(x, Tensor) else x
+        x = x.array if isinstance(x, Tensor) else x
         q = None
         for step in self.steps:
             if isinstance(step, QuantizeInput):
@@ -270,8 +270,8 @@ def convert(prepared, mode="integer", requant="float"):
             in_qparams = (np.float32(s.reshape(-1)[0]), int(z.reshape(-1)[0]))
         elif isinstance(m, QuantLayer):
             w, b = m.folded_weight_and_bias()
-            w = to_host(w.data).astype(np.float32)
-            b = np.zeros(w.shape[0], np.float32) if b is None else to_host(b.data).astype(np.float32)
+            w = to_host(w.array).astype(np.float32)
+            b = np.zeros(w.shape[0], np.float32) if b is None else to_host(b.array).astype(np.float32)
             wobs = type(m.weight_fake_quant.observer)(**_observer_args(m.weight_fake_quant.observer))
             wobs(w)
             sw, zw = wobs.calculate_qparams()

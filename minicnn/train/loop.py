@@ -49,7 +49,7 @@ CheckpointError = io.CheckpointError
 def _host_tree(obj):
     """Copy every backend array / Tensor inside nested dicts/lists to host NumPy."""
     if isinstance(obj, Tensor):
-        return np.array(to_host(obj.data))
+        return np.array(to_host(obj.array))
     if hasattr(obj, "__array__") and not isinstance(obj, (np.generic,)) and hasattr(obj, "shape"):
         return np.array(to_host(obj))
     if isinstance(obj, dict):
@@ -98,7 +98,7 @@ def load_checkpoint(path) -> dict:
 # -----------------------------------------------------------------------------
 def _count_correct(logits, y):
     """How many rows' argmax equal the label; computed where the data lives, one number back."""
-    return int((logits.data.argmax(axis=1) == y.data).sum())
+    return int((logits.array.argmax(axis=1) == y.array).sum())
 
 
 def _batches(loader):
@@ -114,8 +114,8 @@ def predict(model, loader):
     try:
         with no_grad():
             for x, y in _batches(loader):
-                logits.append(to_host(model(x).data))
-                targets.append(to_host(y.data))
+                logits.append(to_host(model(x).array))
+                targets.append(to_host(y.array))
     finally:
         model.train(was_training)
     return np.concatenate(logits), np.concatenate(targets)

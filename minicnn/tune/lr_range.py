@@ -171,8 +171,8 @@ class LRFindResult:
 def _snapshot(model, optimizer):
     params = [p for p in model.parameters()]
     return {
-        "model": {k: np.array(to_host(v.data), copy=True) for k, v in model.state_dict().items()},
-        "grads": [None if p.grad is None else np.array(to_host(p.grad.data), copy=True) for p in params],
+        "model": {k: np.array(to_host(v.array), copy=True) for k, v in model.state_dict().items()},
+        "grads": [None if p.grad is None else np.array(to_host(p.grad.array), copy=True) for p in params],
         "optimizer": optimizer.state_dict(),                 # host copies (and every group's lr)
         "step_count": getattr(optimizer, "_step_count", None),
         "rng": copy.deepcopy(rng.get_rng_state()),

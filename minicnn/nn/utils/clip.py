@@ -115,7 +115,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         raise ValueError(f"{name}: norm_type must be a number > 0 (or float('inf')), "
                          f"got {norm_type!r}")
     norm_type = float(norm_type)
-    grads = [p.grad.data for p in params if p.grad is not None]
+    grads = [p.grad.array for p in params if p.grad is not None]
     if not grads:
         return Tensor(0.0)
 
@@ -153,7 +153,7 @@ def clip_grad_value_(parameters, clip_value):
     xp = current.xp
     for p in params:
         if p.grad is not None:
-            g = p.grad.data
+            g = p.grad.array
             xp.clip(g, -clip_value, clip_value, out=g)
 
 
