@@ -93,7 +93,7 @@ def _pixel_loader(images, labels, batch_size=250):
 
 def _accuracy(model, x, y):
     with mc.no_grad():
-        return float((model(x).data.argmax(axis=1) == y.data).mean())
+        return float((model(x).array.argmax(axis=1) == y.array).mean())
 
 
 def _restart_accuracy(net, images, labels, eps, restarts, steps, seed):
@@ -111,7 +111,7 @@ def _restart_accuracy(net, images, labels, eps, restarts, steps, seed):
             y = mc.tensor(labels[idx])
             adv = attacks.pgd(net, x, y, eps, steps=steps, restarts=1, seed=seed + 1000 * r + s)
             with mc.no_grad():
-                ok = to_host(net(adv).data.argmax(axis=1)) == labels[idx]
+                ok = to_host(net(adv).array.argmax(axis=1)) == labels[idx]
             keep.append(idx[ok])
         alive = np.concatenate(keep)
         curve.append(len(alive) / len(labels))

@@ -83,7 +83,7 @@ def worker(steps, warmup, bandwidth_reps):
         t3 = time.perf_counter()
         if i >= warmup:
             rows["bucketed" if ddp is bucketed else "per_parameter"].append((t1 - t0, t2 - t1, t3 - t2))
-    n = sum(p.data.size for p in model.parameters())
+    n = sum(p.array.size for p in model.parameters())
     bw = []
     if world > 1:
         buf = np.ones(n, dtype=np.float32)

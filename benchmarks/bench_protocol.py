@@ -101,7 +101,7 @@ def _minicnn_runner(mode, batch):
         model.eval()
         x, _ = next_batch()
         with mc.no_grad():
-            np.asarray(to_host(model(x).data))
+            np.asarray(to_host(model(x).array))
     return train_step if mode == "train" else infer_step
 
 

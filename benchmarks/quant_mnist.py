@@ -95,7 +95,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as d:
             from safetensors.numpy import save_file
             from minicnn.backend import to_host
-            save_file({k: np.array(to_host(v.data), order="C") for k, v in model.state_dict().items()},
+            save_file({k: np.array(to_host(v.array), order="C") for k, v in model.state_dict().items()},
                       os.path.join(d, "fp32"))
             quant.save_fp16(os.path.join(d, "fp16"), model, config)
             quant.save_quantized(os.path.join(d, "int8"), qmodel, config)

@@ -49,7 +49,7 @@ def tiny_model(bn, seed=0):
 
 
 def _grads_identical(model):
-    flat = np.concatenate([mc.backend.to_host(p.grad.data).ravel() for p in model.parameters()])
+    flat = np.concatenate([mc.backend.to_host(p.grad.array).ravel() for p in model.parameters()])
     return dist.get_world_size() == 1 or all(
         np.array_equal(g, flat) for g in dist.data_parallel._world.comm.allgather(flat))
 
@@ -79,14 +79,14 @@ def train_tiny(bn, sync=True, global_batch=GLOBAL_BATCH, steps=STEPS, lr=0.1, ch
         if checks is not None and world > 1:
             hashes = dist.data_parallel._world.comm.allgather(dist.state_hash(model))
             checks["params_identical"] = checks.get("params_identical", True) and len(set(hashes)) == 1
-    return {k: mc.backend.to_host(v.data).copy() for k, v in model.state_dict().items()}
+    return {k: mc.backend.to_host(v.array).copy() for k, v in model.state_dict().items()}
 
 
 class AsFloat64(nn.Module):
     """DataLoader batches are float32; the comparison wants float64 from the first layer on."""
 
     def forward(self, x):
-        return mc.tensor(x.data.astype(np.float64), dtype="float64")
+        return mc.tensor(x.array.astype(np.float64), dtype="float64")
 
 
 def fit_tiny(distributed):
@@ -116,7 +116,7 @@ def fit_tiny(distributed):
         val = DataLoader((xv, yv), batch_size=8)
     history = fit(model, optim.SGD(opt_params, lr=0.1), train, 2, val_loader=val, progress=False,
                   log=lambda *a, **k: None, **kwargs)
-    weights = {k: mc.backend.to_host(v.data).copy() for k, v in model.state_dict().items()}
+    weights = {k: mc.backend.to_host(v.array).copy() for k, v in model.state_dict().items()}
     return weights, history
 
 
@@ -129,12 +129,12 @@ def syncbn_direct(C=3):
     w = rs.standard_normal((N, C, 4, 4))               # the loss: sum(y * w)
     ref = nn.BatchNorm2d(C).double()
     dev = mc.backend.to_device
-    ref.weight.data, ref.bias.data = dev(rs.standard_normal(C)), dev(rs.standard_normal(C))
+    ref.weight.array, ref.bias.array = dev(rs.standard_normal(C)), dev(rs.standard_normal(C))
     xt = mc.tensor(x, requires_grad=True, dtype="float64")
     y_ref = ref(xt)
     (y_ref * mc.tensor(w, dtype="float64")).sum().backward()
     sync = nn.SyncBatchNorm(C).double()
-    sync.weight.data, sync.bias.data = ref.weight.data.copy(), ref.bias.data.copy()
+    sync.weight.array, sync.bias.array = ref.weight.array.copy(), ref.bias.array.copy()
     part = np.array_split(np.arange(N), world)[rank]
     xs = mc.tensor(x[part], requires_grad=True, dtype="float64")
     ys = sync(xs)

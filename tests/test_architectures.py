@@ -27,10 +27,10 @@ def test_mixed_pool_is_max_at_1_avg_at_0_and_alpha_is_projected_into_0_1(cpu_bac
     pool = nn.MixedPool2d(2).double()
     mx, av = F.max_pool2d(x, 2).numpy(), F.avg_pool2d(x, 2).numpy()
     np.testing.assert_allclose(pool(x).numpy(), 0.5 * mx + 0.5 * av, rtol=1e-12)
-    pool.alpha.data[...] = 1.7                            # an optimizer step overshot
+    pool.alpha.array[...] = 1.7                            # an optimizer step overshot
     np.testing.assert_allclose(pool(x).numpy(), mx, rtol=1e-12)
     assert float(pool.alpha.numpy()) == 1.0
-    pool.alpha.data[...] = -0.2
+    pool.alpha.array[...] = -0.2
     np.testing.assert_allclose(pool(x).numpy(), av, rtol=1e-12)
     assert float(pool.alpha.numpy()) == 0.0
     # on the boundary the gradient still flows, so alpha can move back inside

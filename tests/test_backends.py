@@ -155,7 +155,7 @@ def test_the_simulator_allows_scalars_explicit_copies_and_in_place_updates(simul
 
 def test_tensors_live_on_the_device_and_numpy_copies_to_the_host(simulator):
     t = mc.tensor([[1.0, 2.0]], requires_grad=True)
-    assert isinstance(t.data, current.xp.ndarray)
+    assert isinstance(t.array, current.xp.ndarray)
     n = t.numpy()
     assert type(n) is np.ndarray and n.tolist() == [[1.0, 2.0]]
     (t * t).sum().backward()
@@ -223,7 +223,7 @@ def test_fit_trains_through_the_dataloader_and_checkpoints_load_on_any_backend(b
         mc.set_backend(there_and_back)
         fresh = _small_cnn()
         fresh.load_state_dict(state["model"])
-        assert all(isinstance(p.data, current.xp.ndarray) for p in fresh.parameters())
+        assert all(isinstance(p.array, current.xp.ndarray) for p in fresh.parameters())
         again, _ = predict(fresh, DataLoader(quadrant_images(48, seed=1), batch_size=16))
         np.testing.assert_allclose(again, logits, rtol=1e-4, atol=1e-5)
         resumed = optim.Adam(fresh.parameters(), lr=1e-2)

@@ -16,10 +16,10 @@ def _randomize_bn(model, rs):
     for m in model.modules():
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             n = m.num_features
-            m.running_mean.data[...] = rs.standard_normal(n)
-            m.running_var.data[...] = rs.random(n) + 0.5
-            m.weight.data[...] = rs.standard_normal(n)
-            m.bias.data[...] = rs.standard_normal(n)
+            m.running_mean.array[...] = rs.standard_normal(n)
+            m.running_var.array[...] = rs.random(n) + 0.5
+            m.weight.array[...] = rs.standard_normal(n)
+            m.bias.array[...] = rs.standard_normal(n)
 
 
 @pytest.mark.parametrize("name", ["reference", "reference-bn", "lenet5", "tiny"])
@@ -66,7 +66,7 @@ def test_unshrinkable_graphs_name_the_layer():
         compress.shrink(seq)
     padded = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(),
                            nn.Linear(4 * 26 * 26, 10))
-    padded[0].bias.data[...] = 1.0                     # a pruned filter leaves relu(1) = 1 behind
+    padded[0].bias.array[...] = 1.0                     # a pruned filter leaves relu(1) = 1 behind
     prune.ln_structured(padded[0], "weight", 1, n=1, dim=0)
     with pytest.raises(compress.ShrinkError, match="layer 2 pads"):
         compress.shrink(padded)

@@ -394,7 +394,7 @@ def test_loader_batches_are_tensors_on_the_backend(backend):
     assert isinstance(x, mc.Tensor) and isinstance(y, mc.Tensor)
     assert x.shape == (8, 1, 28, 28) and x.dtype == np.float32
     assert y.shape == (8,) and y.dtype == np.int64
-    assert isinstance(x.data, current.xp.ndarray) and isinstance(y.data, current.xp.ndarray)
+    assert isinstance(x.array, current.xp.ndarray) and isinstance(y.array, current.xp.ndarray)
     np.testing.assert_allclose(x.numpy()[:, 0, 0, 0], np.arange(8) / 255, rtol=1e-6)
 
 

@@ -224,7 +224,7 @@ def test_buckets_pack_parameters_in_reverse_order():
     params = [p for p in model.parameters()][::-1]
     assert [p for b in one for p in b] == params == [p for b in per for p in b]
     assert len(per) == len(params) and 1 < len(one) < len(params)
-    assert all(sum(p.data.nbytes for p in b) <= 2**18 or len(b) == 1 for b in one)
+    assert all(sum(p.array.nbytes for p in b) <= 2**18 or len(b) == 1 for b in one)
 
 
 # -----------------------------------------------------------------------------

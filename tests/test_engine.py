@@ -108,7 +108,7 @@ def test_an_observer_sees_every_forward_in_order_and_every_backward_in_reverse_t
     (_, g_sum, sum_grads), (_, g_mul, (dx, dw)) = seen.backwards
     assert g_sum == 1.0 and np.array_equal(sum_grads[0], [1.0, 1.0])
     assert np.array_equal(g_mul, [1.0, 1.0])
-    assert np.array_equal(dx, w.data) and np.array_equal(dw, x.data)     # d(xw)/dx = w, d/dw = x
+    assert np.array_equal(dx, w.array) and np.array_equal(dw, x.array)     # d(xw)/dx = w, d/dw = x
 
 
 def test_observers_nest_outermost_first_and_are_removed_even_after_an_exception():

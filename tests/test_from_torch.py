@@ -119,10 +119,11 @@ def test_a_missing_program_is_one_line(capsys, tmp_path):
 
 
 def test_torch_max_of_the_data_array_as_pytorch_programs_write_it():
-    """``_, predicted = torch.max(outputs.data, 1)`` (the 60-minute blitz): minicnn's ``.data`` is the
-    array, and ``mc.max`` takes it as PyTorch's takes the tensor."""
+    """``_, predicted = torch.max(outputs.data, 1)`` (the 60-minute blitz): ``.data`` is a
+    detached tensor, as PyTorch's; ``mc.max`` also takes the backend array (``.array``)."""
     import minicnn as mc
     outputs = mc.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5]], requires_grad=True)
     values, predicted = mc.max(outputs.data, 1)
     assert predicted.tolist() == [1, 0] and values.tolist() == [2.0, 3.0]
     assert (predicted == mc.tensor([1, 2])).sum().item() == 1
+    assert mc.max(outputs.array, 1)[1].tolist() == [1, 0]

@@ -252,7 +252,7 @@ def test_fuse_keeps_the_state_dict_keys_and_arrays():
     ours, theirs = model.state_dict(), fast.state_dict()
     assert list(ours) == list(theirs)
     for k in ours:
-        assert ours[k].data is theirs[k].data, k                        # the same arrays, not copies
+        assert ours[k].array is theirs[k].array, k                        # the same arrays, not copies
     fast.load_state_dict(ours)                                          # checkpoints go both ways
     model.load_state_dict(theirs)
 

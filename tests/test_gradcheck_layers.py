@@ -129,8 +129,8 @@ def test_batch_norm_gradcheck(backend, shape, training, affine):
 @pytest.mark.tutorial05
 def test_batchnorm_layers_gradcheck_with_parameters(backend, layer, training):
     m = (nn.BatchNorm1d(4) if layer == "1d" else nn.BatchNorm2d(4)).double()
-    m.weight.data = mc.tensor(np.linspace(0.5, 2, 4), dtype="float64").data     # host -> backend
-    m.bias.data = mc.tensor(np.linspace(-1, 1, 4), dtype="float64").data
+    m.weight.array = mc.tensor(np.linspace(0.5, 2, 4), dtype="float64").array     # host -> backend
+    m.bias.array = mc.tensor(np.linspace(-1, 1, 4), dtype="float64").array
     m.train(training)
     x = randn(*((5, 4) if layer == "1d" else (3, 4, 3, 3)), seed=17)
     assert mc.gradcheck(m, (x,))

@@ -37,8 +37,8 @@ def test_forward_hooks_run_in_registration_order_and_can_be_removed():
 @pytest.mark.tutorial15
 def test_hooks_can_replace_inputs_and_outputs():
     lin = nn.Linear(2, 2)
-    lin.weight.data[...] = np.eye(2)
-    lin.bias.data[...] = 0
+    lin.weight.array[...] = np.eye(2)
+    lin.bias.array[...] = 0
     x = mc.tensor(np.array([[1.0, 2.0]]))
     with lin.register_forward_pre_hook(lambda m, inp: (inp[0] * 10,)):
         np.testing.assert_allclose(lin(x).numpy(), [[10.0, 20.0]])

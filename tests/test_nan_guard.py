@@ -133,7 +133,7 @@ def test_detect_anomaly_catches_a_backward_gradient_and_says_when_inputs_were_ba
 
 def test_detect_anomaly_finds_the_layer_in_a_model():
     model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
-    model[2].weight.data[0, 0] = np.inf
+    model[2].weight.array[0, 0] = np.inf
     x = mc.tensor(np.ones((1, 3)))
     with pytest.raises(AnomalyError, match="created at .*test_nan_guard.py.*model\\(x\\)"):
         with mc.detect_anomaly():

@@ -18,8 +18,8 @@ def _with_stats(m, seed=0):
     rs = np.random.default_rng(seed)
     for mod in m.modules():
         if getattr(mod, "running_var", None) is not None:
-            mod.running_var.data[:] = rs.random(mod.running_var.shape).astype(np.float32) + 0.5
-            mod.running_mean.data[:] = rs.standard_normal(mod.running_mean.shape).astype(np.float32) * 0.1
+            mod.running_var.array[:] = rs.random(mod.running_var.shape).astype(np.float32) + 0.5
+            mod.running_mean.array[:] = rs.standard_normal(mod.running_mean.shape).astype(np.float32) * 0.1
     return m.eval()
 
 

@@ -26,7 +26,7 @@ def _pair(kind="conv", seed=0):
     else:
         m, t = nn.Linear(7, 5), torch.nn.Linear(7, 5)
     w = rs.standard_normal(m.weight.shape).astype(np.float32)
-    m.weight.data[...] = w
+    m.weight.array[...] = w
     with torch.no_grad():
         t.weight.copy_(torch.from_numpy(w))
     return m, t
@@ -105,7 +105,7 @@ def test_state_dict_keys_match_torch():
 
 def test_l1_hand_worked():
     m = nn.Linear(3, 2, bias=False)
-    m.weight.data[...] = np.array([[0.5, -0.1, 3.0], [-2.0, 0.2, 0.05]], np.float32)
+    m.weight.array[...] = np.array([[0.5, -0.1, 3.0], [-2.0, 0.2, 0.05]], np.float32)
     prune.l1_unstructured(m, "weight", amount=0.5)            # round(3.0) = 3 smallest |w|
     np.testing.assert_array_equal(m.weight_mask.numpy(), [[1, 0, 1], [1, 0, 0]])
     prune.l1_unstructured(m, "weight", amount=1)              # the smallest of the 3 left: 0.5
@@ -116,7 +116,7 @@ def test_l1_hand_worked():
 
 def test_ln_structured_hand_worked():
     m = nn.Linear(2, 3, bias=False)                           # rows = output neurons (dim 0)
-    m.weight.data[...] = np.array([[3.0, 4.0], [1.0, 1.0], [0.0, -6.0]], np.float32)  # L2: 5, 1.41, 6
+    m.weight.array[...] = np.array([[3.0, 4.0], [1.0, 1.0], [0.0, -6.0]], np.float32)  # L2: 5, 1.41, 6
     prune.ln_structured(m, "weight", amount=1, n=2, dim=0)
     np.testing.assert_array_equal(m.weight_mask.numpy(), [[1, 1], [0, 0], [1, 1]])
     prune.ln_structured(m, "weight", amount=1, n=1, dim=0)    # of the live rows, L1 7 vs 6
@@ -135,7 +135,7 @@ def test_reparametrization_and_masked_gradients(cpu_backend):
     g, mask = m.weight_orig.grad.numpy(), m.weight_mask.numpy()
     assert np.all(g[mask == 0] == 0) and np.all(g[mask == 1] != 0)
     # the forward pass uses orig * mask, recomputed after the orig changes
-    m.weight_orig.data = m.weight_orig.data * 2
+    m.weight_orig.array = m.weight_orig.array * 2
     ref = mc.functional.conv2d(x, mc.tensor(m.weight_orig.numpy() * mask, dtype="float64"), m.bias)
     np.testing.assert_allclose(m(x).numpy(), ref.numpy())
     mc.gradcheck(m, [x])                                      # gradient to weight_orig is exact
@@ -214,8 +214,8 @@ def test_fixed_mask_matches_torch():
 def test_global_hand_worked():
     """One threshold over two layers: the 3 smallest |w| of all 6 weights go, wherever they are."""
     a, b = nn.Linear(2, 1, bias=False), nn.Linear(4, 1, bias=False)
-    a.weight.data[...] = [[0.1, 5.0]]
-    b.weight.data[...] = [[0.2, 0.3, 4.0, -0.05]]
+    a.weight.array[...] = [[0.1, 5.0]]
+    b.weight.array[...] = [[0.2, 0.3, 4.0, -0.05]]
     prune.global_unstructured([(a, "weight"), (b, "weight")], prune.L1Unstructured, amount=0.5)
     np.testing.assert_array_equal(a.weight_mask.numpy(), [[0, 1]])
     np.testing.assert_array_equal(b.weight_mask.numpy(), [[0, 1, 1, 0]])   # 0.1, -0.05, 0.2 go

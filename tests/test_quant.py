@@ -179,10 +179,10 @@ def _trained_like(name, seed=0):
     rs = np.random.default_rng(seed)
     for mod in m.modules():
         if getattr(mod, "running_var", None) is not None:
-            mod.running_var.data[:] = rs.random(mod.running_var.shape).astype(np.float32) + 0.5
-            mod.running_mean.data[:] = rs.standard_normal(mod.running_mean.shape).astype(np.float32) * 0.1
-            mod.weight.data[:] = rs.random(mod.weight.shape).astype(np.float32) + 0.5
-            mod.bias.data[:] = rs.standard_normal(mod.bias.shape).astype(np.float32) * 0.1
+            mod.running_var.array[:] = rs.random(mod.running_var.shape).astype(np.float32) + 0.5
+            mod.running_mean.array[:] = rs.standard_normal(mod.running_mean.shape).astype(np.float32) * 0.1
+            mod.weight.array[:] = rs.random(mod.weight.shape).astype(np.float32) + 0.5
+            mod.bias.array[:] = rs.standard_normal(mod.bias.shape).astype(np.float32) * 0.1
     return m.eval()
 
 
@@ -199,8 +199,8 @@ def test_conv_bn_folding_keeps_the_output(cpu_backend):
     with mc.no_grad():
         np.testing.assert_allclose(fused(x).numpy(), m(x).numpy(), rtol=1e-5, atol=1e-6)
     conv, bn = nn.Conv2d(3, 4, 3, padding=1, groups=1), nn.BatchNorm2d(4)
-    bn.running_mean.data[:] = [0.1, -0.2, 0.3, 0.0]
-    bn.running_var.data[:] = [0.5, 2.0, 1.0, 4.0]
+    bn.running_mean.array[:] = [0.1, -0.2, 0.3, 0.0]
+    bn.running_var.array[:] = [0.5, 2.0, 1.0, 4.0]
     bn.eval()
     x = mc.tensor(np.random.default_rng(1).standard_normal((2, 3, 5, 5)))
     with mc.no_grad():

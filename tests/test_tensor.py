@@ -36,7 +36,7 @@ def test_properties_and_conversions():
     assert x.shape == (2, 3) and x.ndim == 2 and x.numel() == 6 and x.size() == (2, 3) and len(x) == 2
     n = x.numpy()
     n[0, 0] = 100                                              # numpy() is a copy
-    assert x.data[0, 0] == 0
+    assert x.array[0, 0] == 0
     assert mc.tensor([[3.5]]).item() == 3.5
     with pytest.raises(ValueError, match="one element"):
         x.item()
@@ -105,7 +105,7 @@ def test_no_grad_and_detach_stop_recording():
     assert not y.requires_grad and y.is_leaf
     z = x.detach() * 2
     assert not z.requires_grad
-    assert x.detach().data is x.data                           # shares data, not the graph
+    assert x.detach().array is x.array                           # shares data, not the graph
 
 
 def test_requires_grad_propagates():
@@ -133,9 +133,9 @@ def test_backward_on_constant_is_an_error():
 def test_leaf_gradients_never_share_memory():
     a, b = t64([1.0]), t64([2.0])
     (a + b).backward()
-    assert a.grad.data is not b.grad.data
-    a.grad.data *= 10
-    assert b.grad.data[0] == 1.0
+    assert a.grad.array is not b.grad.array
+    a.grad.array *= 10
+    assert b.grad.array[0] == 1.0
 
 
 # -- every elementary op passes gradcheck, on every backend --------------------
@@ -172,7 +172,7 @@ UNARY = {
     "index_slice": lambda x: x[1:, ::2],
     "index_int": lambda x: x[2],
     "index_repeat": lambda x: x[[0, 0, 2]],                   # repeated rows get summed grads
-    "index_mask": lambda x: x[x.data > 1.0],
+    "index_mask": lambda x: x[x.array > 1.0],
     "astype_roundtrip": lambda x: x.astype("float32").astype("float64") * 1.0,
 }
 

@@ -218,7 +218,7 @@ def test_clone_detach_requires_grad_are_in_or_out_of_the_graph():
     assert c.requires_grad and not d.requires_grad and d.is_leaf
     (c * 2).sum().backward()
     np.testing.assert_allclose(m.grad.numpy(), np.full_like(X, 2.0))
-    c.data[0, 0] = 100.0
+    c.array[0, 0] = 100.0
     assert m.numpy()[0, 0] == 1.0                       # clone copies
     assert mc.zeros(2).requires_grad_() .requires_grad
     assert isinstance(m.shape, tuple)

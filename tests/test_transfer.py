@@ -31,7 +31,7 @@ def _steps(model, opt, n=3, classes=10, seed=0):
 
 def test_load_pretrained_copies_every_weight_and_makes_a_new_head_for_another_class_count():
     source = models.get_model("reference-bn", num_classes=10)
-    source[1].running_mean.data[...] = 3.0                           # buffers travel too
+    source[1].running_mean.array[...] = 3.0                           # buffers travel too
     target = models.get_model("reference-bn", num_classes=4)
     fresh_head = target[13].weight.numpy().copy()
     report = transfer.load_pretrained(target, source.state_dict())
