@@ -370,3 +370,124 @@ def test_load_takes_pytorchs_weights_only_and_map_location(tmp_path):
     np.testing.assert_array_equal(other.weight.numpy(), model.weight.numpy())
     with pytest.raises(ValueError, match="device"):
         mc.load(tmp_path / "model.pth", map_location="gpu")
+
+
+# -- .data is PyTorch's (a detached Tensor sharing the array); .array is the array --------------
+def test_data_is_a_detached_tensor_sharing_memory():
+    for lib, x in ((mc, mc.tensor(X, requires_grad=True)), (torch, torch.tensor(X, requires_grad=True))):
+        d = x.data
+        assert isinstance(d, lib.Tensor) and not d.requires_grad and d.grad_fn is None if lib is torch \
+            else isinstance(d, lib.Tensor) and not d.requires_grad and d.is_leaf
+        np.testing.assert_array_equal(x.data.numpy(), X)
+        x.data.zero_()                                            # writes through to x
+        assert float(x.detach().abs().sum()) == 0.0
+    a = mc.tensor(X)
+    assert a.data.array is a.array and isinstance(a.array, mc.backend.current.xp.ndarray)
+
+
+def test_data_minus_equals_updates_the_parameter_in_place():
+    m, t = mc.tensor(X, requires_grad=True), torch.tensor(X, requires_grad=True)
+    (m * m).sum().backward()
+    (t * t).sum().backward()
+    array = m.array
+    m.data -= 0.1 * m.grad.data
+    t.data -= 0.1 * t.grad.data
+    same(m.detach(), t.detach())
+    assert m.array is array and m.requires_grad and m.is_leaf
+
+
+def test_assigning_data_replaces_the_array():
+    m, t = mc.tensor(X, requires_grad=True), torch.tensor(X, requires_grad=True)
+    m.data = mc.zeros(3)
+    t.data = torch.zeros(3)
+    same(m.detach(), t.detach())
+    assert m.requires_grad and m.shape == (3,)
+    m.data = np.ones((2, 2), np.float32)                          # an array works too
+    assert m.shape == (2, 2) and float(m.sum()) == 4.0
+
+
+@pytest.mark.parametrize("op", [
+    lambda x: x.zero_(), lambda x: x.fill_(2.0), lambda x: x.add_(1.0), lambda x: x.sub_(1.0),
+    lambda x: x.mul_(2.0), lambda x: x.div_(2.0), lambda x: x.clamp_(0.0, 3.0), lambda x: x.normal_(),
+    lambda x: x.uniform_(), lambda x: x.copy_(x.detach() * 2)])
+def test_in_place_on_a_leaf_that_requires_grad_raises_like_torch(op):
+    raises_like(lambda: op(mc.tensor(X, requires_grad=True)), lambda: op(torch.tensor(X, requires_grad=True)),
+                match="leaf Variable that requires grad")
+
+
+def test_augmented_assignment_on_a_leaf_that_requires_grad_raises_like_torch():
+    def isub(x):
+        x -= 1.0
+    raises_like(lambda: isub(mc.tensor(X, requires_grad=True)), lambda: isub(torch.tensor(X, requires_grad=True)),
+                match="leaf Variable that requires grad")
+
+
+def test_in_place_ops_agree_with_torch_under_no_grad_and_on_data():
+    Y = np.array([[0.5, -1.0, 2.0], [1.0, 3.0, -2.0]], np.float32)
+    ops = [lambda x, y: x.add_(y, alpha=2), lambda x, y: x.sub_(y, alpha=0.5), lambda x, y: x.mul_(y),
+           lambda x, y: x.div_(y), lambda x, y: x.clamp_(1.0, 5.0), lambda x, y: x.clamp_(max=4.0),
+           lambda x, y: x.fill_(3.0), lambda x, y: x.zero_(), lambda x, y: x.copy_(y), lambda x, y: x.add_(2.0)]
+    for op in ops:
+        m, t = mc.tensor(X, requires_grad=True), torch.tensor(X, requires_grad=True)
+        with mc.no_grad():
+            assert op(m, mc.tensor(Y)) is m
+        with torch.no_grad():
+            op(t, torch.tensor(Y))
+        same(m.detach(), t.detach())
+        m2, t2 = mc.tensor(X, requires_grad=True), torch.tensor(X, requires_grad=True)
+        op(m2.data, mc.tensor(Y))
+        op(t2.data, torch.tensor(Y))
+        same(m2.detach(), t2.detach())
+    for name in ("__iadd__", "__isub__", "__imul__", "__itruediv__"):
+        m, t = mc.tensor(X, requires_grad=True), torch.tensor(X, requires_grad=True)
+        array = m.array
+        with mc.no_grad():
+            assert getattr(m, name)(mc.tensor(Y)) is m
+        with torch.no_grad():
+            getattr(t, name)(torch.tensor(Y))
+        same(m.detach(), t.detach())
+        assert m.array is array
+
+
+def test_random_in_place_fills_follow_minicnns_generator():
+    mc.manual_seed(0)
+    a = mc.zeros(1000).normal_(2.0, 0.5)
+    b = mc.zeros(1000).uniform_(-1.0, 1.0)
+    mc.manual_seed(0)
+    assert np.array_equal(mc.zeros(1000).normal_(2.0, 0.5).numpy(), a.numpy())
+    assert abs(float(a.mean()) - 2.0) < 0.1 and abs(float(a.std()) - 0.5) < 0.1
+    assert -1.0 <= float(b.min()) and float(b.max()) <= 1.0 and b.dtype == np.float32
+
+
+def test_augmented_assignment_inside_the_graph_is_still_recorded():
+    x = mc.tensor(X, requires_grad=True)
+    h = x * 2
+    h += x                                                        # out of place, recorded: d/dx = 3
+    h.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), np.full_like(X, 3.0))
+
+
+@pytest.mark.parametrize("style", ["no_grad", "data"])
+def test_a_manual_sgd_loop_written_as_in_pytorch_trains(style):
+    mc.manual_seed(0)
+    rs = np.random.RandomState(0)
+    xs = rs.standard_normal((64, 4)).astype(np.float32)
+    ys = (xs @ np.array([1.0, -2.0, 0.5, 3.0], np.float32) > 0).astype(np.int64)
+    x, y = mc.tensor(xs), mc.tensor(ys)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    loss_fn, lr = nn.CrossEntropyLoss(), 0.5
+    first = None
+    for _ in range(60):
+        model.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        first = float(loss) if first is None else first
+        if style == "no_grad":
+            with mc.no_grad():
+                for p in model.parameters():
+                    p -= lr * p.grad
+        else:
+            for p in model.parameters():
+                p.data -= lr * p.grad.data
+    assert float(loss) < 0.5 * first
+    assert all(p.requires_grad and p.is_leaf for p in model.parameters())

@@ -700,8 +700,17 @@ def _unwrap_index(index):
 
 
 def tensor(data, requires_grad=False, dtype=None) -> Tensor:
-    """Create a leaf tensor (``mc.tensor([[1., 2.]], requires_grad=True)``)."""
-    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+    """Create a leaf tensor (``mc.tensor([[1., 2.]], requires_grad=True)``).
+
+    Always a copy, as ``torch.tensor``: in-place changes (``t.data.zero_()``)
+    never reach the array or tensor it was made from (``mc.from_numpy`` and
+    ``mc.as_tensor`` share).
+    """
+    out = Tensor(data, requires_grad=requires_grad, dtype=dtype)
+    source = data.array if isinstance(data, Tensor) else data
+    if out.array is source:
+        out.array = out.array.copy()
+    return out
 
 
 # ----------------------------------------------------------------------------
