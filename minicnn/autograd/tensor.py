@@ -167,10 +167,10 @@ class Tensor:
     Attributes:
         array: the backend array (``numpy.ndarray`` or ``cupy.ndarray``) this
             tensor holds; what the engine and the kernels read.
-        data: PyTorch's ``.data``: a detached :class:`Tensor` sharing ``array``
-            (assigning ``t.data = value`` replaces the array).
         grad: a :class:`Tensor` with the accumulated gradient, or ``None``.
         requires_grad: whether operations on this tensor are recorded.
+
+    ``t.data`` is PyTorch's: a detached Tensor sharing ``array`` (the property below).
     """
 
     __array_ufunc__ = None      # make NumPy defer: ndarray * Tensor -> Tensor.__rmul__
