@@ -4,7 +4,7 @@
     python benchmarks/bench_cnn.py --rounds 3      # quicker, noisier
     python benchmarks/bench_cnn.py --no-torch      # minicnn only
 
-The network (``_model.py``): Conv2d(1,32,3)-ReLU-MaxPool(2)-Conv2d(32,64,3)-
+The network (``bench_model.py``): Conv2d(1,32,3)-ReLU-MaxPool(2)-Conv2d(32,64,3)-
 ReLU-MaxPool(2)-Flatten-Linear(1600,128)-ReLU-Dropout(0.5)-Linear(128,10) on
 28x28 images; a training step is forward, cross-entropy, backward and a plain
 SGD update; inference is a forward pass in eval mode without a graph.
@@ -22,7 +22,7 @@ How it measures, and why:
   each block lets the previous contender's BLAS/OpenMP threads go to sleep.
 * Reported: the median time per step over all repetitions, as images/s;
   the throughput relative to PyTorch; achieved GFLOP/s, counting only the
-  convolutions and linear layers analytically (``_model.flops_per_image``;
+  convolutions and linear layers analytically (``bench_model.flops_per_image``;
   a training step counts 3x the forward); and peak memory: the worker's peak
   resident set (``ru_maxrss``), and how much of it appeared after the model
   and data were set up (the step's working memory).
@@ -63,17 +63,17 @@ def _current_rss_mib():
 
 def _make_minicnn(backend, batch):
     import minicnn as mc
-    import _model
+    import bench_model
     assert mc.get_backend() == backend, (mc.get_backend(), backend)
     mc.manual_seed(0)
-    model = _model.minicnn_model()
+    model = bench_model.minicnn_model()
     params = list(model.parameters())
-    xs, ys = _model.random_batch(batch)
+    xs, ys = bench_model.random_batch(batch)
     x, y = mc.tensor(xs), mc.tensor(ys)
 
     def train():
         model.train()
-        _model.minicnn_train_step(model, params, x, y)
+        bench_model.minicnn_train_step(model, params, x, y)
 
     def infer():
         model.eval()
@@ -84,11 +84,11 @@ def _make_minicnn(backend, batch):
 
 def _make_torch(batch, threads):
     import torch
-    import _model
+    import bench_model
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = _model.torch_model()
-    xs, ys = _model.random_batch(batch)
+    model = bench_model.torch_model()
+    xs, ys = bench_model.random_batch(batch)
     x, y = torch.from_numpy(xs), torch.from_numpy(ys)
 
     def train():
@@ -99,7 +99,7 @@ def _make_torch(batch, threads):
         loss.backward()
         with torch.no_grad():
             for p in model.parameters():
-                p -= _model.LR * p.grad
+                p -= bench_model.LR * p.grad
 
     def infer():
         model.eval()
@@ -235,7 +235,7 @@ def main(argv=None):
         return worker(args.worker, args.batch_size, args.threads)
 
     sys.path.insert(0, HERE)
-    import _model
+    import bench_model
     threads = _numba_threads()
     contenders = [f"minicnn-{b}" for b in args.backends]
     contenders += [f"minicnn-{b} [{assignments}]" for b, assignments in args.with_env]
@@ -281,7 +281,7 @@ def main(argv=None):
         for w in workers.values():
             w.close()
 
-    flops = _model.flops_per_image()
+    flops = bench_model.flops_per_image()
     results = []
     header = (f"{'mode':<6}{'batch':>6}  {'contender':<{width}}{'ms/step':>9}{'images/s':>10}"
               f"{'vs torch':>9}{'GFLOP/s':>9}{'peak RSS':>10}{'step mem':>10}")

@@ -56,7 +56,7 @@ def worker(steps, warmup, bandwidth_reps):
     from minicnn import distributed as dist
     from minicnn import functional as F
     from minicnn import optim
-    from _model import minicnn_model
+    from bench_model import minicnn_model
 
     rank, world = dist.init()
     mc.manual_seed(0)

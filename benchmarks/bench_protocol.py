@@ -141,7 +141,7 @@ def _torch_runner(mode, batch, threads, device="cpu"):
     return train_step if mode == "train" else infer_step
 
 
-def _use_checkout(path):
+def use_checkout(path):
     """Import minicnn from the checkout in ``path``, its own kernels/ included (an editable
     install of this checkout would otherwise map minicnn.kernels to this one's)."""
     import importlib.util
@@ -160,7 +160,7 @@ def _use_checkout(path):
 def worker(contender, mode, batch, threads):
     """Serve 'warmup' / 'block' / 'memory' commands from the parent, one JSON line each."""
     if os.environ.get("MINICNN_BENCH_CHECKOUT"):
-        _use_checkout(os.environ["MINICNN_BENCH_CHECKOUT"])
+        use_checkout(os.environ["MINICNN_BENCH_CHECKOUT"])
     if contender in ("torch", "torch-cuda"):
         step = _torch_runner(mode, batch, threads, "cuda" if contender == "torch-cuda" else "cpu")
     else:
@@ -324,10 +324,10 @@ def end_to_end(runs, threads, checkouts=()):
                               "--no-download", "--no-progress", "--out", os.path.join(tmp, "run")],
             "pytorch script": [sys.executable, script, str(threads)],
         }
-        for i, d in enumerate(checkouts):       # the other checkout's own minicnn and kernels (_use_checkout)
+        for i, d in enumerate(checkouts):       # the other checkout's own minicnn and kernels (use_checkout)
             train_args = commands["minicnn train"][3:-1] + [os.path.join(tmp, f"run-other-{i}")]
             code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-                    f"from bench_protocol import _use_checkout; _use_checkout({d!r}); "
+                    f"from bench_protocol import use_checkout; use_checkout({d!r}); "
                     f"from minicnn.cli import main; sys.exit(main({train_args!r}))")
             commands[f"minicnn train@{d}"] = [sys.executable, "-c", code]
         env = dict(os.environ, MINICNN_BACKEND=os.environ.get("MINICNN_BACKEND", "numba"))

@@ -58,7 +58,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from minicnn import models
-    from minicnn.cli import _model_from_checkpoint
+    from minicnn.cli.commands import model_from_checkpoint
     from minicnn.data import DataLoader
     from minicnn.compress.distill import DistillationStep
     from minicnn.train import load_checkpoint
@@ -68,7 +68,7 @@ def main(argv=None):
     train, val, test, source = loaders(args.data_dir)
     teacher_name = "reference-bn"
     if args.teacher:
-        teacher, cfg = _model_from_checkpoint(load_checkpoint(args.teacher))
+        teacher, cfg = model_from_checkpoint(load_checkpoint(args.teacher))
         teacher_name = cfg.get("model_name", "?")
     else:
         t0 = time.perf_counter()

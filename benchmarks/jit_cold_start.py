@@ -29,22 +29,22 @@ t0 = time.perf_counter()
 import minicnn as mc
 import minicnn.functional as F
 sys.path.insert(0, HERE)
-import _model
+import bench_model
 t_import = time.perf_counter() - t0
 timings = {"import minicnn": t_import}
 for dtype in ("float32", "float64"):
     mc.manual_seed(0)
-    model = _model.minicnn_model()
+    model = bench_model.minicnn_model()
     if dtype == "float64":
         model.double()
     params = list(model.parameters())
-    xs, ys = _model.random_batch(32)
+    xs, ys = bench_model.random_batch(32)
     x, y = mc.tensor(xs, dtype=dtype), mc.tensor(ys)
     t = time.perf_counter()
-    _model.minicnn_train_step(model, params, x, y)
+    bench_model.minicnn_train_step(model, params, x, y)
     timings[f"first training step, {dtype}"] = time.perf_counter() - t
     t = time.perf_counter()
-    _model.minicnn_train_step(model, params, x, y)
+    bench_model.minicnn_train_step(model, params, x, y)
     timings[f"second training step, {dtype}"] = time.perf_counter() - t
 print(json.dumps(timings))
 """.replace("HERE", repr(HERE))

@@ -4,7 +4,7 @@
     python benchmarks/profile_step.py --backend numpy --batch 128 --steps 20
     python benchmarks/profile_step.py --inference          # a forward pass in eval mode instead
 
-It trains the reference CNN (see ``_model.py``) for a few steps and times,
+It trains the reference CNN (see ``bench_model.py``) for a few steps and times,
 *exclusively* (a phase's time excludes the phases nested inside it):
 
 * every kernel call (im2col, col2im, pooling; on numba, the whole conv -> ReLU ->
@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _model  # noqa: E402
+import bench_model  # noqa: E402
 
 KERNELS = ("im2col", "col2im", "max_pool2d_forward", "max_pool2d_backward",
            "avg_pool2d_forward", "avg_pool2d_backward",
@@ -134,9 +134,9 @@ def profile(backend, batch, steps, inference=False, warmup=3, optimizer="adam", 
     import minicnn.functional as F
     mc.set_backend(backend)
     mc.manual_seed(0)
-    model = _model.minicnn_model(fuse=fuse)
+    model = bench_model.minicnn_model(fuse=fuse)
     params = list(model.parameters())
-    xs, ys = _model.random_batch(batch)
+    xs, ys = bench_model.random_batch(batch)
     x, y = mc.tensor(xs), mc.tensor(ys)
     opt = mc.optim.Adam(params, lr=1e-3)    # what bench_protocol.py and `minicnn train` use
 
@@ -149,7 +149,7 @@ def profile(backend, batch, steps, inference=False, warmup=3, optimizer="adam", 
             F.cross_entropy(model(x), y).backward()
             opt.step()
         else:
-            _model.minicnn_train_step(model, params, x, y)
+            bench_model.minicnn_train_step(model, params, x, y)
     model.train(not inference)
     for _ in range(warmup):                  # JIT compile, allocator warm-up
         step()

@@ -40,7 +40,7 @@ def main(argv=None):
 
     import minicnn as mc
     from minicnn import compress, models
-    from minicnn.compress.prune_cli import _finetune
+    from minicnn.compress.prune_cli import finetune
     from minicnn.nn.utils import prune
     from minicnn.train import fit, load_checkpoint, save_checkpoint
 
@@ -92,12 +92,12 @@ def main(argv=None):
             if "oneshot" not in args.skip:
                 row("one-shot", s, m, t0)
             if "finetune" not in args.skip:
-                _finetune(m, ft_loader, args.finetune_epochs, args.lr, False, lambda *a: None)
+                finetune(m, ft_loader, args.finetune_epochs, args.lr, False, lambda *a: None)
                 row(f"one-shot + {args.finetune_epochs:g} ep", s, m, t0)
         if "gradual" not in args.skip:
             t0 = time.perf_counter()
             m = fresh()
-            compress.iterative_prune(m, "global-l1", s, args.steps, finetune=lambda mm: _finetune(
+            compress.iterative_prune(m, "global-l1", s, args.steps, finetune=lambda mm: finetune(
                 mm, ft_loader, args.finetune_epochs / args.steps, args.lr, False, lambda *a: None))
             row(f"gradual {args.steps} st", s, m, t0)
 
@@ -107,7 +107,7 @@ def main(argv=None):
         compress.make_permanent(m)
         small = compress.shrink(m)
         st = {"val_acc_before_finetune": accuracy(small, val)}
-        _finetune(small, ft_loader, args.finetune_epochs, args.lr, False, lambda *a: None)
+        finetune(small, ft_loader, args.finetune_epochs, args.lr, False, lambda *a: None)
         st.update({"val_acc": accuracy(small, val), "test_acc": accuracy(small, test),
                    "parameters": small.num_parameters(), "macs": compress.macs(small),
                    "architecture": compress.architecture(small), "seconds": time.perf_counter() - t0})

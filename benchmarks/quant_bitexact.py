@@ -13,7 +13,7 @@ import numpy as np
 
 import minicnn as mc
 from minicnn import quant
-from minicnn.cli import _load_checkpoint, _model_from_checkpoint, build_loaders
+from minicnn.cli.commands import build_loaders, load_checkpoint_file, model_from_checkpoint
 from minicnn.quant.quantized import QuantizedModel
 
 
@@ -24,7 +24,7 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--per-tensor", action="store_true")
     args = p.parse_args(argv)
-    model, config = _model_from_checkpoint(_load_checkpoint(args.ckpt))
+    model, config = model_from_checkpoint(load_checkpoint_file(args.ckpt))
     mc.manual_seed(0)
     train_loader, _, test_loader, _, _ = build_loaders(config["dataset"], 64, data_dir=args.data_dir, download=False,
                                                         val_split=0.1, seed=0, limit_test=args.images)

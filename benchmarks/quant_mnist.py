@@ -24,7 +24,7 @@ import numpy as np
 
 import minicnn as mc
 from minicnn import quant
-from minicnn.cli import _load_checkpoint, _model_from_checkpoint, build_loaders
+from minicnn.cli.commands import build_loaders, load_checkpoint_file, model_from_checkpoint
 from minicnn.train import fit, predict
 
 
@@ -48,7 +48,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     results = []
     for ckpt in args.ckpt:
-        model, config = _model_from_checkpoint(_load_checkpoint(ckpt))
+        model, config = model_from_checkpoint(load_checkpoint_file(ckpt))
         name = config["model_name"]
         mc.manual_seed(0)
         train_loader, val_loader, test_loader, source, _ = build_loaders(

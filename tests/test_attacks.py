@@ -71,7 +71,7 @@ def test_fgsm_and_pgd_equal_closed_form_on_linear_model(backend):
     np.testing.assert_allclose(adv.numpy(), a, atol=1e-12)
 
 
-def _torch_twin(model):
+def torch_twin(model):
     torch = pytest.importorskip("torch")
     tm = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
                              torch.nn.Conv2d(4, 6, 3), torch.nn.ReLU(), torch.nn.Flatten(),
@@ -90,7 +90,7 @@ def _torch_twin(model):
 
 def test_fgsm_and_pgd_match_pytorch(backend):
     model = small_cnn()
-    torch, tnet = _torch_twin(model)
+    torch, tnet = torch_twin(model)
     x = images(6)
     y = np.array([0, 1, 2, 3, 4, 0])
 

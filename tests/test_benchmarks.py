@@ -47,7 +47,7 @@ def test_bench_protocol_imports_another_checkouts_minicnn(tmp_path):
     copy = tmp_path / "checkout"
     shutil.copytree(root / "minicnn", copy / "minicnn", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(root / "kernels", copy / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import bench_protocol as b; b._use_checkout(sys.argv[2]); "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import bench_protocol as b; b.use_checkout(sys.argv[2]); "
             "import minicnn, minicnn.kernels.numpy_ref as k; print(minicnn.__file__); print(k.__file__)")
     p = subprocess.run([sys.executable, "-c", code, str(BENCH), str(copy)], capture_output=True, text=True,
                        timeout=120, env={**os.environ, "MINICNN_BACKEND": "numpy"})

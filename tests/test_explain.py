@@ -6,7 +6,7 @@ import minicnn as mc
 import minicnn.nn as nn
 from minicnn import explain, models, optim, train
 
-from test_attacks import _torch_twin, images, linear_model, small_cnn
+from test_attacks import torch_twin, images, linear_model, small_cnn
 
 pytestmark = pytest.mark.tutorial15        # what tutorials/15_*.ipynb teaches (tests/README.md)
 
@@ -27,7 +27,7 @@ def test_saliency_is_the_input_gradient(backend):
 
 def test_saliency_smoothgrad_ig_match_pytorch(backend):
     model = small_cnn()
-    torch, tnet = _torch_twin(model)
+    torch, tnet = torch_twin(model)
     x = images(3)
     t = np.array([1, 4, 0])
 
@@ -95,7 +95,7 @@ def _hand_grad_cam(model, layer, x, t):
 
 def test_grad_cam_equals_hand_computation_and_pytorch(backend):
     model = small_cnn()
-    torch, tnet = _torch_twin(model)
+    torch, tnet = torch_twin(model)
     x = images(3, seed=2)
     t = np.array([0, 2, 4])
     cam = explain.grad_cam(model, mc.tensor(x, dtype="float64"), t).numpy()       # default: last conv

@@ -52,7 +52,7 @@ def _tiny_model():
                          nn.Dropout(0.2), nn.Linear(64, 4))
 
 
-def _setup(seed=0):
+def training_setup(seed=0):
     mc.manual_seed(seed)
     model = _tiny_model()
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -66,7 +66,7 @@ def _weights(model):
 
 
 def test_checkpoint_round_trip_and_atomic_write(tmp_path, monkeypatch):
-    model, opt, sched, _ = _setup()
+    model, opt, sched, _ = training_setup()
     path = save_checkpoint(tmp_path / "a.ckpt", model, opt, sched, epoch=3, note="hi")
     state = load_checkpoint(path)
     assert state["epoch"] == 3 and state["note"] == "hi" and set(state["model"]) == set(model.state_dict())
@@ -92,13 +92,13 @@ def test_load_checkpoint_errors(tmp_path):
 
 
 def test_resume_at_an_epoch_boundary_gives_identical_weights(backend, tmp_path):
-    model, opt, sched, loader = _setup()
+    model, opt, sched, loader = training_setup()
     straight = fit(model, opt, loader, epochs=3, scheduler=sched, progress=False, log=lambda *_: None)
     expected = _weights(model)
 
-    model, opt, sched, loader = _setup()
+    model, opt, sched, loader = training_setup()
     fit(model, opt, loader, epochs=2, scheduler=sched, out_dir=tmp_path, progress=False, log=lambda *_: None)
-    model, opt, sched, loader = _setup(seed=123)          # a fresh process would start elsewhere
+    model, opt, sched, loader = training_setup(seed=123)          # a fresh process would start elsewhere
     resumed = fit(model, opt, loader, epochs=3, scheduler=sched, resume=tmp_path / "last.ckpt",
                   progress=False, log=lambda *_: None)
     for k, v in expected.items():
@@ -112,7 +112,7 @@ CTRL_C_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     os.environ["MINICNN_BACKEND"] = "numpy"
     import minicnn as mc, minicnn.functional as F
-    from test_train import _setup
+    from test_train import training_setup
     from minicnn.train import fit
 
     def slow_loss(out, y):                      # announce each batch, slowly, so a signal lands mid-epoch
@@ -120,7 +120,7 @@ CTRL_C_SCRIPT = textwrap.dedent("""
         time.sleep(0.05)
         return F.cross_entropy(out, y)
 
-    model, opt, sched, loader = _setup()
+    model, opt, sched, loader = training_setup()
     fit(model, opt, loader, epochs=3, scheduler=sched, loss_fn=slow_loss, out_dir={out!r},
         progress=False)
 """)
@@ -128,7 +128,7 @@ CTRL_C_SCRIPT = textwrap.dedent("""
 
 def test_ctrl_c_saves_a_checkpoint_and_resuming_matches_an_uninterrupted_run(tmp_path):
     import minicnn.functional as F
-    model, opt, sched, loader = _setup()
+    model, opt, sched, loader = training_setup()
     fit(model, opt, loader, epochs=3, scheduler=sched, progress=False, log=lambda *_: None)
     expected = _weights(model)
 
@@ -149,7 +149,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resuming_matches_an_uninterrupted_run(tmp
     state = load_checkpoint(ckpt)
     assert state["epoch"] == 1 and 0 < state["batch"] < 6        # mid-epoch, between batches
 
-    model, opt, sched, loader = _setup(seed=99)
+    model, opt, sched, loader = training_setup(seed=99)
     fit(model, opt, loader, epochs=3, scheduler=sched, resume=ckpt, progress=False, log=lambda *_: None,
         loss_fn=F.cross_entropy)
     for k, v in expected.items():
@@ -167,7 +167,7 @@ def test_early_stopping_stops_and_restores_the_best_weights():
     with pytest.raises(ValueError, match="mode must be 'min' or 'max'"):
         EarlyStopping(mode="up")
 
-    model, opt, sched, loader = _setup()
+    model, opt, sched, loader = training_setup()
     val = DataLoader(_tiny_problem(32, seed=1), batch_size=32)
     stopper = EarlyStopping(patience=1, min_delta=10.0, monitor="val_loss")   # nothing counts as better
     history = fit(model, opt, loader, epochs=5, val_loader=val, early_stopping=stopper, progress=False,
@@ -177,7 +177,7 @@ def test_early_stopping_stops_and_restores_the_best_weights():
 
 
 def test_fit_learns_the_toy_task_and_records_history():
-    model, opt, _, loader = _setup()
+    model, opt, _, loader = training_setup()
     history = fit(model, opt, loader, epochs=4, val_loader=loader, progress=False, log=lambda *_: None)
     assert history["val_acc"][-1] > 0.8                       # chance is 0.25
     assert set(history) >= {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time", "images_per_s"}

@@ -50,7 +50,7 @@ def add_parser(subparsers):
     p.set_defaults(func=cmd_prune)
 
 
-def _finetune(model, train_loader, epochs, lr, progress, log):
+def finetune(model, train_loader, epochs, lr, progress, log):
     """Adam on the pruned model (its masks keep the removed weights at zero); ``epochs`` may be fractional."""
     import math
     from .. import optim
@@ -124,12 +124,12 @@ def cmd_prune(args):
         report["after_prune_val_acc"] = val_acc(model)
         print(f"pruned to {args.amount:.0%} ({args.method}, one-shot): validation "
               f"{report['after_prune_val_acc']:.4f}")
-        _finetune(model, train_loader, args.finetune_epochs, args.lr, progress, log)
+        finetune(model, train_loader, args.finetune_epochs, args.lr, progress, log)
     else:
         per_step = args.finetune_epochs / args.steps
         report["gradual"] = compress.iterative_prune(
             model, args.method, args.amount, args.steps,
-            finetune=lambda m: _finetune(m, train_loader, per_step, args.lr, progress, log),
+            finetune=lambda m: finetune(m, train_loader, per_step, args.lr, progress, log),
             evaluate=lambda m: {"val_acc": val_acc(m)}, log=log)
 
     report["sparsity"] = prune.sparsity(model).as_dict()
