@@ -84,7 +84,7 @@ def _battery():
     outs += [a + c, a - c, a * c, a / (c * c + 1), -a, a ** 2, (a * a + 1) ** c, a @ c.T,
              a.exp(), (a * a + 1).log(), (a * a + 1).sqrt(), a.abs(), a.clip(-0.5, 0.5),
              F.maximum(a, c), a.sum(axis=1), a.mean(), a.amax(axis=0), a.max(dim=1).values, a.reshape(4, 3),
-             a.transpose(), a.clone(), a[:, 1:], mc.cat([a, c]), mc.stack([a, c]), a.float().double()]
+             a.transpose(), a.clone(), a[:, 1:], a.prod(1), mc.cat([a, c]), mc.stack([a, c]), a.float().double()]
     outs += [f(a) for f in (F.relu, F.sigmoid, F.tanh, F.silu, F.mish, F.softplus, F.gelu)]
     outs += [F.leaky_relu(a, 0.1), F.gelu(a, approximate="tanh"), F.softmax(a), F.log_softmax(a)]
     target = mc.tensor(np.array([0, 3, 1]))

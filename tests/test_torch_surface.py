@@ -87,7 +87,7 @@ def test_prod_and_its_gradient_match_torch_zeros_included(call, a):
     same(m.grad, t.grad)
 
 
-def test_prod_gradcheck_and_one_dim_only():
+def test_prod_gradcheck_and_one_dim_only(cpu_backend):
     x = mc.tensor(np.random.default_rng(0).standard_normal((3, 4)), requires_grad=True, dtype="float64")
     assert mc.gradcheck(lambda x: x.prod(1), (x,)) and mc.gradcheck(lambda x: mc.prod(x), (x,))
     with pytest.raises(TypeError, match="one dim"):
