@@ -4,15 +4,20 @@
 * ``engine.py``    — backward: :func:`topological_order`, then :func:`backpropagate` (the chain rule);
 * ``observer.py``  — one hook that sees every operation run (``observe``): the two tools below use it;
 * ``gradcheck.py`` — :func:`gradcheck`: analytic gradients against central differences;
-* ``anomaly.py``   — :func:`detect_anomaly`: the first Function that made a NaN or an Inf.
+* ``anomaly.py``   — :func:`detect_anomaly`: the first Function that made a NaN or an Inf;
+* ``graph.py``     — :func:`draw_graph`: the recorded graph, drawn (SVG in Jupyter, ``.svg`` / ``.png`` files);
+* ``trace.py``     — :func:`trace_backward`: backward, one Function at a time.
 """
 from .anomaly import AnomalyError, detect_anomaly
 from .engine import backpropagate, topological_order
 from .gradcheck import GradcheckError
+from .graph import Graph, ModuleRecord, draw_graph, record_modules
 from .observer import OperationObserver, observe
 from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad
+from .trace import BackwardStep, trace_backward
 
 # (mc.tensor and mc.gradcheck are the functions; minicnn.autograd.tensor / .gradcheck the modules)
 __all__ = ["Tensor", "Function", "no_grad", "enable_grad", "is_grad_enabled",
            "topological_order", "backpropagate", "OperationObserver", "observe",
-           "GradcheckError", "detect_anomaly", "AnomalyError"]
+           "GradcheckError", "detect_anomaly", "AnomalyError",
+           "draw_graph", "record_modules", "Graph", "ModuleRecord", "trace_backward", "BackwardStep"]

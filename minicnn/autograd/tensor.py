@@ -216,6 +216,11 @@ class Tensor:
         return device_of(self.array)
 
     @property
+    def grad_fn(self):
+        """The :class:`Function` that produced this tensor (PyTorch's name), ``None`` for a leaf."""
+        return self._ctx
+
+    @property
     def is_leaf(self) -> bool:
         """True for tensors not produced by a recorded operation (e.g. parameters)."""
         return self._ctx is None
