@@ -144,6 +144,12 @@ def test_collapse_draws_a_module_as_one_box():
     full = topological_order(loss)
     assert sorted(type(full[p].grad_fn).__name__ if full[p].grad_fn else "leaf" for p in conv.members) == \
         ["Conv2dFn", "leaf", "leaf"]
+    loss.backward()                         # the box then shows its parameters' gradients
+    lines = draw_graph(loss, modules=modules, collapse=nn.Conv2d, show_values=False).nodes[0].lines
+    grad = model[0].weight.grad.numpy()
+    assert lines[:3] == ["0: Conv2d", "(2, 32, 26, 26)", "Conv2dFn"]
+    assert f"weight.grad mean {grad.mean():.3g}, min {grad.min():.3g}, max {grad.max():.3g}" in lines
+    assert any(line.startswith("bias.grad mean") for line in lines)
     # a whole block: its BatchNorm, ReLU and shortcut inside one box
     mc.manual_seed(0)
     resnet = models.get_model("resnet", widths=(4, 8, 8)).double().eval()
@@ -227,3 +233,29 @@ def test_bad_input_gets_a_clear_error(tmp_path):
         draw_graph(out, params={"w": np.ones(3)})
     with pytest.raises(ValueError, match=r"\.svg or \.png, got '.*g\.jpg'"):
         draw_graph(out).save(tmp_path / "g.jpg")
+
+
+def test_a_module_called_twice_is_two_boxes():
+    class Twice(nn.Module):                 # one ReLU applied at two places
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.act = nn.Linear(3, 4), nn.Linear(4, 2), nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.fc2(self.act(self.fc1(x))))
+
+    model = Twice().double()
+    with record_modules(model) as modules:
+        out = model(mc.tensor(np.ones((2, 3)), dtype="float64")).sum()
+    graph = draw_graph(out, modules=modules, collapse=(nn.Linear, nn.ReLU))
+    assert [n.name for n in graph.nodes] == ["fc1: Linear", "act: ReLU (call 1)", "fc2: Linear",
+                                             "act: ReLU (call 2)", "SumFn"]
+    assert sorted((s, t) for s, t, _ in graph.edges) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+def test_grad_fn_is_pytorchs():
+    x = mc.tensor(np.ones(3), requires_grad=True)
+    y = x * 2
+    assert x.grad_fn is None and type(y.grad_fn).__name__ == "MulFn" and y.grad_fn.inputs[0] is x
+    with mc.no_grad():
+        assert (x * 2).grad_fn is None

@@ -61,7 +61,8 @@ class Node:
             (a tensor no recorded operation made: a parameter, an input that
             requires grad) or ``"module"`` (a collapsed module).
         name: the Function's class name, the leaf's parameter name (``"0.weight"``,
-            ``"leaf"`` when ``params`` does not name it), or ``"name: Class"`` for a module.
+            ``"leaf"`` when ``params`` does not name it), or ``"name: Class"`` for a module
+            (``"name: Class (call 2)"`` for its second call when it ran twice).
         shape: the shape of the tensor the node stands for (a module: of its output).
         position: the tensor's index in ``topological_order(output)`` (a module: its last Function's).
         tensor: that tensor.
@@ -124,7 +125,9 @@ class Graph:
 class ModuleRecord(OperationObserver):
     """Which modules were running when each Function was made (see :func:`record_modules`).
 
-    ``record.modules_of(fn)`` lists ``(name, module)`` pairs, outermost first.
+    ``record.modules_of(fn)`` lists ``(name, module, call)`` triples, outermost
+    first; ``call`` counts the module's forward calls from 1 (a module used
+    twice, like one ``ReLU`` applied at two places, made Functions in two calls).
     ``record.named_parameters`` is the model's ``{name: parameter}``.
     """
 
@@ -132,6 +135,7 @@ class ModuleRecord(OperationObserver):
         self.model = model
         self.named_parameters = dict(model.named_parameters())
         self.stack = []                     # the modules running now, outermost first
+        self.calls = {}                     # id(module) -> how many times its forward started
         self.made_in = {}                   # id(fn) -> tuple of (name, module)
         self.functions = []                 # keeps each fn alive, so that its id stays its own
 
@@ -159,7 +163,8 @@ def record_modules(model):
 
     def push(name):
         def hook(module, inputs):
-            record.stack.append((name, module))
+            record.calls[id(module)] = record.calls.get(id(module), 0) + 1
+            record.stack.append((name, module, record.calls[id(module)]))
         return hook
 
     def pop(module, inputs, output):
@@ -271,15 +276,14 @@ def collapse_modules(nodes, edges, highlight, modules, collapse, show_values):
     was made; a leaf belongs to a module when every Function using it does
     (its weight and bias). Returns the new nodes, edges and highlighted index.
     """
-    group = {}                              # node index -> module name
-    module_class = {}
+    group = {}                              # node index -> the module's label (one per call)
     for i, node in enumerate(nodes):
         if node.kind != "function":
             continue
-        for name, module in modules.modules_of(node.tensor.grad_fn):
+        for name, module, call in modules.modules_of(node.tensor.grad_fn):
             if isinstance(module, collapse):
-                group[i] = name
-                module_class[name] = type(module).__name__
+                again = f" (call {call})" if modules.calls[id(module)] > 1 else ""
+                group[i] = f"{name}: {type(module).__name__}{again}"
                 break
     users = {}
     for s, t, _ in edges:
@@ -301,16 +305,23 @@ def collapse_modules(nodes, edges, highlight, modules, collapse, show_values):
             continue
         new_index[i] = len(new_nodes)
         if i in last_member:
-            name = last_member[i]
-            inside = members[name]
+            label = last_member[i]
+            inside = members[label]
             last_fn = max(j for j in inside if nodes[j].kind == "function")
             out = nodes[last_fn]
-            label = f"{name}: {module_class[name]}"
             lines = [label, shape_str(out.shape)]
             if show_values:
                 lines.append("value " + summary(out.tensor.array, with_shape=False))
             functions = [nodes[j].name for j in inside if nodes[j].kind == "function"]
             lines.append(" -> ".join(functions))
+            # the gradients drawn in the boxes folded in: the output's, then each parameter's
+            prefix = label.split(": ", 1)[0] + "."
+            for j in [last_fn] + [j for j in inside if nodes[j].kind == "leaf"]:
+                grad = [line for line in nodes[j].lines if line.startswith("grad  ")]
+                if grad and j == last_fn:
+                    lines.append(grad[0])
+                elif grad:
+                    lines.append(f"{nodes[j].name.removeprefix(prefix)}.grad {grad[0][len('grad  '):]}")
             new_nodes.append(Node("module", label, out.shape, out.position, out.tensor, lines,
                                   tuple(nodes[j].position for j in inside)))
         else:
@@ -359,10 +370,17 @@ def layered_layout(n, edges, sizes) -> Layout:
     for s, t in edges:
         inputs[t].append(s)
         users[s].append(t)
-    # 1. layers: depth (sources before targets: nodes come in topological order), leaves moved down
+    # 1. layers: depth, visiting each node after its inputs (Kahn's algorithm), then leaves moved down
     layer = [0] * n
-    for i in range(n):
+    waiting = [len(inputs[i]) for i in range(n)]
+    ready = [i for i in range(n) if waiting[i] == 0]
+    while ready:
+        i = ready.pop()
         layer[i] = max((layer[s] + 1 for s in inputs[i]), default=0)
+        for t in users[i]:
+            waiting[t] -= 1
+            if waiting[t] == 0:
+                ready.append(t)
     for i in range(n):
         if not inputs[i] and users[i]:
             layer[i] = min(layer[t] for t in users[i]) - 1
