@@ -125,6 +125,17 @@ def test_the_layout_keeps_boxes_apart_and_arrows_downward():
         assert all(p[1] < q[1] for p, q in zip(points, points[1:]))    # data flows down
 
 
+def test_params_may_be_the_model():
+    loss, params = model_loss("reference")
+    model_named = draw_graph(loss, params=models.get_model("reference"))    # another model: no names
+    assert {n.name for n in model_named.nodes if n.kind == "leaf"} == {"leaf"}
+    mc.manual_seed(0)
+    model = models.get_model("reference").double().eval()
+    out = model(mc.tensor(np.ones((1, 1, 28, 28)), dtype="float64")).sum()
+    assert ([n.name for n in draw_graph(out, params=model).nodes]
+            == [n.name for n in draw_graph(out, params=dict(model.named_parameters())).nodes])
+
+
 def test_collapse_draws_a_module_as_one_box():
     mc.manual_seed(0)
     model = models.get_model("reference").double().eval()
@@ -232,6 +243,8 @@ def test_bad_input_gets_a_clear_error(tmp_path):
         draw_graph(out, collapse=nn.Conv2d)
     with pytest.raises(TypeError, match="name -> Tensor"):
         draw_graph(out, params={"w": np.ones(3)})
+    with pytest.raises(TypeError, match="name -> Tensor.*got int"):
+        draw_graph(out, params=3)
     with pytest.raises(ValueError, match=r"\.svg or \.png, got '.*g\.jpg'"):
         draw_graph(out).save(tmp_path / "g.jpg")
 

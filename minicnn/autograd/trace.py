@@ -116,10 +116,17 @@ def input_name(tensor, names, positions) -> str:
 
 
 def parameter_names(params) -> dict:
-    """``{id(tensor): name}`` from a ``{name: tensor}`` dict (or ``model.named_parameters()``)."""
+    """``{id(tensor): name}`` from a ``{name: tensor}`` dict, ``model.named_parameters()`` or a model."""
     if params is None:
         return {}
+    if hasattr(params, "named_parameters"):             # a model: its parameters' names
+        params = params.named_parameters()
     items = params.items() if isinstance(params, dict) else params
+    try:
+        items = [(name, value) for name, value in items]
+    except (TypeError, ValueError):
+        raise TypeError("params: expected a dict of name -> Tensor (e.g. dict(model.named_parameters())), "
+                        f"got {type(params).__name__}") from None
     names = {}
     for name, value in items:
         if not isinstance(value, Tensor):
@@ -136,8 +143,8 @@ def trace_backward(output, grad=None, params=None) -> list:
         output: the tensor to differentiate (usually the scalar loss); it must
             have been computed with gradients recorded.
         grad: dL/d(output), as for :meth:`Tensor.backward` (omit it for a scalar).
-        params: optional ``{name: tensor}`` (``dict(model.named_parameters())``)
-            to name the leaves in ``step.input_names``.
+        params: optional ``{name: tensor}`` (``dict(model.named_parameters())``,
+            or the model itself) to name the leaves in ``step.input_names``.
 
     Backward runs at once, in full, through the engine; the list holds the
     steps in the order the engine took them (the reverse of
