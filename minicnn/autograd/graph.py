@@ -193,9 +193,9 @@ def draw_graph(output, params=None, show_values=True, show_grads=True, collapse=
 
     Args:
         output: a tensor made by recorded operations (e.g. the loss).
-        params: ``{name: tensor}`` naming the leaves, e.g. ``dict(model.named_parameters())``
-            (or the model itself)
-            (default: the ``modules`` record's model's parameters, else none: leaves read "leaf").
+        params: ``{name: tensor}`` naming the leaves, e.g. ``dict(model.named_parameters())``,
+            or the model itself. Default: the parameters of the ``modules`` record's
+            model if given, else none (leaves read "leaf").
         show_values: write a summary of each tensor's values in its box
             (shape, then mean, min and max, or the value of a single number).
         show_grads: write a summary of each gradient kept in ``.grad`` (leaves
