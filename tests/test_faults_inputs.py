@@ -369,7 +369,7 @@ def only_quantize(tensors, meta):
     (set_scale(float("nan")), "weight_scale must hold 1 or 3 positive finite scales"),
     (set_scale(float("inf")), "weight_scale must hold 1 or 3 positive finite scales"),
     (set_scale(-1.0), "weight_scale must hold 1 or 3 positive finite scales"),
-    (float_weights, r"steps\.0\.weight_q|weight_q: expected int8, got float32"),
+    (float_weights, r"steps\.\d+\.weight_q: expected int8, got float32"),
     (no_steps, "steps: expected a non-empty list of steps"),
     (only_quantize, "no int8 layer"),
     (pool_stride(0), r"maxpool takes \[kernel >= 1, stride >= 1"),

@@ -106,7 +106,7 @@ def load_quantized(path):
     arrays, _ = load_file(path, allow_plain=True)     # CheckpointError unless a sound safetensors file
     try:
         meta = _metadata(path)
-    except ValueError as e:                            # a metadata entry that is not JSON
+    except (ValueError, RecursionError) as e:          # a metadata entry that is not JSON
         raise QuantError(f"{path}: unreadable quantized-checkpoint metadata ({e})") from None
     config = meta.get("config", {})
     if not isinstance(config, dict):
