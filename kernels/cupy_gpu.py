@@ -149,6 +149,7 @@ void max_pool_forward(const T* img, T* out, I* argmax,
 {
     // out[n, c, oy, ox] = max over the taps (i, j) of img[n, c, oy*sh - ph + i, ox*sw - pw + j];
     // argmax[n, c, oy, ox] = the first tap i*kw + j that attains it (">" is strict).
+    // A NaN always wins (v != v only for NaN), as in PyTorch: the window pools to NaN.
     // Pixels in the padding count as -inf, so they never win. One thread per output.
     const long long total = (long long)N * C * oh * ow;
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
@@ -158,7 +159,8 @@ void max_pool_forward(const T* img, T* out, I* argmax,
         const long long plane = k / ((long long)oh * ow);       // plane = n*C + c
         const T* image = img + plane * H * W;                   // the (n, c) input plane
         T best = negative_infinity((T)0);
-        int winner = 0;
+        int winner = max(0, ph - oy * sh) * kw + max(0, pw - ox * sw);   // the first real pixel,
+                                                // so that a window of -inf routes to it (PyTorch's)
         for (int i = 0; i < kh; ++i) {
             const int y = oy * sh - ph + i;                     // the row tap i reads
             if (y < 0 || y >= H) continue;
@@ -166,7 +168,7 @@ void max_pool_forward(const T* img, T* out, I* argmax,
                 const int x = ox * sw - pw + j;                 // the column tap j reads
                 if (x < 0 || x >= W) continue;
                 const T v = image[(long long)y * W + x];
-                if (v > best) { best = v; winner = i * kw + j; }
+                if (v > best || v != v) { best = v; winner = i * kw + j; }
             }
         }
         out[k] = best;
@@ -221,6 +223,7 @@ void bias_relu_max_pool_forward(const T* y, const T* bias, T* out, I* argmax,
     // out[n, c, oy, ox] = relu(max over the taps (i, j) of y[c, n, oy*sh + i, ox*sw + j] + bias[c]);
     // argmax[n, c, oy, ox] = the first tap i*kw + j that attains the max (">" is strict, from -inf),
     // or -1 where that max is <= 0: relu clipped the window, so no gradient comes back through it.
+    // A NaN wins its window and is not clipped (nan <= 0 is false): out is NaN, as unfused.
     // y is the convolution's output, channel first; out is batch first, the order the next
     // layer reads: the transpose costs nothing here, it is only where the thread reads from.
     // No padding: every tap lies inside the plane. One thread per output.
@@ -241,13 +244,13 @@ void bias_relu_max_pool_forward(const T* y, const T* bias, T* out, I* argmax,
                 // the bias before the comparison, as the unfused layers add it: two values can
                 // round to the same sum, and that tie must go to the same (first) tap
                 const T v = row[ox * sw + j] + b;
-                if (v > best) { best = v; winner = i * kw + j; }
+                if (v > best || v != v) { best = v; winner = i * kw + j; }
             }
         }
         // relu after the max (it is monotone: relu(max) == max of the relus), on one value, not kh*kw
-        const bool positive = best > 0;
-        out[k] = positive ? best : (T)0;
-        argmax[k] = (I)(positive ? winner : -1);
+        const bool clipped = best <= 0;                         // false for NaN: relu(nan) = nan
+        out[k] = clipped ? (T)0 : best;
+        argmax[k] = (I)(clipped ? -1 : winner);
     }
 }
 

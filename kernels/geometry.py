@@ -71,3 +71,18 @@ def pad_planes(x, padding, value=0.0):
     if ph == 0 and pw == 0:
         return x
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+def first_real_taps(oh, ow, kw, stride, padding, dtype):
+    """(oh, ow): for each pooling window, the tap ``i*kw + j`` of its first pixel that is not padding.
+
+    Window (oy, ox) starts at row ``oy*sh - ph``, so its first real row is tap
+    ``i = max(0, ph - oy*sh)``, and likewise ``j = max(0, pw - ox*sw)``. Max
+    pooling starts each window's winner there (PyTorch does too): a window of
+    nothing but -inf then routes its gradient to a real pixel, not into the
+    padding, where it would be lost.
+    """
+    (sh, sw), (ph, pw) = stride, padding
+    i = np.maximum(0, ph - np.arange(oh) * sh)[:, None]              # (oh, 1)
+    j = np.maximum(0, pw - np.arange(ow) * sw)[None, :]              # (1, ow)
+    return (i * kw + j).astype(dtype)

@@ -71,7 +71,7 @@ import os
 import numpy as np
 from numba import njit, prange
 
-from .geometry import conv_output_shape, pad_planes, pair
+from .geometry import conv_output_shape, first_real_taps, pad_planes, pair
 
 NAME = "numba"
 
@@ -209,9 +209,10 @@ def _max_pool_forward_kernel(xp, y, argmax, kh, kw, sh, sw):
     """For each tap (i, j) in order: where it beats the best so far, it becomes
     the best (``y``) and the winner (``argmax``).
 
-    ``y`` starts at -inf. ``>`` is strict, so on ties the first tap keeps the
-    win, and -inf padding never wins. Parallel over the N*C planes (every
-    window lies inside one plane).
+    ``y`` starts at -inf and ``argmax`` at each window's first real pixel. ``>`` is strict, so on ties the first tap keeps the
+    win, and -inf padding never wins. A NaN always wins (``v != v`` is true
+    only for NaN), as in the reference and PyTorch: the window pools to NaN.
+    Parallel over the N*C planes (every window lies inside one plane).
     """
     N, C, oh, ow = y.shape
     for plane in prange(N * C):
@@ -222,8 +223,9 @@ def _max_pool_forward_kernel(xp, y, argmax, kh, kw, sh, sw):
                 seen = xp[n, c, i::sh, j::sw]         # seen[oy, ox]: what tap (i, j) reads
                 for oy in range(oh):
                     for ox in range(ow):
-                        if seen[oy, ox] > best[oy, ox]:
-                            best[oy, ox] = seen[oy, ox]
+                        v = seen[oy, ox]
+                        if v > best[oy, ox] or v != v:
+                            best[oy, ox] = v
                             winner[oy, ox] = i * kw + j
 
 
@@ -235,7 +237,8 @@ def max_pool2d_forward(x, kh, kw, stride, padding):
     N, C, H, W = x.shape
     oh, ow = conv_output_shape((H, W), (kh, kw), stride, padding, (1, 1))
     y = np.full((N, C, oh, ow), -np.inf, dtype=x.dtype)
-    argmax = np.zeros((N, C, oh, ow), dtype=np.int8 if kh * kw <= 127 else np.int32)
+    argmax = np.empty((N, C, oh, ow), dtype=np.int8 if kh * kw <= 127 else np.int32)
+    argmax[...] = first_real_taps(oh, ow, kw, stride, padding, argmax.dtype)   # as numpy_ref
     _max_pool_forward_kernel(pad_planes(x, padding, -np.inf), y, argmax, kh, kw, *stride)
     return y, argmax
 
@@ -279,7 +282,8 @@ def max_pool2d_backward(gy, argmax, x_shape, kh, kw, stride, padding):
 def _bias_relu_max_pool_plane(image, b, pooled, winner, kh, kw, sh, sw, minus_infinity):
     """One (H, W) plane of the conv output: pooled[oy, ox] = relu(max over the window of
     image + b); winner = the winning tap i*kw + j, or -1 where relu clipped the window
-    (see numpy_ref). ``best`` starts at -inf and ``>`` is strict: the first maximum wins.
+    (see numpy_ref). ``best`` starts at -inf and ``>`` is strict: the first maximum wins;
+    a NaN always wins (``v != v``) and is not clipped (``nan <= 0`` is false), as in numpy_ref.
 
     ``minus_infinity`` comes in as a scalar of the image's dtype: a float64 ``-np.inf``
     here would make every comparison a float64 one (2.5x slower in float32)."""
@@ -291,12 +295,12 @@ def _bias_relu_max_pool_plane(image, b, pooled, winner, kh, kw, sh, sw, minus_in
                 row = image[oy * sh + i]
                 for j in range(kw):
                     v = row[ox * sw + j] + b
-                    if v > best:
+                    if v > best or v != v:
                         best, tap = v, i * kw + j
-            if best > 0:
-                pooled[oy, ox], winner[oy, ox] = best, tap
-            else:                                     # relu(max) = 0: no gradient here
+            if best <= 0:                             # relu(max) = 0: no gradient here
                 pooled[oy, ox], winner[oy, ox] = 0, -1
+            else:                                     # positive, or NaN (relu(nan) = nan)
+                pooled[oy, ox], winner[oy, ox] = best, tap
 
 
 @_serial
@@ -304,7 +308,7 @@ def _bias_relu_max_pool_plane_2x2(image, b, pooled, winner, minus_infinity):
     """The same for 2x2 windows with stride 2, the four taps written out.
 
     Nothing else changes — the taps are compared in the order 0, 1, 2, 3 with
-    a strict ``>`` — but with the tap loops unrolled the compiler keeps
+    a strict ``>``, a NaN always winning (``v != v``) — but with the tap loops unrolled the compiler keeps
     ``best`` and ``tap`` in registers and turns the comparisons into selects
     instead of branches: 5x faster than the general loop on the reference
     CNN's (32, N, 26, 26) conv output.
@@ -316,20 +320,20 @@ def _bias_relu_max_pool_plane_2x2(image, b, pooled, winner, minus_infinity):
         for ox in range(ow):
             best, tap = minus_infinity, 0
             v = top[2 * ox] + b
-            if v > best:
+            if v > best or v != v:
                 best, tap = v, 0
             v = top[2 * ox + 1] + b
-            if v > best:
+            if v > best or v != v:
                 best, tap = v, 1
             v = bottom[2 * ox] + b
-            if v > best:
+            if v > best or v != v:
                 best, tap = v, 2
             v = bottom[2 * ox + 1] + b
-            if v > best:
+            if v > best or v != v:
                 best, tap = v, 3
-            positive = best > 0
-            pooled_row[ox] = best if positive else 0
-            winner_row[ox] = tap if positive else -1
+            clipped = best <= 0                        # false for NaN: relu(nan) = nan
+            pooled_row[ox] = 0 if clipped else best
+            winner_row[ox] = -1 if clipped else tap
 
 
 @_serial

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import conv_out_size, pad_planes
+from .geometry import conv_out_size, first_real_taps, pad_planes
 
 NAME = "numpy"
 
@@ -88,18 +88,26 @@ def max_pool2d_forward(x, kh, kw, stride, padding):
 
     Returns ``(y, argmax)``: ``argmax`` (int8 when it fits, int32 otherwise)
     holds the winning tap ``i*kw + j`` of each window — the first one on ties,
-    like PyTorch. Padding is -inf, so it never wins.
+    like PyTorch. Padding is -inf, so it never wins; each window's winner
+    starts at its first real pixel (:func:`first_real_taps`), which keeps it
+    for a window of nothing but -inf (PyTorch's index there too).
+
+    NaN, as in PyTorch: a tap wins when it is greater than the best so far
+    *or is NaN* (``v > best or isnan(v)``). A window holding a NaN therefore
+    pools to NaN, and its argmax is the window's last NaN (PyTorch's index
+    too), so the backward routes the gradient to that NaN. A NaN is never
+    dropped on the way: ``[[nan, 1], [2, 3]]`` pools to nan, not 3.
     """
     N, C, H, W = x.shape
     oh = conv_out_size(H, kh, stride[0], padding[0])
     ow = conv_out_size(W, kw, stride[1], padding[1])
     xp = pad_planes(x, padding, value=-np.inf)
     y = np.full((N, C, oh, ow), -np.inf, dtype=x.dtype)
-    argmax = np.zeros((N, C, oh, ow), dtype=np.int8 if kh * kw <= 127 else np.int32)
+    argmax = first_real_taps(oh, ow, kw, stride, padding, np.int8 if kh * kw <= 127 else np.int32)
     for i, j, rows, columns in _taps(kh, kw, stride, (1, 1), oh, ow):
         window = xp[:, :, rows, columns]           # (N, C, oh, ow): what tap (i, j) sees
-        better = window > y                        # strict: the first maximum keeps the win;
-                                                   # NaN > anything is False: NaN never wins
+        better = (window > y) | np.isnan(window)   # strict: the first maximum keeps the win;
+                                                   # a NaN always wins (PyTorch's rule)
         y = np.where(better, window, y)
         argmax = np.where(better, argmax.dtype.type(i * kw + j), argmax)
     return y, argmax
@@ -145,8 +153,12 @@ def bias_relu_max_pool2d_forward(y, bias, kh, kw, stride):
     Returns ``(out, argmax)``, both (N, C, oh, ow): ``argmax`` is the winning
     tap ``i*kw + j`` of each window (the first on ties, as max_pool2d_forward),
     or **-1 where relu clipped the window** (its max was <= 0, so no gradient
-    flows back through it). Windows do not pad (padding 0, dilation 1). A window
-    of NaNs gives 0 here (the unfused layers give -inf: NaN never wins a ``>``).
+    flows back through it). Windows do not pad (padding 0, dilation 1).
+
+    NaN, as the unfused layers (and PyTorch) do it: a NaN wins its window
+    (see :func:`max_pool2d_forward`), ``relu(nan)`` is nan, and relu's
+    derivative at nan is 1 (PyTorch passes the gradient where ``not x <= 0``),
+    so the window outputs nan and its argmax is the NaN's tap, never -1.
     """
     C, N, H, W = y.shape
     sh, sw = stride
@@ -156,12 +168,12 @@ def bias_relu_max_pool2d_forward(y, bias, kh, kw, stride):
     argmax = np.zeros((C, N, oh, ow), dtype=np.int8 if kh * kw <= 127 else np.int32)
     for i, j, rows, columns in _taps(kh, kw, stride, (1, 1), oh, ow):
         window = z[:, :, rows, columns]            # (C, N, oh, ow): what tap (i, j) sees
-        better = window > best                     # as in max_pool2d_forward
+        better = (window > best) | np.isnan(window)   # as in max_pool2d_forward
         best = np.where(better, window, best)
         argmax = np.where(better, argmax.dtype.type(i * kw + j), argmax)
-    clipped = ~(best > 0)                          # relu(max) == 0 here: no gradient
+    clipped = best <= 0                            # relu(max) == 0 here: no gradient (False for nan)
     argmax[clipped] = -1
-    out = np.maximum(best, 0)                      # relu, on the pooled (small) array
+    out = np.maximum(best, 0)                      # relu, on the pooled (small) array (nan stays nan)
     # (C, N, oh, ow) -> (N, C, oh, ow): the layout every other layer expects
     return (np.ascontiguousarray(out.transpose(1, 0, 2, 3)),
             np.ascontiguousarray(argmax.transpose(1, 0, 2, 3)))

@@ -266,6 +266,78 @@ def _sniff(path):
     return "it does not start with a safetensors header"
 
 
+#: the bytes per element of each safetensors dtype NumPy can hold (safetensors.numpy's list)
+SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "F16": 2, "U32": 4, "I32": 4,
+                        "F32": 4, "U64": 8, "I64": 8, "F64": 8, "C64": 8}
+#: the largest JSON header read (safetensors' own limit): a longer declared length is junk
+MAX_HEADER_BYTES = 100_000_000
+
+
+def read_safetensors(path):
+    """The bytes of a safetensors file, after its header has been checked against the file.
+
+    Only the 8-byte length and the JSON header are read first, and checked
+    (so a 1 GB file with a junk header is refused after a few bytes, not read
+    whole): the declared length fits in the file (and under
+    :data:`MAX_HEADER_BYTES`); the header is a JSON object; each tensor entry
+    has a known ``dtype``, a ``shape`` of non-negative ints and ``data_offsets``
+    ``[begin, end]`` holding exactly ``prod(shape) * itemsize`` bytes; and the
+    tensors' byte ranges tile the body — from 0, no gap, no overlap, ending at
+    the last byte of the file. safetensors checks all of this again when it
+    parses the bytes; the point here is to check before reading them.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"the file has {size} bytes, fewer than the 8 of a header length")
+        n = int.from_bytes(prefix, "little")
+        if n > size - 8 or n > MAX_HEADER_BYTES:
+            raise ValueError(f"the header length says {n} bytes, but the file has {size - 8} after it"
+                             + (f" (and headers stop at {MAX_HEADER_BYTES})" if n <= size - 8 else ""))
+        if f.read(1) != b"{":
+            raise ValueError("the header is not a JSON object")
+        f.seek(8)
+        header = json.loads(f.read(n))          # ValueError (UnicodeDecodeError too) if not JSON
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        check_tensor_table(header, body_size=size - 8 - n)
+        f.seek(0)
+        return f.read()
+
+
+def check_tensor_table(header, body_size):
+    """The tensor entries of a safetensors header against a body of ``body_size`` bytes (see above)."""
+    ranges = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise ValueError(f"tensor {name!r}: expected dtype, shape and data_offsets")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in SAFETENSORS_ITEMSIZE:
+            raise ValueError(f"tensor {name!r}: dtype {dtype!r} is not one NumPy reads "
+                             f"({', '.join(SAFETENSORS_ITEMSIZE)})")
+        ints = lambda v: isinstance(v, list) and all(type(i) is int and i >= 0 for i in v)  # noqa: E731
+        if not ints(shape):
+            raise ValueError(f"tensor {name!r}: shape must be a list of non-negative ints, got {shape!r}")
+        if not ints(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+            raise ValueError(f"tensor {name!r}: data_offsets must be [begin, end], got {offsets!r}")
+        nbytes = math.prod(shape) * SAFETENSORS_ITEMSIZE[dtype]
+        if offsets[1] - offsets[0] != nbytes:
+            raise ValueError(f"tensor {name!r}: shape {shape} of {dtype} is {nbytes} bytes, but its "
+                             f"data_offsets {offsets} hold {offsets[1] - offsets[0]}")
+        ranges.append((offsets[0], offsets[1], name))
+    end = 0
+    for begin, stop, name in sorted(ranges):
+        if begin != end:
+            raise ValueError(f"tensor {name!r} starts at byte {begin} of the data, expected {end} "
+                             f"({'an overlap' if begin < end else 'a gap'})")
+        end = stop
+    if end != body_size:
+        raise ValueError(f"the tensors hold {end} bytes of data, but the file has {body_size}")
+
+
 def save_file(state, path, kind="state"):
     """Write a nested ``state`` (see the module docstring) atomically; returns the path."""
     from safetensors.numpy import save as st_save
@@ -296,11 +368,11 @@ def load_file(path, allow_plain=False):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
     try:
+        raw = read_safetensors(path)           # the header checked before the body is read
         tensors = st_load(raw)
-    except (SafetensorError, ValueError, TypeError, OverflowError, UnicodeDecodeError, KeyError) as e:
+    except (SafetensorError, ValueError, TypeError, OverflowError, UnicodeDecodeError, KeyError,
+            RecursionError) as e:
         raise CheckpointError(f"{path} is not a safetensors checkpoint: {_sniff(path)} "
                               f"({type(e).__name__}: {str(e)[:120]})") from None
     # private, writable copies (the optimizer updates its state in place)

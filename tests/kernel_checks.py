@@ -68,15 +68,29 @@ def check_unfold(kernels, dev, host, dtype, case):
     np.testing.assert_allclose(host(dx), dx_ref, **TOL[dtype])
 
 
-def check_max_pool(kernels, dev, host, dtype, case, ties=False):
+def plant_nans(x, rs):
+    """NaNs in place, PyTorch's rule to follow (tests/test_nan_propagation.py): about one
+    pixel in 20, and two whole windows' worth in the first plane, so that windows hold one
+    NaN, several (the last wins the index) or only NaNs; a corner of -inf in the last plane
+    (a window with nothing else routes to its first real pixel)."""
+    x[rs.random(x.shape) < 0.05] = np.nan
+    x[0, 0, :3, :3] = np.nan
+    x[-1, -1, :2, :2] = -np.inf
+    return x
+
+
+def check_max_pool(kernels, dev, host, dtype, case, ties=False, nans=False):
     x_shape, kh, kw, stride, padding = case
     rs = np.random.default_rng(1)
     x = (rs.integers(0, 3, x_shape) if ties else rs.standard_normal(x_shape)).astype(dtype)
+    if nans:
+        plant_nans(x, rs)
     y_ref, arg_ref = numpy_ref.max_pool2d_forward(x, kh, kw, stride, padding)
     y, arg = kernels.max_pool2d_forward(dev(x), kh, kw, stride, padding)
     assert y.dtype == dtype and arg.dtype == arg_ref.dtype
     np.testing.assert_array_equal(host(y), y_ref)
     np.testing.assert_array_equal(host(arg), arg_ref)             # the first maximum wins ties
+    assert not nans or np.isnan(y_ref).any()                      # NaN windows pool to NaN
 
     gy = rs.standard_normal(y_ref.shape).astype(dtype)
     dx_ref = numpy_ref.max_pool2d_backward(gy, arg_ref, x_shape, kh, kw, stride, padding)
@@ -85,10 +99,11 @@ def check_max_pool(kernels, dev, host, dtype, case, ties=False):
     np.testing.assert_allclose(host(dx), dx_ref, **TOL[dtype])
 
 
-def check_bias_relu_max_pool(kernels, dev, host, dtype, case, ties=False, bias=True):
+def check_bias_relu_max_pool(kernels, dev, host, dtype, case, ties=False, bias=True, nans=False):
     """The fused kernels: out and argmax exactly (a comparison picks a value, it computes
     nothing), dy to TOL. ``ties``: small integers, so windows tie and many maxima are
-    exactly 0 or below (clipped: argmax -1)."""
+    exactly 0 or below (clipped: argmax -1). ``nans``: see :func:`plant_nans` (a NaN
+    window outputs NaN, its argmax the NaN's tap, never -1)."""
     y_shape, kh, kw, stride = case
     C = y_shape[0]
     rs = np.random.default_rng(4)
@@ -97,7 +112,10 @@ def check_bias_relu_max_pool(kernels, dev, host, dtype, case, ties=False, bias=T
     else:                                       # shifted down, so some windows are clipped
         y, b = rs.standard_normal(y_shape) - 0.5, rs.standard_normal(C)
     y, b = y.astype(dtype), (b.astype(dtype) if bias else None)
+    if nans:
+        plant_nans(y, rs)
     out_ref, arg_ref = numpy_ref.bias_relu_max_pool2d_forward(y, b, kh, kw, stride)
+    assert not nans or np.isnan(out_ref).any()
     out, arg = kernels.bias_relu_max_pool2d_forward(dev(y), None if b is None else dev(b),
                                                     kh, kw, stride)
     assert out.dtype == dtype and arg.dtype == arg_ref.dtype

@@ -199,6 +199,7 @@ def test_cuda_im2col_col2im_on_the_cpu(emulated_cupy_gpu, dtype, case):
 def test_cuda_pooling_on_the_cpu(emulated_cupy_gpu, dtype, case):
     checks.check_max_pool(emulated_cupy_gpu, _same, _same, dtype, case)
     checks.check_max_pool(emulated_cupy_gpu, _same, _same, dtype, case, ties=True)
+    checks.check_max_pool(emulated_cupy_gpu, _same, _same, dtype, case, nans=True)
     for count_include_pad in (True, False):
         checks.check_avg_pool(emulated_cupy_gpu, _same, _same, dtype, case, count_include_pad)
 
@@ -209,6 +210,7 @@ def test_cuda_fused_bias_relu_max_pool_on_the_cpu(emulated_cupy_gpu, dtype, case
     for ties in (False, True):
         for bias in (True, False):
             checks.check_bias_relu_max_pool(emulated_cupy_gpu, _same, _same, dtype, case, ties, bias)
+    checks.check_bias_relu_max_pool(emulated_cupy_gpu, _same, _same, dtype, case, nans=True)
 
 
 @pytest.mark.parametrize("dtype", checks.FLOATS, ids=["f32", "f64"])
@@ -224,6 +226,36 @@ def test_cuda_max_pool_padding_never_wins_on_the_cpu(emulated_cupy_gpu):
     y_ref, arg_ref = numpy_ref.max_pool2d_forward(x, 3, 3, (1, 1), (1, 1))
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(arg, arg_ref)
+
+
+def test_cuda_pooling_nan_matches_pytorch_on_the_cpu(emulated_cupy_gpu):
+    """The CUDA max pooling and fused pooling against PyTorch itself (issue 30): a window
+    with a NaN pools to NaN, the gradient goes to its last NaN, a padded window of -inf
+    routes to its first real pixel; fused, relu(nan) = nan and the NaN's gradient passes."""
+    torch = pytest.importorskip("torch")
+    k = emulated_cupy_gpu
+    rs = np.random.default_rng(7)
+    x = checks.plant_nans(rs.standard_normal((2, 2, 7, 8)), rs)
+    gy_rs = np.random.default_rng(8)
+    for kh, kw, stride, padding in [(2, 2, (2, 2), (0, 0)), (3, 3, (1, 1), (1, 1)), (3, 2, (2, 1), (1, 0))]:
+        tx = torch.tensor(x, requires_grad=True)
+        ty = torch.nn.functional.max_pool2d(tx, (kh, kw), stride, padding)
+        gy = gy_rs.standard_normal(ty.shape)
+        ty.backward(torch.tensor(gy))
+        y, arg = k.max_pool2d_forward(x, kh, kw, stride, padding)
+        np.testing.assert_array_equal(y, ty.detach().numpy())     # NaN where PyTorch's NaNs are
+        np.testing.assert_allclose(k.max_pool2d_backward(gy, arg, x.shape, kh, kw, stride, padding),
+                                   tx.grad.numpy(), rtol=1e-13, atol=1e-13)
+    y = x.transpose(1, 0, 2, 3).copy()                            # as a conv output: (C, N, H, W)
+    b = np.array([0.3, -0.2])
+    tz = torch.tensor(x, requires_grad=True)
+    tp = torch.nn.functional.max_pool2d(torch.relu(tz + torch.tensor(b).reshape(1, 2, 1, 1)), 2)
+    gp = gy_rs.standard_normal(tp.shape)
+    tp.backward(torch.tensor(gp))
+    out, arg = k.bias_relu_max_pool2d_forward(y, b, 2, 2, (2, 2))
+    np.testing.assert_array_equal(out, tp.detach().numpy())
+    dy = k.bias_relu_max_pool2d_backward(gp, arg, y.shape, 2, 2, (2, 2))
+    np.testing.assert_allclose(dy.transpose(1, 0, 2, 3), tz.grad.numpy(), rtol=1e-13, atol=1e-13)
 
 
 def test_cuda_wrappers_check_their_arguments_on_the_cpu(emulated_cupy_gpu):
@@ -271,6 +303,7 @@ def test_device_backend_kernels_match_the_reference(device_backend, dtype):
     for case in checks.POOL_CASES:
         checks.check_max_pool(device_backend, to_device, to_host, dtype, case)
         checks.check_max_pool(device_backend, to_device, to_host, dtype, case, ties=True)
+        checks.check_max_pool(device_backend, to_device, to_host, dtype, case, nans=True)
         for count_include_pad in (True, False):
             checks.check_avg_pool(device_backend, to_device, to_host, dtype, case, count_include_pad)
     for make_index in checks.SCATTER_INDICES.values():
@@ -285,6 +318,7 @@ def test_device_backend_fused_kernels_match_the_reference(device_backend, dtype)
             for bias in (True, False):
                 checks.check_bias_relu_max_pool(device_backend, to_device, to_host, dtype, case,
                                                 ties, bias)
+        checks.check_bias_relu_max_pool(device_backend, to_device, to_host, dtype, case, nans=True)
 
 
 def test_device_backend_kernels_refuse_host_arrays(device_backend):

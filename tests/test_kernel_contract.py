@@ -8,7 +8,7 @@
   compositions (matmul, adam_step_, the whole conv + bias + relu + pool layer).
 * The layers read ``current.kernels.<name>``, never ``getattr`` on it, and the
   process tuning (GOMP_SPINCOUNT) is not in kernels/.
-* numpy_ref's plain max pooling equals numba's fast loops, NaN windows included.
+* numpy_ref's plain max pooling equals numba's fast loops, NaN windows (pooled to NaN) included.
 """
 from __future__ import annotations
 
@@ -150,15 +150,17 @@ def test_numba_whole_layer_equals_the_simple_composition(dtype):
 # -- numpy_ref's plain max pooling and numba's fast loops --------------------------------------------
 @pytest.mark.parametrize("case", [(2, 2, (2, 2), (0, 0)), (3, 3, (1, 1), (1, 1)), (3, 2, (2, 1), (1, 0))])
 def test_simple_max_pooling_equals_the_fast_loops(case):
-    """Ties (small integers: the first maximum wins) and NaNs (never win) included."""
+    """Ties (small integers: the first maximum wins) and NaNs (a NaN always wins, the last one
+    of its window: PyTorch's rule, see tests/test_nan_propagation.py) included."""
     rng = np.random.default_rng(3)
     x = rng.integers(-2, 3, size=(2, 3, 7, 8)).astype(np.float64)
-    x[0, 0, :3, :3] = np.nan                                  # a window of NaNs: -inf, tap 0
+    x[0, 0, :3, :3] = np.nan                                  # a window of NaNs: NaN, its last NaN's tap
     x[1, 2, 4, 4] = np.nan
     y_ref, arg_ref = numpy_ref.max_pool2d_forward(x, *case)
     y, arg = numba_cpu.max_pool2d_forward(x, *case)
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(arg, arg_ref)
+    assert np.isnan(y[0, 0, 0, 0]) and np.isnan(y[1, 2]).any()   # no NaN is dropped
     gy = rng.standard_normal(y.shape)                         # overlapping windows: sums in another order
     np.testing.assert_allclose(numba_cpu.max_pool2d_backward(gy, arg, x.shape, *case),
                                numpy_ref.max_pool2d_backward(gy, arg_ref, x.shape, *case), rtol=1e-14, atol=1e-14)

@@ -386,9 +386,22 @@ def load_image_28x28(path):
     return load_image(path)
 
 
+#: PIL's modes for 16-bit grey pixels (a 16-bit greyscale PNG opens as one of these)
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
 def load_image(path, channels=1, size=28):
     """A PNG/JPEG as a float array in [0, 1]: ``(size, size)`` grey, white digit on black like MNIST
-    (``channels=1``), or ``(3, size, size)`` RGB as it is (``channels=3``, CIFAR-10)."""
+    (``channels=1``), or ``(3, size, size)`` RGB as it is (``channels=3``, CIFAR-10).
+
+    8-bit images are divided by 255. A **16-bit** greyscale PNG is divided by
+    65535 — what torchvision's ``decode_png`` + ``to_dtype(scale=True)`` and
+    OpenCV's ``IMREAD_ANYDEPTH`` users expect: the same picture as its 8-bit
+    version. (PIL's own ``convert("L")`` would clip every value above 255 to
+    white, silently.) 16-bit RGB PNGs PIL already reduces to 8 bits correctly.
+    Pixels whose range a file does not say — PIL's 32-bit integer and float
+    modes (TIFF) — are refused with the reason.
+    """
     if not os.path.isfile(path):
         raise CLIError(f"image not found: {path}")
     try:
@@ -397,10 +410,23 @@ def load_image(path, channels=1, size=28):
             if img.width * img.height > MAX_IMAGE_PIXELS:       # checked before decoding anything
                 raise CLIError(f"image {path} is {img.width}x{img.height} pixels; predict takes images "
                                f"of at most {MAX_IMAGE_PIXELS:,} pixels (it scales them to {size}x{size})")
-            img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)
-            a = np.asarray(img, dtype=np.float32) / 255.0
+            if img.mode in SIXTEEN_BIT_MODES or (img.mode == "I" and img.format == "PNG"):
+                # 16-bit grey, 0..65535: scaled to [0, 1] here, then resized as floats (mode "F")
+                img = Image.fromarray(np.asarray(img, dtype=np.float32) / 65535.0)
+                if img.size != (size, size):
+                    img = img.resize((size, size), Image.BILINEAR)
+                a = np.asarray(img, dtype=np.float32)                   # (size, size)
+                if channels != 1:
+                    a = np.repeat(a[:, :, None], 3, axis=2)              # grey as RGB: (size, size, 3)
+            elif img.mode in ("I", "F"):
+                raise CLIError(f"image {path} has {'32-bit integer' if img.mode == 'I' else 'floating-point'} "
+                               f"pixels (PIL mode {img.mode!r}), whose range predict cannot know; save it as "
+                               "an 8- or 16-bit PNG, or a JPEG")
+            else:
+                img = img.convert("L" if channels == 1 else "RGB")
+                if img.size != (size, size):
+                    img = img.resize((size, size), Image.BILINEAR)
+                a = np.asarray(img, dtype=np.float32) / 255.0
     except CLIError:
         raise
     except Exception as e:

@@ -15,15 +15,20 @@ from .helpers import stable_sigmoid, stable_softplus
 
 
 class ReLUFn(Function):
-    """y = max(x, 0).   dy/dx = 1 where x > 0, else 0."""
+    """y = max(x, 0).   dy/dx = 0 where x <= 0, else 1.
+
+    NaN, as PyTorch: relu(nan) = nan (``maximum`` propagates it), and the
+    gradient passes where ``not x <= 0`` — so at a NaN too (``nan <= 0`` is
+    false), which keeps the NaN's trace in the backward instead of hiding it.
+    """
 
     def forward(self, x):
-        self.save_for_backward(x > 0)
-        return current.xp.maximum(x, 0)      # not x * positive: -inf * 0 would be NaN
+        self.save_for_backward(~(x <= 0))
+        return current.xp.maximum(x, 0)      # not x * passes: -inf * 0 would be NaN
 
     def backward(self, gy):
-        positive, = self.saved_tensors       # (bool, x's shape)
-        return gy * positive
+        passes, = self.saved_tensors         # (bool, x's shape)
+        return gy * passes
 
 
 class LeakyReLUFn(Function):

@@ -1,6 +1,8 @@
 """The fully connected (affine) layer as one Function."""
 from __future__ import annotations
 
+import math
+
 from ..autograd.tensor import Function, Tensor
 from .helpers import matmul, shape_str
 
@@ -14,7 +16,7 @@ class LinearFn(Function):
 
     def forward(self, x, weight, bias):
         self.x_shape = x.shape
-        x2 = x.reshape(-1, x.shape[-1])                       # (N, in)
+        x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (N, in); not -1: in may be 0
         y = matmul(x2, weight.T)                              # (N, out)
         if bias is not None:
             y += bias
@@ -23,7 +25,7 @@ class LinearFn(Function):
 
     def backward(self, gy):
         x2, weight = self.saved_tensors
-        g2 = gy.reshape(-1, gy.shape[-1])                     # (N, out)
+        g2 = gy.reshape(math.prod(gy.shape[:-1]), gy.shape[-1])   # (N, out)
         dx = matmul(g2, weight).reshape(self.x_shape) if self.needs_input_grad[0] else None
         dw = matmul(g2.T, x2) if self.needs_input_grad[1] else None
         db = g2.sum(axis=0) if self.needs_input_grad[2] else None

@@ -31,6 +31,10 @@ class MaxPool2dFn(Function):
     Backward: the gradient flows only to the argmax of each window (the first
     maximum on ties, like PyTorch); an input in several overlapping windows
     collects the sum.
+
+    NaN, as PyTorch: a window holding a NaN pools to NaN, and its gradient goes
+    to that NaN (the window's last, if several) — a NaN is never dropped, so
+    the training loop's NaN guard sees it.
     """
 
     def forward(self, x, kernel_size, stride, padding):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import contextlib
 
 from ..backend import current
 from ..autograd.tensor import Function, Tensor, check_dim, dim_args
@@ -98,28 +99,74 @@ class MeanFn(Function):
 
 
 class MaxFn(Function):
-    """y = max of x over ``axis``.
+    """y = max of x over ``axis``; a NaN anywhere in the reduced elements makes y NaN.
 
     Backward: the gradient goes to the element(s) that attained the maximum;
     when several tie it is shared equally among them (like ``torch.amax``), so
     the total gradient is preserved.
+
+    Where y is NaN, PyTorch has two rules and we follow both:
+
+    * ``x.amax()``: the winners are ``x == y``, and nothing equals NaN, so the
+      share is 0/0 — the gradient of that slice is NaN (``torch.amax``'s).
+    * ``x.max()`` (no dim; ``nan_wins=True``): the NaNs are the winners and
+      share the gradient (``torch.max``'s "evenly distribute").
     """
 
-    def forward(self, x, axis=None, keepdims=False):
+    def forward(self, x, axis=None, keepdims=False, nan_wins=False):
         self.axes = normalize_axes(axis, x.ndim, "max")
         if x.size == 0:
             raise ValueError("max: cannot reduce an empty tensor")
-        self.keepdims = keepdims
+        self.keepdims, self.nan_wins = keepdims, nan_wins
         y = x.max(axis=self.axes, keepdims=True)
         self.save_for_backward(x, y)
         return y if keepdims else y.reshape([n for i, n in enumerate(x.shape) if i not in self.axes])
 
     def backward(self, gy):
+        xp = current.xp
         x, y = self.saved_tensors                     # y with the reduced axes kept (size 1)
         g = _expand(gy, x.shape, self.axes, self.keepdims)
         winners = (x == y)
+        if self.nan_wins:                             # where y is NaN, its NaNs win; elsewhere no x is NaN
+            winners |= xp.isnan(x)
         count = winners.sum(axis=self.axes, keepdims=True)
-        return (winners * (g / count)).astype(gy.dtype)
+        with errstate_of(xp):                         # count 0 (y NaN, amax's rule): 0/0 = NaN, meant
+            return (winners * (g / count)).astype(gy.dtype)
+
+
+def errstate_of(xp):
+    """``numpy.errstate(divide="ignore", invalid="ignore")`` for NumPy; CuPy never warns (a no-op)."""
+    errstate = getattr(xp, "errstate", None)
+    return errstate(divide="ignore", invalid="ignore") if errstate else contextlib.nullcontext()
+
+
+class TakeAlongDimFn(Function):
+    """y = x[..., index, ...] along ``dim``: one element of each slice (``torch.take_along_dim``).
+
+    ``x.max(dim)`` / ``x.min(dim)`` take their values this way, at the indices
+    argmax / argmin chose (the first maximum on ties, the first NaN if any), so
+    the backward routes the whole gradient to that one element — PyTorch's
+    rule for ``max(dim)``: dx = gy where the position is the index, else 0.
+
+    Shapes: x (..., K, ...) with K at ``dim``; index (..., 1, ...) int64; y
+    without that axis unless ``keepdim``.
+    """
+
+    def forward(self, x, index, dim, keepdim):
+        xp = current.xp
+        self.x_shape, self.dim, self.keepdim = x.shape, dim, keepdim
+        self.save_for_backward(index)                                    # (..., 1, ...)
+        y = xp.take_along_axis(x, index, axis=dim)
+        return y if keepdim else xp.squeeze(y, axis=dim)
+
+    def backward(self, gy):
+        xp = current.xp
+        index, = self.saved_tensors
+        g = gy if self.keepdim else xp.expand_dims(gy, self.dim)         # (..., 1, ...)
+        shape = [1] * len(self.x_shape)
+        shape[self.dim] = self.x_shape[self.dim]
+        positions = xp.arange(self.x_shape[self.dim]).reshape(shape)      # (1, ..., K, ..., 1)
+        return ((positions == index) * g).astype(gy.dtype)               # x's shape
 
 
 def correction_of(unbiased, correction):
@@ -161,12 +208,18 @@ def max_or_min(x, op, dim=None, keepdim=False, axis=None, keepdims=False):
     if isinstance(dim, Tensor):
         return sign * MaximumFn.apply(sign * x, sign * dim)
     dim, keepdim = dim_args(dim, keepdim, axis, keepdims)
-    if dim is None:
-        return x.amax() if op == "max" else x.amin()
+    if dim is None:                   # all elements: ties and NaNs share the gradient (torch.max's rule)
+        if op == "max":
+            return MaxFn.apply(x, axis=None, keepdims=False, nan_wins=True)
+        return -MaxFn.apply(-x, axis=None, keepdims=False, nan_wins=True)
     if isinstance(dim, tuple):
         raise TypeError(f"{op}(dim) reduces one dim, got {dim}; amax/amin reduce several")
-    values = x.amax(dim, keepdim) if op == "max" else x.amin(dim, keepdim)
-    indices = Tensor(arg_reduce(x.array, "arg" + op, dim, keepdim))
+    if x.numel() == 0:
+        raise ValueError(f"{op}: cannot reduce an empty tensor")
+    dim = check_dim(dim, x.ndim)
+    index = arg_reduce(x.array, "arg" + op, dim, keepdim=True)            # (..., 1, ...)
+    values = TakeAlongDimFn.apply(x, index=index, dim=dim, keepdim=keepdim)
+    indices = Tensor(index if keepdim else current.xp.squeeze(index, axis=dim))
     return (MaxResult if op == "max" else MinResult)(values, indices)
 
 

@@ -6,11 +6,13 @@ state_dict maps one-to-one between the two frameworks.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
 from .. import functional as F
 from ..autograd.tensor import Tensor
+from ..kernels.geometry import pair
 from . import init
 from .module import Module, Parameter
 
@@ -18,6 +20,37 @@ from .module import Module, Parameter
 def _uniform_parameter(shape, bound):
     p = Parameter(np.zeros(shape, dtype=np.float32))
     return init.uniform_(p, -bound, bound)
+
+
+def init_bound(fan_in):
+    """PyTorch's default bound 1/sqrt(fan_in) for a layer's weight and bias; 0 when fan_in is 0
+    (a layer with no inputs: empty weight, and a bias PyTorch leaves uninitialised — zeros here)."""
+    return 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+
+def check_count(layer, name, value, minimum=0):
+    """A size argument (channels, features): an int >= ``minimum``. PyTorch builds a layer with
+    0 inputs or outputs (an empty weight), and refuses a negative size; so do we, by name."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{layer}: {name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_pool_options(layer, kernel_size, stride, padding):
+    """The window of a pooling layer, checked when it is built (the same checks, and messages,
+    its forward would give at the first call — PyTorch's forward refuses these too): kernel_size
+    and stride >= 1, padding >= 0 and at most half the window. Returns ``stride`` (None: the
+    kernel size, PyTorch's default)."""
+    k = pair(kernel_size, f"{layer}: kernel_size", 1)
+    if stride is not None:
+        pair(stride, f"{layer}: stride", 1)
+    p = pair(padding, f"{layer}: padding", 0)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"{layer}: padding {p} must be at most half the kernel size {k} "
+                         "(otherwise a window could hold nothing but padding)")
+    return kernel_size if stride is None else stride
 
 
 class Linear(Module):
@@ -29,15 +62,13 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"Linear: feature counts must be positive, got ({in_features}, {out_features})")
-        self.out_features = out_features
-        self._create_parameters(in_features, bias)
+        self.out_features = check_count("Linear", "out_features", out_features)
+        self._create_parameters(check_count("Linear", "in_features", in_features), bias)
 
     def _create_parameters(self, in_features, bias):
         """weight and bias with PyTorch's initialisation (LazyLinear calls this at its first forward)."""
         self.in_features = in_features
-        bound = 1.0 / math.sqrt(in_features)
+        bound = init_bound(in_features)
         self.weight = _uniform_parameter((self.out_features, in_features), bound)
         self.bias = _uniform_parameter((self.out_features,), bound) if bias else None
 
@@ -58,16 +89,18 @@ class Conv2d(Module):
                  groups=1, bias=True):
         super().__init__()
         self._set_options(out_channels, kernel_size, stride, padding, dilation, groups)
-        self._create_parameters(in_channels, bias)
+        self._create_parameters(check_count("Conv2d", "in_channels", in_channels), bias)
 
     def _set_options(self, out_channels, kernel_size, stride, padding, dilation, groups):
-        from ..functional.helpers import pair
-        self.out_channels = out_channels
+        layer = type(self).__name__
+        self.out_channels = check_count(layer, "out_channels", out_channels)
+        if not isinstance(groups, numbers.Integral) or isinstance(groups, bool) or groups < 1:
+            raise ValueError(f"{layer}: groups must be a positive int, got {groups!r}")
         self.kernel_size = pair(kernel_size, "Conv2d: kernel_size", 1)
         self.stride = pair(stride, "Conv2d: stride", 1)
         self.padding = pair(padding, "Conv2d: padding", 0)
         self.dilation = pair(dilation, "Conv2d: dilation", 1)
-        self.groups = groups
+        self.groups = int(groups)
 
     def _create_parameters(self, in_channels, bias):
         """weight and bias with PyTorch's initialisation (LazyConv2d calls this at its first forward)."""
@@ -78,7 +111,7 @@ class Conv2d(Module):
         self.in_channels = in_channels
         kh, kw = self.kernel_size
         fan_in = in_channels // groups * kh * kw
-        bound = 1.0 / math.sqrt(fan_in)
+        bound = init_bound(fan_in)
         self.weight = _uniform_parameter((out_channels, in_channels // groups, kh, kw), bound)
         self.bias = _uniform_parameter((out_channels,), bound) if bias else None
 
@@ -161,9 +194,7 @@ class LazyLinear(LazyModuleMixin, Linear):
 
     def __init__(self, out_features, bias=True):
         Module.__init__(self)
-        if out_features < 1:
-            raise ValueError(f"LazyLinear: out_features must be positive, got {out_features}")
-        self.out_features, self.in_features = out_features, 0
+        self.out_features, self.in_features = check_count("LazyLinear", "out_features", out_features), 0
         self._lazy_init(bias)
 
     def _infer_size(self, x):
@@ -185,9 +216,9 @@ class LazyConv2d(LazyModuleMixin, Conv2d):
 
     def __init__(self, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True):
         Module.__init__(self)
+        self._set_options(out_channels, kernel_size, stride, padding, dilation, groups)
         if out_channels % groups:
             raise ValueError(f"LazyConv2d: groups={groups} must divide out_channels ({out_channels})")
-        self._set_options(out_channels, kernel_size, stride, padding, dilation, groups)
         self.in_channels = 0
         self._lazy_init(bias)
 
@@ -203,7 +234,8 @@ class LazyConv2d(LazyModuleMixin, Conv2d):
 class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride or kernel_size, padding
+        stride = check_pool_options("MaxPool2d", kernel_size, stride, padding)
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
@@ -215,7 +247,8 @@ class MaxPool2d(Module):
 class AvgPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride or kernel_size, padding
+        stride = check_pool_options("AvgPool2d", kernel_size, stride, padding)
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.count_include_pad = count_include_pad
 
     def forward(self, x):
@@ -245,6 +278,7 @@ class BatchNormBase(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
         super().__init__()
+        num_features = check_count(type(self).__name__, "num_features", num_features)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         self.weight = Parameter(np.ones(num_features, dtype=np.float32)) if affine else None
@@ -336,7 +370,9 @@ class Dropout(Module):
 
     def __init__(self, p=0.5):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
+        if not isinstance(p, numbers.Real) or isinstance(p, bool):
+            raise TypeError(f"Dropout: p must be a number in [0, 1], got {p!r}")
+        if not 0.0 <= p <= 1.0:                  # NaN too (PyTorch builds it; its forward refuses)
             raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
         self.p = p
 
@@ -581,7 +617,8 @@ class MixedPool2d(Module):
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"MixedPool2d: alpha must be in [0, 1], got {alpha}")
-        self.kernel_size, self.stride, self.padding = kernel_size, stride or kernel_size, padding
+        stride = check_pool_options("MixedPool2d", kernel_size, stride, padding)
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.learnable = learnable
         value = np.array(alpha, dtype=np.float32)
         if learnable:

@@ -29,13 +29,36 @@ that calls its submodules — but not if code calls ``module.forward`` directly.
 """
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
 from ..backend import to_device
 from ..autograd.tensor import Tensor, names_a_dtype, resolve_dtype, shape_str
 from ..device import device as mc_device, move
+
+
+def check_state_value(key, value):
+    """One state_dict value: a Tensor, a numeric array (``shape`` and ``dtype``), or a number.
+
+    TypeError otherwise — a string, a list, None — naming the key, instead of a
+    confusing failure later ("shape mismatch ... got ()", "'int' object is not iterable").
+    """
+    if isinstance(value, Tensor):
+        return
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+        return
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        try:
+            kind = np.dtype(value.dtype).kind
+        except TypeError:                 # a dtype NumPy does not name (PyTorch's): converted later
+            return
+        if kind in "biuf":
+            return
+        raise TypeError(f"load_state_dict: {key!r} must hold numbers, got an array of dtype {value.dtype}")
+    raise TypeError(f"load_state_dict: {key!r} must be a Tensor or an array, got {type(value).__name__}")
 
 
 class Parameter(Tensor):
@@ -286,11 +309,21 @@ class Module:
         Strict (the default): every key must be present, no extra keys, every
         shape must match; otherwise nothing is changed and the error lists all
         problems. Values are cast to the existing dtype and moved to the backend.
+
+        ``state_dict`` must be a mapping (name -> value), and each value a Tensor,
+        an array (NumPy, CuPy, PyTorch: anything with ``shape`` and ``dtype``) of
+        numbers, or a plain number for a 0-d entry; anything else is a TypeError
+        naming the key (PyTorch refuses them too).
         """
-        own = self.state_dict()
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict into {type(self).__name__}: expected a dict-like state_dict "
+                            f"(name -> tensor), got {type(state_dict).__name__}")
         given = OrderedDict(state_dict)
+        for k, value in given.items():
+            check_state_value(k, value)
+        own = self.state_dict()
         missing = [k for k in own if k not in given]
-        unexpected = [k for k in given if k not in own]
+        unexpected = [str(k) for k in given if k not in own]
         wrong = []
         for k, target in own.items():
             if k in given:
