@@ -754,9 +754,26 @@ def _depthwise_forward_kernel(xp, w, y, sh, sw, dh, dw):
     task per (image, channel) plane, the taps added in numpy_ref's order."""
     N, C, oh, ow = y.shape
     kh, kw = w.shape[2], w.shape[3]
+    Wp = xp.shape[3]
+    L = (oh - 1) * Wp + ow                      # stride 1: output pixel (oy, ox) at oy*Wp + ox
     for task in prange(N * C):
         n, c = task // C, task % C
         out = y[n, c]
+        if sh == 1 and sw == 1:
+            # Stride 1, the common case: lay the output out with the padded input's row
+            # length Wp, so that every tap is one long contiguous multiply-add
+            # (wide[k] += w_ij * x[k + offset]); the Wp - ow extra columns are dropped.
+            x = xp[n, c].reshape(-1)
+            wide = np.zeros(L, dtype=y.dtype)
+            for i in range(kh):
+                for j in range(kw):
+                    wij, offset = w[c, 0, i, j], i * dh * Wp + j * dw
+                    tap = x[offset:offset + L]      # a slice, so k needs no index arithmetic
+                    for k in range(L):
+                        wide[k] += wij * tap[k]
+            for oy in range(oh):
+                out[oy, :] = wide[oy * Wp:oy * Wp + ow]
+            continue
         out[:, :] = 0
         for i in range(kh):
             for j in range(kw):
@@ -792,7 +809,37 @@ def _depthwise_backward_kernel(gy, xp, w, dw_out, dxp, need_dx, sh, sw, dh, dw):
     sums), and the slices of dxp[:, c] += w_ij * gy (the channel is this thread's alone)."""
     N, C, oh, ow = gy.shape
     kh, kw = w.shape[2], w.shape[3]
+    Wp = xp.shape[3]
+    L = (oh - 1) * Wp + ow
     for c in prange(C):
+        if sh == 1 and sw == 1:
+            # Stride 1: gy laid out with row length Wp (zeros in the extra columns), so each
+            # tap's sums are long dot products / multiply-adds over k (see the forward)
+            wide = np.zeros(L, dtype=gy.dtype)
+            for i in range(kh):
+                for j in range(kw):
+                    dw_out[c, 0, i, j] = 0
+            for n in range(N):
+                for oy in range(oh):
+                    wide[oy * Wp:oy * Wp + ow] = gy[n, c, oy]
+                x = xp[n, c].reshape(-1)
+                for i in range(kh):
+                    for j in range(kw):
+                        offset = i * dh * Wp + j * dw
+                        tap = x[offset:offset + L]
+                        partial = 0.0
+                        for k in range(L):
+                            partial += wide[k] * tap[k]
+                        dw_out[c, 0, i, j] += partial
+                if need_dx:
+                    dx_plane = dxp[n, c].reshape(-1)
+                    for i in range(kh):
+                        for j in range(kw):
+                            wij, offset = w[c, 0, i, j], i * dh * Wp + j * dw
+                            tap = dx_plane[offset:offset + L]
+                            for k in range(L):
+                                tap[k] += wij * wide[k]
+            continue
         for i in range(kh):
             for j in range(kw):
                 total = 0.0
