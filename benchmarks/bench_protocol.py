@@ -6,8 +6,10 @@
 
 What is measured, and how (each point is what a user's run does):
 
-* The course's reference CNN (``minicnn.models.ReferenceCNN``; the same layers
-  in PyTorch), float32, ``Adam(lr=1e-3)``, cross-entropy. PyTorch 2.13 CPU
+* The course's reference CNN (``minicnn.models.ReferenceCNN``), or with
+  ``--model`` any built-in model (``all``: every one the README's table shows);
+  PyTorch runs the same layers with the same initial weights
+  (``bench_model.torch_twin``, checked by ``bench_model.check_twin``), float32, ``Adam(lr=1e-3)``, cross-entropy. PyTorch 2.13 CPU
   with ``torch.set_num_threads(2)`` (the threads Numba uses here).
 * Real MNIST training images, normalised, **a new slice every step**,
   cycling through the first 4,096 images (labels likewise) — not one fixed
@@ -43,11 +45,14 @@ import sys
 import tempfile
 import time
 
+from bench_model import BENCH_MODELS
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 POOL = 4096                      # the first 4,096 training images, cycled
 BLOCK = 10                       # steps per timed block
 CONFIGS = [("train", 64), ("train", 128), ("infer", 128), ("infer", 1000)]
+MODEL_CONFIGS = [("train", 64), ("train", 128), ("infer", 128)]          # the every-model table
 MEAN, STD = 0.1307, 0.3081
 
 
@@ -68,16 +73,16 @@ def _peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _minicnn_runner(mode, batch):
+def _minicnn_runner(mode, batch, model_name="reference"):
     import numpy as np
     import minicnn as mc
     import minicnn.functional as F
     from minicnn import optim
-    from minicnn.models import ReferenceCNN
+    from minicnn.models import get_model
     from minicnn.backend import to_host
     xs, ys = _pool()
     mc.manual_seed(0)
-    model = ReferenceCNN()
+    model = get_model(model_name)
     opt = optim.Adam(model.parameters(), lr=1e-3)
     # the fused model, as fit runs it; an older checkout (no mc.fuse) fused inside Sequential
     model = mc.fuse(model) if hasattr(mc, "fuse") else model
@@ -105,17 +110,20 @@ def _minicnn_runner(mode, batch):
     return train_step if mode == "train" else infer_step
 
 
-def _torch_runner(mode, batch, threads, device="cpu"):
+def _torch_runner(mode, batch, threads, device="cpu", model_name="reference"):
     import torch
     import torch.nn as tnn
+    import minicnn as mc
+    from minicnn.models import get_model
+    from bench_model import torch_twin
     torch.set_num_threads(threads)
     xs, ys = _pool()
     xs, ys = torch.from_numpy(xs), torch.from_numpy(ys)      # host memory, like a DataLoader's batches
     torch.manual_seed(0)
-    model = tnn.Sequential(
-        tnn.Conv2d(1, 32, 3), tnn.ReLU(), tnn.MaxPool2d(2),
-        tnn.Conv2d(32, 64, 3), tnn.ReLU(), tnn.MaxPool2d(2),
-        tnn.Flatten(), tnn.Linear(1600, 128), tnn.ReLU(), tnn.Dropout(0.5), tnn.Linear(128, 10)).to(device)
+    mc.manual_seed(0)
+    # the same layers, built from minicnn's model with its weights (bench_model.check_twin proves
+    # the twin computes the same logits and gradients)
+    model = torch_twin(get_model(model_name)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     pos = [0]
 
@@ -157,14 +165,14 @@ def use_checkout(path):
         raise RuntimeError(f"bench_protocol: wanted the minicnn of {path}, imported {minicnn.__file__}")
 
 
-def worker(contender, mode, batch, threads):
+def worker(contender, mode, batch, threads, model_name="reference"):
     """Serve 'warmup' / 'block' / 'memory' commands from the parent, one JSON line each."""
     if os.environ.get("MINICNN_BENCH_CHECKOUT"):
         use_checkout(os.environ["MINICNN_BENCH_CHECKOUT"])
     if contender in ("torch", "torch-cuda"):
-        step = _torch_runner(mode, batch, threads, "cuda" if contender == "torch-cuda" else "cpu")
+        step = _torch_runner(mode, batch, threads, "cuda" if contender == "torch-cuda" else "cpu", model_name)
     else:
-        step = _minicnn_runner(mode, batch)
+        step = _minicnn_runner(mode, batch, model_name)
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["op"] == "warmup":
@@ -188,7 +196,7 @@ def worker(contender, mode, batch, threads):
 # Parent side
 # -----------------------------------------------------------------------------
 class Worker:
-    def __init__(self, contender, mode, batch, threads):
+    def __init__(self, contender, mode, batch, threads, model_name="reference"):
         env = dict(os.environ)
         if contender.startswith("minicnn-"):
             backend, _, checkout = contender.split("-", 1)[1].partition("@")
@@ -198,7 +206,7 @@ class Worker:
         self.name = contender
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", contender, "--mode", mode,
-             "--batch", str(batch), "--threads", str(threads)],
+             "--batch", str(batch), "--threads", str(threads), "--model", model_name],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
     def ask(self, **cmd):
@@ -226,10 +234,10 @@ def _other_load():
         return float("nan")
 
 
-def steady_state(contenders, rounds, threads, warmup, configs=CONFIGS):
+def steady_state(contenders, rounds, threads, warmup, configs=CONFIGS, model_name="reference"):
     results = []
     for mode, batch in configs:
-        workers = [Worker(c, mode, batch, threads) for c in contenders]
+        workers = [Worker(c, mode, batch, threads, model_name) for c in contenders]
         try:
             for w in workers:
                 w.ask(op="warmup", steps=warmup)
@@ -243,7 +251,7 @@ def steady_state(contenders, rounds, threads, warmup, configs=CONFIGS):
         finally:
             for w in workers:
                 w.close()
-        row = {"mode": mode, "batch": batch, "ms_per_step": {}, "images_per_s": {}, "peak_rss_mib": memory}
+        row = {"model": model_name, "mode": mode, "batch": batch, "ms_per_step": {}, "images_per_s": {}, "peak_rss_mib": memory}
         for name, ts in times.items():
             per_step = statistics.median(ts) / BLOCK
             row["ms_per_step"][name] = per_step * 1e3
@@ -264,7 +272,7 @@ def steady_state(contenders, rounds, threads, warmup, configs=CONFIGS):
 
 def _print_row(row):
     names = list(row["ms_per_step"])
-    parts = [f"{row['mode']:5s} batch {row['batch']:4d}:"]
+    parts = [f"{row.get('model', 'reference'):12s} {row['mode']:5s} batch {row['batch']:4d}:"]
     for n in names:
         part = f" {n} {row['ms_per_step'][n]:7.2f} ms ({row['images_per_s'][n]:7.0f} img/s"
         if row["mode"] == "train":
@@ -364,8 +372,14 @@ def main(argv=None):
                     help="comma-separated: minicnn-<backend>, torch, torch-cuda; minicnn-<backend>@DIR "
                          "runs the minicnn of the checkout in DIR (a before/after comparison in one run) "
                          "(default: %(default)s)")
-    ap.add_argument("--configs", default=",".join(f"{m}:{b}" for m, b in CONFIGS),
-                    help="comma-separated mode:batch pairs (default: %(default)s)")
+    ap.add_argument("--model", default="reference",
+                    help="comma-separated names of minicnn.models.MODELS, or 'all' for "
+                         f"{', '.join(BENCH_MODELS)} (default: %(default)s); PyTorch runs the same layers "
+                         "(bench_model.torch_twin)")
+    ap.add_argument("--configs", default=None,
+                    help="comma-separated mode:batch pairs (default: "
+                         f"{','.join(f'{m}:{b}' for m, b in CONFIGS)} for one model, "
+                         f"{','.join(f'{m}:{b}' for m, b in MODEL_CONFIGS)} for several)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=20, help="steps before timing")
     ap.add_argument("--end-to-end", type=int, default=2, metavar="RUNS")
@@ -373,7 +387,14 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write the figures here")
     args = ap.parse_args(argv)
     if args.worker:
-        return worker(args.worker, args.mode, args.batch, args.threads)
+        return worker(args.worker, args.mode, args.batch, args.threads, args.model)
+    from minicnn.models import MODELS          # the parent only: a worker may import another checkout's
+    model_names = list(BENCH_MODELS) if args.model == "all" else args.model.split(",")
+    unknown = [m for m in model_names if m not in MODELS]
+    if unknown:
+        sys.exit(f"bench_protocol: --model expects names of {', '.join(MODELS)} or 'all', got {unknown}")
+    if args.configs is None:
+        args.configs = ",".join(f"{m}:{b}" for m, b in (CONFIGS if len(model_names) == 1 else MODEL_CONFIGS))
     if not os.environ.get("MINICNN_DATA_DIR"):
         sys.exit("bench_protocol: set MINICNN_DATA_DIR to the folder holding mnist/ (real MNIST is required)")
     contenders = args.contenders.split(",")
@@ -395,8 +416,11 @@ def main(argv=None):
         print("bench_protocol: WARNING: the machine is busy; figures will be noisy", flush=True)
     out = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "cores": os.cpu_count(),
            "threads": args.threads, "rounds": args.rounds, "block_steps": BLOCK, "load_at_start": load,
-           "steady_state": steady_state(contenders, args.rounds, args.threads, args.warmup, configs)}
-    if not args.no_end_to_end and "torch" in contenders:
+           "models": model_names,
+           "steady_state": [row for name in model_names
+                            for row in steady_state(contenders, args.rounds, args.threads, args.warmup, configs,
+                                                    name)]}
+    if not args.no_end_to_end and "torch" in contenders and "reference" in model_names:
         checkouts = [c.partition("@")[2] for c in contenders if c.startswith("minicnn-") and "@" in c]
         out["end_to_end"] = end_to_end(args.end_to_end, args.threads, checkouts)
     if args.json:

@@ -65,6 +65,11 @@ KERNELS = (
               "cols[(c, i, j), (n, oy, ox)] = x_padded[n, c, oy*sh + i*dh, ox*sw + j*dw]"),
     _required("col2im", "cols, x_shape, kh, kw, stride, padding, dilation", "dx (N, C, H, W)",
               "the adjoint of im2col: every column entry added back to the pixel it was read from"),
+    _required("depthwise_conv2d_forward", "x, w, stride, padding, dilation", "y (N, C, oh, ow)",
+              "y[n, c, oy, ox] = sum_ij w[c, 0, i, j] * x_padded[n, c, oy*sh + i*dh, ox*sw + j*dw] "
+              "(groups = C, one filter per channel; no im2col)"),
+    _required("depthwise_conv2d_backward", "gy, x, w, stride, padding, dilation, need_dx",
+              "(dx or None, dw)", "the gradients of depthwise_conv2d_forward"),
     # -- pooling ------------------------------------------------------------------------------
     _required("max_pool2d_forward", "x, kh, kw, stride, padding", "(y, argmax) (N, C, oh, ow)",
               "y = max of each window (padding is -inf); argmax = winning tap i*kw + j, the first on ties"),
@@ -95,6 +100,15 @@ KERNELS = (
               "pool_kh, pool_kw, pool_stride", "(out, argmax) (N, Cout, ph, pw)",
               "the whole layer max_pool2d(relu(conv2d(x, w) + bias)), no groups; without it "
               "ConvReLUMaxPool2dFn composes im2col -> matmul -> bias_relu_max_pool2d_forward"),
+    _optional("batch_norm_train_forward", "x, weight, bias, eps",
+              "(y, xhat, mean, var, inv_std): y like x, the rest (C,) but xhat",
+              "training-mode batch norm over every axis but 1 of x (N, C) or (N, C, H, W): "
+              "mean, biased var, xhat = (x - mean) * inv_std, y = weight * xhat + bias (None: 1, 0); "
+              "without it BatchNormFn composes array operations"),
+    _optional("batch_norm_train_backward", "gy, xhat, inv_std, weight, need_dx",
+              "(dx or None, dweight, dbias)",
+              "the gradients of batch_norm_train_forward: dbias = sum(gy), dweight = sum(gy * xhat), "
+              "dx = inv_std * (g - mean(g) - xhat * mean(g * xhat)) with g = gy * weight"),
     _optional("conv2d_bias_relu_max_pool2d_backward", "gout, argmax, x, w, stride, padding, dilation, "
               "pool_kh, pool_kw, pool_stride, need_dx", "(dx or None, dw, db)",
               "the gradients of the whole layer, given the forward's argmax"),

@@ -367,8 +367,102 @@ void avg_pool_backward(const T* gy, T* dx,
 }
 """
 
+DEPTHWISE_SOURCE = r"""
+extern "C" __global__
+void depthwise_forward(const T* img, const T* w, T* out,
+                       int N, int C, int H, int W, int kh, int kw, int oh, int ow,
+                       int sh, int sw, int ph, int pw, int dh, int dw)
+{
+    // out[n, c, oy, ox] = sum over taps (i, j), in numpy_ref's order, of
+    //                     w[c, 0, i, j] * img[n, c, oy*sh - ph + i*dh, ox*sw - pw + j*dw] (0 off the image)
+    const long long total = (long long)N * C * oh * ow;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)blockDim.x * gridDim.x) {
+        const int ox = k % ow;                                  // k = (plane*oh + oy)*ow + ox
+        const int oy = k / ow % oh;
+        const long long plane = k / ((long long)oh * ow);       // = n*C + c
+        const int c = plane % C;
+        const T* x = img + plane * H * W;
+        T sum = 0;
+        for (int i = 0; i < kh; ++i) {
+            const int y = oy * sh - ph + i * dh;
+            for (int j = 0; j < kw; ++j) {
+                const int xx = ox * sw - pw + j * dw;
+                const T value = (y >= 0 && y < H && xx >= 0 && xx < W) ? x[y * W + xx] : (T)0;
+                sum += w[(c * kh + i) * kw + j] * value;
+            }
+        }
+        out[k] = sum;
+    }
+}
+
+extern "C" __global__
+void depthwise_backward_input(const T* gy, const T* w, T* dx,
+                              int N, int C, int H, int W, int kh, int kw, int oh, int ow,
+                              int sh, int sw, int ph, int pw, int dh, int dw)
+{
+    // dx[n, c, y, x] = sum over the taps (i, j) and outputs (oy, ox) that read pixel (y, x)
+    //                  of w[c, 0, i, j] * gy[n, c, oy, ox]. One thread per pixel, gathering.
+    const long long total = (long long)N * C * H * W;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)blockDim.x * gridDim.x) {
+        const int x = k % W;                                    // k = (plane*H + y)*W + x
+        const int y = k / W % H;
+        const long long plane = k / ((long long)H * W);
+        const int c = plane % C;
+        const T* grad = gy + plane * oh * ow;
+        T sum = 0;
+        for (int i = 0; i < kh; ++i) {
+            const int ty = y + ph - i * dh;                     // = oy*sh if output row oy reads row y
+            if (ty < 0 || ty % sh != 0) continue;
+            const int oy = ty / sh;
+            if (oy >= oh) continue;
+            for (int j = 0; j < kw; ++j) {
+                const int tx = x + pw - j * dw;
+                if (tx < 0 || tx % sw != 0) continue;
+                const int ox = tx / sw;
+                if (ox >= ow) continue;
+                sum += w[(c * kh + i) * kw + j] * grad[oy * ow + ox];
+            }
+        }
+        dx[k] = sum;
+    }
+}
+
+extern "C" __global__
+void depthwise_backward_weight(const T* gy, const T* img, T* dweight,
+                               int N, int C, int H, int W, int kh, int kw, int oh, int ow,
+                               int sh, int sw, int ph, int pw, int dh, int dw)
+{
+    // dweight[c, 0, i, j] = sum over n, oy, ox of gy[n, c, oy, ox] * img[n, c, oy*sh - ph + i*dh, ...].
+    // One thread per weight: C*kh*kw threads, each summing N*oh*ow products.
+    const long long total = (long long)C * kh * kw;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)blockDim.x * gridDim.x) {
+        const int j = k % kw;                                   // k = (c*kh + i)*kw + j
+        const int i = k / kw % kh;
+        const int c = k / ((long long)kh * kw);
+        T sum = 0;
+        for (int n = 0; n < N; ++n) {
+            const T* x = img + ((long long)n * C + c) * H * W;
+            const T* grad = gy + ((long long)n * C + c) * oh * ow;
+            for (int oy = 0; oy < oh; ++oy) {
+                const int y = oy * sh - ph + i * dh;
+                if (y < 0 || y >= H) continue;
+                for (int ox = 0; ox < ow; ++ox) {
+                    const int xx = ox * sw - pw + j * dw;
+                    if (xx < 0 || xx >= W) continue;
+                    sum += grad[oy * ow + ox] * x[y * W + xx];
+                }
+            }
+        }
+        dweight[k] = sum;
+    }
+}
+"""
+
 _SOURCES = {"UNFOLD": UNFOLD_SOURCE, "MAX_POOL": MAX_POOL_SOURCE, "FUSED_POOL": FUSED_POOL_SOURCE,
-            "AVG_POOL": AVG_POOL_SOURCE}
+            "AVG_POOL": AVG_POOL_SOURCE, "DEPTHWISE": DEPTHWISE_SOURCE}
 _FLOAT_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _INDEX_TYPES = {np.dtype(np.int8): "signed char", np.dtype(np.int32): "int"}
 
@@ -575,6 +669,47 @@ def avg_pool2d_backward(gy, x_shape, kh, kw, stride, padding, count_include_pad=
     _launch("AVG_POOL", "avg_pool_backward", dx.size, gy.dtype,
             gy=gy, dx=dx, count_include_pad=bool(count_include_pad), **g)
     return dx
+
+
+# -----------------------------------------------------------------------------
+# Depthwise convolution, directly
+# -----------------------------------------------------------------------------
+def _depthwise_geometry(x_shape, w, stride, padding, dilation):
+    stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
+    C = int(x_shape[1])
+    if w.ndim != 4 or w.shape[:2] != (C, 1):
+        raise ValueError(f"depthwise_conv2d: w must be ({C}, 1, kh, kw) for {C} channels, got {w.shape}")
+    g = _geometry(x_shape, int(w.shape[2]), int(w.shape[3]), stride, padding, dilation)
+    return dict(g, dh=dilation[0], dw=dilation[1])
+
+
+def depthwise_conv2d_forward(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """y (N, C, oh, ow): each channel convolved with its own filter w (C, 1, kh, kw)."""
+    x = _device_array(x, "depthwise_conv2d_forward: x", 4)
+    w = _device_array(w, "depthwise_conv2d_forward: w", 4).astype(x.dtype, copy=False)
+    g = _depthwise_geometry(x.shape, w, stride, padding, dilation)
+    y = cupy.empty((g["N"], g["C"], g["oh"], g["ow"]), dtype=x.dtype)
+    _launch("DEPTHWISE", "depthwise_forward", y.size, x.dtype, img=x, w=w, out=y, **g)
+    return y
+
+
+def depthwise_conv2d_backward(gy, x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), need_dx=True):
+    """``(dx or None, dw)`` of :func:`depthwise_conv2d_forward` (gathers, no atomics)."""
+    gy = _device_array(gy, "depthwise_conv2d_backward: gy", 4)
+    x = _device_array(x, "depthwise_conv2d_backward: x", 4).astype(gy.dtype, copy=False)
+    w = _device_array(w, "depthwise_conv2d_backward: w", 4).astype(gy.dtype, copy=False)
+    g = _depthwise_geometry(x.shape, w, stride, padding, dilation)
+    if gy.shape != (g["N"], g["C"], g["oh"], g["ow"]):
+        raise ValueError(f"depthwise_conv2d_backward: gy {gy.shape} does not match the output "
+                         f"{(g['N'], g['C'], g['oh'], g['ow'])}")
+    dweight = cupy.empty(w.shape, dtype=gy.dtype)
+    _launch("DEPTHWISE", "depthwise_backward_weight", dweight.size, gy.dtype, gy=gy, img=x,
+            dweight=dweight, **g)
+    dx = None
+    if need_dx:
+        dx = cupy.empty(x.shape, dtype=gy.dtype)
+        _launch("DEPTHWISE", "depthwise_backward_input", dx.size, gy.dtype, gy=gy, w=w, dx=dx, **g)
+    return dx, dweight
 
 
 # -----------------------------------------------------------------------------

@@ -78,6 +78,9 @@ NAME = "numba"
 
 
 _jit = njit(parallel=True, cache=True)
+# sums whose additions may be reordered (vectorised): the last bits change, not the
+# result's meaning; each sum stays one thread's work (the same bits on any thread count)
+_reductions = njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 
 
 # -----------------------------------------------------------------------------
@@ -744,6 +747,240 @@ def matmul(a, b):
                 right = np.ascontiguousarray(right)
             _matmul_kernel(left, right, out[g], rows_per_task)
     return out if stack else out[0]
+
+
+# -----------------------------------------------------------------------------
+# Depthwise convolution, directly (numpy_ref.depthwise_conv2d_forward's loops)
+# -----------------------------------------------------------------------------
+@_jit
+def _depthwise_forward_kernel(xp, w, y, sh, sw, dh, dw):
+    """y[n, c] = sum over taps of w[c, 0, i, j] * the tap's strided slice of xp[n, c]; one
+    task per (image, channel) plane, the taps added in numpy_ref's order."""
+    N, C, oh, ow = y.shape
+    kh, kw = w.shape[2], w.shape[3]
+    Wp = xp.shape[3]
+    L = (oh - 1) * Wp + ow                      # stride 1: output pixel (oy, ox) at oy*Wp + ox
+    for task in prange(N * C):
+        n, c = task // C, task % C
+        out = y[n, c]
+        if sh == 1 and sw == 1:
+            # Stride 1, the common case: lay the output out with the padded input's row
+            # length Wp, so that every tap is one long contiguous multiply-add
+            # (wide[k] += w_ij * x[k + offset]); the Wp - ow extra columns are dropped.
+            x = xp[n, c].reshape(-1)
+            wide = np.zeros(L, dtype=y.dtype)
+            for i in range(kh):
+                for j in range(kw):
+                    wij, offset = w[c, 0, i, j], i * dh * Wp + j * dw
+                    tap = x[offset:offset + L]      # a slice, so k needs no index arithmetic
+                    for k in range(L):
+                        wide[k] += wij * tap[k]
+            for oy in range(oh):
+                out[oy, :] = wide[oy * Wp:oy * Wp + ow]
+            continue
+        out[:, :] = 0
+        for i in range(kh):
+            for j in range(kw):
+                wij = w[c, 0, i, j]
+                for oy in range(oh):
+                    source = xp[n, c, oy * sh + i * dh, j * dw:]
+                    target = out[oy]
+                    if sw == 1:                  # contiguous: the loop vectorises
+                        for ox in range(ow):
+                            target[ox] += wij * source[ox]
+                    else:
+                        for ox in range(ow):
+                            target[ox] += wij * source[ox * sw]
+
+
+def depthwise_conv2d_forward(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """numpy_ref.depthwise_conv2d_forward, one thread per (image, channel) plane."""
+    x = _float_array(x, "depthwise_conv2d_forward: x", 4)
+    w = np.ascontiguousarray(w, dtype=x.dtype)
+    stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
+    N, C, H, W = x.shape
+    if w.shape[:2] != (C, 1):
+        raise ValueError(f"depthwise_conv2d_forward: w must be ({C}, 1, kh, kw) for {C} channels, got {w.shape}")
+    oh, ow = conv_output_shape((H, W), w.shape[2:], stride, padding, dilation)
+    y = np.empty((N, C, oh, ow), dtype=x.dtype)
+    _depthwise_forward_kernel(pad_planes(x, padding), w, y, *stride, *dilation)
+    return y
+
+
+@_reductions
+def _depthwise_backward_kernel(gy, xp, w, dw_out, dxp, need_dx, sh, sw, dh, dw):
+    """Per channel (one thread each): dw[c] = each tap's sum of gy * its slice of xp (float64
+    sums), and the slices of dxp[:, c] += w_ij * gy (the channel is this thread's alone)."""
+    N, C, oh, ow = gy.shape
+    kh, kw = w.shape[2], w.shape[3]
+    Wp = xp.shape[3]
+    L = (oh - 1) * Wp + ow
+    for c in prange(C):
+        if sh == 1 and sw == 1:
+            # Stride 1: gy laid out with row length Wp (zeros in the extra columns), so each
+            # tap's sums are long dot products / multiply-adds over k (see the forward)
+            wide = np.zeros(L, dtype=gy.dtype)
+            for i in range(kh):
+                for j in range(kw):
+                    dw_out[c, 0, i, j] = 0
+            for n in range(N):
+                for oy in range(oh):
+                    wide[oy * Wp:oy * Wp + ow] = gy[n, c, oy]
+                x = xp[n, c].reshape(-1)
+                for i in range(kh):
+                    for j in range(kw):
+                        offset = i * dh * Wp + j * dw
+                        tap = x[offset:offset + L]
+                        partial = 0.0
+                        for k in range(L):
+                            partial += wide[k] * tap[k]
+                        dw_out[c, 0, i, j] += partial
+                if need_dx:
+                    dx_plane = dxp[n, c].reshape(-1)
+                    for i in range(kh):
+                        for j in range(kw):
+                            wij, offset = w[c, 0, i, j], i * dh * Wp + j * dw
+                            tap = dx_plane[offset:offset + L]
+                            for k in range(L):
+                                tap[k] += wij * wide[k]
+            continue
+        for i in range(kh):
+            for j in range(kw):
+                total = 0.0
+                for n in range(N):
+                    for oy in range(oh):
+                        source = xp[n, c, oy * sh + i * dh, j * dw:]
+                        grad = gy[n, c, oy]
+                        if sw == 1:
+                            for ox in range(ow):
+                                total += grad[ox] * source[ox]
+                        else:
+                            for ox in range(ow):
+                                total += grad[ox] * source[ox * sw]
+                dw_out[c, 0, i, j] = total
+        if need_dx:
+            for n in range(N):
+                for i in range(kh):
+                    for j in range(kw):
+                        wij = w[c, 0, i, j]
+                        for oy in range(oh):
+                            target = dxp[n, c, oy * sh + i * dh, j * dw:]
+                            grad = gy[n, c, oy]
+                            if sw == 1:
+                                for ox in range(ow):
+                                    target[ox] += wij * grad[ox]
+                            else:
+                                for ox in range(ow):
+                                    target[ox * sw] += wij * grad[ox]
+
+
+def depthwise_conv2d_backward(gy, x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), need_dx=True):
+    """numpy_ref.depthwise_conv2d_backward, one thread per channel."""
+    gy = _float_array(gy, "depthwise_conv2d_backward: gy", 4)
+    x = np.ascontiguousarray(x, dtype=gy.dtype)
+    w = np.ascontiguousarray(w, dtype=gy.dtype)
+    stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
+    N, C, H, W = x.shape
+    (ph, pw) = padding
+    xp = pad_planes(x, padding)
+    dw = np.empty(w.shape, dtype=gy.dtype)
+    dxp = np.zeros(xp.shape, dtype=gy.dtype) if need_dx else np.zeros((0, C, 0, 0), gy.dtype)
+    _depthwise_backward_kernel(gy, xp, w, dw, dxp, bool(need_dx), *stride, *dilation)
+    dx = dxp[:, :, ph:ph + H, pw:pw + W] if need_dx else None
+    return dx, dw
+
+
+# -----------------------------------------------------------------------------
+# Batch norm in training mode: one pass over each channel's values per step
+# -----------------------------------------------------------------------------
+# numpy_ref (BatchNormFn's own composition) reads x five times and writes three
+# temporaries in the forward (mean, var, x - mean, * inv_std, * weight, + bias)
+# and more in the backward. Here each thread takes whole channels: a channel's
+# values (m = N*H*W floats, 200 KB at batch 64 on 28x28) stay in the core's
+# cache between the statistics and the normalisation, so memory sees one read
+# of x and the writes of xhat and y. Sums in float64; the additions may be
+# reordered (vectorised), which changes only the last bits, and each channel is
+# one thread's work: the same bits on any number of threads.
+@_reductions
+def _batch_norm_forward_kernel(x, weight, bias, eps, y, xhat, mean, var, inv_std):
+    N, C, L = x.shape                                   # L = H*W (1 for (N, C) inputs)
+    m = N * L
+    for c in prange(C):
+        total = 0.0
+        for n in range(N):
+            for k in range(L):
+                total += x[n, c, k]
+        mu = total / m
+        squares = 0.0
+        for n in range(N):
+            for k in range(L):
+                d = x[n, c, k] - mu
+                squares += d * d
+        v = squares / m
+        r = 1.0 / math.sqrt(v + eps)
+        w, b = weight[c], bias[c]
+        for n in range(N):
+            for k in range(L):
+                h = (x[n, c, k] - mu) * r
+                xhat[n, c, k] = h
+                y[n, c, k] = h * w + b
+        mean[c], var[c], inv_std[c] = mu, v, r
+
+
+@_reductions
+def _batch_norm_backward_kernel(gy, xhat, inv_std, weight, need_dx, dx, dweight, dbias):
+    N, C, L = gy.shape
+    m = N * L
+    for c in prange(C):
+        sum_gy = 0.0
+        sum_gy_xhat = 0.0
+        for n in range(N):
+            for k in range(L):
+                sum_gy += gy[n, c, k]
+                sum_gy_xhat += gy[n, c, k] * xhat[n, c, k]
+        dbias[c], dweight[c] = sum_gy, sum_gy_xhat
+        if need_dx:
+            # g = gy * w: mean(g) = w * sum_gy / m, mean(g * xhat) = w * sum_gy_xhat / m
+            w, r = weight[c], inv_std[c]
+            mean_g, mean_g_xhat = w * sum_gy / m, w * sum_gy_xhat / m
+            for n in range(N):
+                for k in range(L):
+                    dx[n, c, k] = r * (w * gy[n, c, k] - mean_g - xhat[n, c, k] * mean_g_xhat)
+
+
+def _per_channel(a, name):
+    """(N, C) or (N, C, H, W) -> a contiguous (N, C, L) view (L = H*W, or 1)."""
+    a = np.asarray(a)
+    if a.ndim not in (2, 4) or a.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{name} must be a float32/float64 (N, C) or (N, C, H, W) array, "
+                         f"got {a.dtype} {a.shape}")
+    a = np.ascontiguousarray(a)
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def batch_norm_train_forward(x, weight, bias, eps):
+    """numpy_ref.batch_norm_train_forward, one pass per channel (see above)."""
+    x3 = _per_channel(x, "batch_norm_train_forward: x")
+    C = x3.shape[1]
+    weight = np.ones(C, x3.dtype) if weight is None else np.ascontiguousarray(weight, dtype=x3.dtype)
+    bias = np.zeros(C, x3.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x3.dtype)
+    y, xhat = np.empty_like(x3), np.empty_like(x3)
+    mean, var, inv_std = (np.empty(C, x3.dtype) for _ in range(3))
+    _batch_norm_forward_kernel(x3, weight, bias, float(eps), y, xhat, mean, var, inv_std)
+    return y.reshape(x.shape), xhat.reshape(x.shape), mean, var, inv_std
+
+
+def batch_norm_train_backward(gy, xhat, inv_std, weight, need_dx=True):
+    """numpy_ref.batch_norm_train_backward, one pass per channel (two where dx is needed)."""
+    gy3 = _per_channel(gy, "batch_norm_train_backward: gy")
+    xhat3 = _per_channel(xhat, "batch_norm_train_backward: xhat").astype(gy3.dtype, copy=False)
+    C = gy3.shape[1]
+    weight = np.ones(C, gy3.dtype) if weight is None else np.ascontiguousarray(weight, dtype=gy3.dtype)
+    inv_std = np.ascontiguousarray(inv_std, dtype=gy3.dtype)
+    dx = np.empty_like(gy3) if need_dx else np.empty((0, C, 0), gy3.dtype)
+    dweight, dbias = np.empty(C, gy3.dtype), np.empty(C, gy3.dtype)
+    _batch_norm_backward_kernel(gy3, xhat3, inv_std, weight, bool(need_dx), dx, dweight, dbias)
+    return (dx.reshape(gy.shape) if need_dx else None), dweight, dbias
 
 
 # -----------------------------------------------------------------------------

@@ -81,6 +81,55 @@ def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)
 
 
 # -----------------------------------------------------------------------------
+# Depthwise convolution: each channel filtered on its own, no im2col
+# -----------------------------------------------------------------------------
+def depthwise_conv2d_forward(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """A convolution with ``groups = C`` and one filter per channel, computed directly.
+
+    x (N, C, H, W), w (C, 1, kh, kw) -> y (N, C, oh, ow)::
+
+        y[n, c, oy, ox] = sum over taps (i, j) of w[c, 0, i, j] * x_padded[n, c, oy*sh + i*dh, ox*sw + j*dw]
+
+    im2col would copy every input value kh*kw times to multiply it by one
+    weight; here each tap is one strided slice of the padded input times that
+    tap's C weights, added into y (kh*kw multiply-adds per output, as in im2col's
+    product, with none of the copying).
+    """
+    N, C, H, W = x.shape
+    kh, kw = w.shape[2:]
+    oh = conv_out_size(H, kh, stride[0], padding[0], dilation[0])
+    ow = conv_out_size(W, kw, stride[1], padding[1], dilation[1])
+    xp = pad_planes(x, padding)
+    y = np.zeros((N, C, oh, ow), dtype=x.dtype)
+    for i, j, rows, columns in _taps(kh, kw, stride, dilation, oh, ow):
+        y += w[:, 0, i, j].reshape(1, C, 1, 1) * xp[:, :, rows, columns]
+    return y
+
+
+def depthwise_conv2d_backward(gy, x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), need_dx=True):
+    """The gradients of :func:`depthwise_conv2d_forward`: ``(dx or None, dw)``.
+
+    Each tap (i, j) of the forward is ``y += w_ij * slice_ij(x_padded)``, so::
+
+        dw[c, 0, i, j]     = sum over n, oy, ox of gy * slice_ij(x_padded)
+        slice_ij(dx_padded) += w_ij * gy          (overlapping slices add up)
+    """
+    N, C, H, W = x.shape
+    kh, kw = w.shape[2:]
+    ph, pw = padding
+    oh, ow = gy.shape[2:]
+    xp = pad_planes(x, padding)
+    dw = np.empty(w.shape, dtype=gy.dtype)
+    dxp = np.zeros(xp.shape, dtype=gy.dtype) if need_dx else None
+    for i, j, rows, columns in _taps(kh, kw, stride, dilation, oh, ow):
+        dw[:, 0, i, j] = (gy * xp[:, :, rows, columns]).sum(axis=(0, 2, 3))
+        if need_dx:
+            dxp[:, :, rows, columns] += w[:, 0, i, j].reshape(1, C, 1, 1) * gy
+    dx = dxp[:, :, ph:ph + H, pw:pw + W] if need_dx else None
+    return dx, dw
+
+
+# -----------------------------------------------------------------------------
 # Max pooling
 # -----------------------------------------------------------------------------
 def max_pool2d_forward(x, kh, kw, stride, padding):
@@ -324,6 +373,50 @@ def adam_step_(w, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, betas, eps, wei
     v_hat = v / (1 - beta2 ** step)
     w -= lr * m_hat / (np.sqrt(v_hat) + eps)
     return True
+
+
+def batch_norm_train_forward(x, weight, bias, eps):
+    """Training-mode batch norm: ``(y, xhat, mean, var, inv_std)``.
+
+    x (N, C) or (N, C, H, W); per channel c, over its m = N (or N*H*W) values::
+
+        mean = sum(x) / m,   var = sum((x - mean)^2) / m      (biased)
+        inv_std = 1 / sqrt(var + eps)
+        xhat = (x - mean) * inv_std,   y = weight * xhat + bias
+
+    weight and bias (C,) or None (then 1 and 0). mean, var, inv_std (C,);
+    xhat and y are x's shape. ``BatchNormFn`` composes exactly this.
+    """
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)                 # broadcast per channel
+    mean = x.mean(axis=axes)
+    var = x.var(axis=axes)
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
+    xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+    y = xhat
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y, xhat, mean, var, inv_std
+
+
+def batch_norm_train_backward(gy, xhat, inv_std, weight, need_dx=True):
+    """The gradients of :func:`batch_norm_train_forward`: ``(dx or None, dweight, dbias)``.
+
+    With g = gy * weight (dL/dxhat) and means over each channel's m values::
+
+        dbias   = sum(gy),   dweight = sum(gy * xhat)
+        dx      = inv_std * (g - mean(g) - xhat * mean(g * xhat))
+    """
+    axes = (0,) if gy.ndim == 2 else (0, 2, 3)
+    shape = (1, -1) if gy.ndim == 2 else (1, -1, 1, 1)
+    g = gy if weight is None else gy * weight.reshape(shape)          # dL/dxhat
+    dx = None
+    if need_dx:
+        dx = (g - g.mean(axis=axes, keepdims=True)
+              - xhat * (g * xhat).mean(axis=axes, keepdims=True)) * inv_std.reshape(shape)
+    return dx, (gy * xhat).sum(axis=axes), gy.sum(axis=axes)
 
 
 def conv2d_bias_relu_max_pool2d_forward(x, w, bias, stride, padding, dilation, pool_kh, pool_kw,

@@ -385,15 +385,19 @@ def _device_kernel(reference):
     the kernel would be handed a pointer it cannot dereference.
     """
     @functools.wraps(reference)
-    def kernel(*args):
-        memory = []
-        for position, a in enumerate(args):
+    def kernel(*args, **kwargs):
+        memory, named = [], {}
+        for position, a in [*enumerate(args), *kwargs.items()]:
             if isinstance(a, np.ndarray):
                 raise TypeError(f"kernel {reference.__name__}: argument {position} is a host "
                                 "numpy.ndarray; a device kernel needs device arrays "
                                 "(move it with xp.asarray / minicnn.backend.to_device)")
-            memory.append(a._memory if isinstance(a, DeviceArray) else a)
-        return _wrap(reference(*memory))
+            value = a._memory if isinstance(a, DeviceArray) else a
+            if isinstance(position, str):
+                named[position] = value
+            else:
+                memory.append(value)
+        return _wrap(reference(*memory, **named))
     return kernel
 
 
@@ -405,6 +409,8 @@ bias_relu_max_pool2d_forward = _device_kernel(numpy_ref.bias_relu_max_pool2d_for
 bias_relu_max_pool2d_backward = _device_kernel(numpy_ref.bias_relu_max_pool2d_backward)
 avg_pool2d_forward = _device_kernel(numpy_ref.avg_pool2d_forward)
 avg_pool2d_backward = _device_kernel(numpy_ref.avg_pool2d_backward)
+depthwise_conv2d_forward = _device_kernel(numpy_ref.depthwise_conv2d_forward)
+depthwise_conv2d_backward = _device_kernel(numpy_ref.depthwise_conv2d_backward)
 erf = _device_kernel(numpy_ref.erf)
 qgemm_u8s8 = _device_kernel(numpy_ref.qgemm_u8s8)
 

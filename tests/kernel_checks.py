@@ -172,3 +172,34 @@ def check_erf(kernels, dev, host, dtype):
     y = kernels.erf(dev(x.reshape(2, 53)))
     assert y.dtype == dtype and y.shape == (2, 53)
     np.testing.assert_allclose(host(y).ravel(), numpy_ref.erf(x), rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+# (x_shape, kh, kw, stride, padding, dilation) for the depthwise convolution (w: (C, 1, kh, kw)):
+# MobileNet's 3x3 pad 1 at stride 1 and 2, non-square windows, dilation, a 1x1 "depthwise" scale
+DEPTHWISE_CASES = [
+    ((2, 3, 7, 6), 3, 3, (1, 1), (1, 1), (1, 1)),
+    ((2, 4, 9, 8), 3, 3, (2, 2), (1, 1), (1, 1)),
+    ((1, 2, 9, 8), 2, 3, (3, 2), (2, 1), (2, 3)),
+    ((3, 2, 5, 5), 1, 1, (1, 1), (0, 0), (1, 1)),
+]
+
+
+def check_depthwise(kernels, dev, host, dtype, case):
+    x_shape, kh, kw, stride, padding, dilation = case
+    rs = np.random.default_rng(8)
+    x = rs.standard_normal(x_shape).astype(dtype)
+    w = rs.standard_normal((x_shape[1], 1, kh, kw)).astype(dtype)
+    y_ref = numpy_ref.depthwise_conv2d_forward(x, w, stride, padding, dilation)
+    y = kernels.depthwise_conv2d_forward(dev(x), dev(w), stride, padding, dilation)
+    assert y.dtype == dtype and y.shape == y_ref.shape
+    np.testing.assert_allclose(host(y), y_ref, **TOL[dtype])
+    gy = rs.standard_normal(y_ref.shape).astype(dtype)
+    dx_ref, dw_ref = numpy_ref.depthwise_conv2d_backward(gy, x, w, stride, padding, dilation)
+    dx, dw = kernels.depthwise_conv2d_backward(dev(gy), dev(x), dev(w), stride, padding, dilation)
+    assert dx.shape == x_shape and dw.shape == w.shape
+    np.testing.assert_allclose(host(dx), dx_ref, **TOL[dtype])
+    np.testing.assert_allclose(host(dw), dw_ref, rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 10)
+    none, dw2 = kernels.depthwise_conv2d_backward(dev(gy), dev(x), dev(w), stride, padding, dilation,
+                                                  need_dx=False)
+    assert none is None
+    np.testing.assert_allclose(host(dw2), host(dw))

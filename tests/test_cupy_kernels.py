@@ -60,11 +60,13 @@ def kernel_names(source):
 
 def test_the_sources_are_found_and_define_every_gpu_kernel():
     sources = cuda_sources()
-    assert set(sources) == {"UNFOLD_SOURCE", "MAX_POOL_SOURCE", "FUSED_POOL_SOURCE", "AVG_POOL_SOURCE"}
+    assert set(sources) == {"UNFOLD_SOURCE", "MAX_POOL_SOURCE", "FUSED_POOL_SOURCE", "AVG_POOL_SOURCE",
+                            "DEPTHWISE_SOURCE"}
     names = {n for s in sources.values() for n in kernel_names(s)}
     assert names == {"im2col", "col2im", "max_pool_forward", "max_pool_backward",
                      "bias_relu_max_pool_forward", "bias_relu_max_pool_backward",
-                     "avg_pool_forward", "avg_pool_backward"}
+                     "avg_pool_forward", "avg_pool_backward",
+                     "depthwise_forward", "depthwise_backward_input", "depthwise_backward_weight"}
 
 
 # -- 1. nvcc ------------------------------------------------------------------------------------
@@ -195,6 +197,12 @@ def test_cuda_im2col_col2im_on_the_cpu(emulated_cupy_gpu, dtype, case):
 
 
 @pytest.mark.parametrize("dtype", checks.FLOATS, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", checks.DEPTHWISE_CASES, ids=checks.ids(checks.DEPTHWISE_CASES))
+def test_cuda_depthwise_conv_on_the_cpu(emulated_cupy_gpu, dtype, case):
+    checks.check_depthwise(emulated_cupy_gpu, _same, _same, dtype, case)
+
+
+@pytest.mark.parametrize("dtype", checks.FLOATS, ids=["f32", "f64"])
 @pytest.mark.parametrize("case", checks.POOL_CASES, ids=checks.ids(checks.POOL_CASES))
 def test_cuda_pooling_on_the_cpu(emulated_cupy_gpu, dtype, case):
     checks.check_max_pool(emulated_cupy_gpu, _same, _same, dtype, case)
@@ -309,6 +317,8 @@ def test_device_backend_kernels_match_the_reference(device_backend, dtype):
     for make_index in checks.SCATTER_INDICES.values():
         checks.check_scatter_add(device_backend, to_device, to_host, dtype, make_index)
     checks.check_erf(device_backend, to_device, to_host, dtype)
+    for case in checks.DEPTHWISE_CASES:
+        checks.check_depthwise(device_backend, to_device, to_host, dtype, case)
 
 
 @pytest.mark.parametrize("dtype", checks.FLOATS, ids=["f32", "f64"])

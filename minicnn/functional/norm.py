@@ -72,31 +72,41 @@ class BatchNormFn(Function):
         xp = current.xp
         axes = (0,) if x.ndim == 2 else (0, 2, 3)
         shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)          # broadcast per channel
-        if training:
-            m = x.size // x.shape[1]
-            mean = x.mean(axis=axes)
-            var = x.var(axis=axes)
-            if running_mean is not None:
-                running_mean *= (1 - momentum)
-                running_mean += momentum * mean
-                running_var *= (1 - momentum)
-                running_var += momentum * var * (m / (m - 1))
-        else:
-            mean, var = running_mean, running_var
-        inv_std = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)           # (C,)
-        xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
-        self.save_for_backward(xhat, inv_std, weight)                   # (x's shape), (C,), (C,) or None
         self.training, self.axes, self.shape = training, axes, shape
-        y = xhat
-        if weight is not None:
-            y = y * weight.reshape(shape)
-        if bias is not None:
-            y = y + bias.reshape(shape)
+        # numba: the same numbers in one pass per channel (kernels/contract.py; None elsewhere)
+        one_pass = current.kernels.batch_norm_train_forward if training else None
+        if one_pass is not None:
+            y, xhat, mean, var, inv_std = one_pass(x, weight, bias, eps)
+        else:
+            if training:
+                mean = x.mean(axis=axes)
+                var = x.var(axis=axes)
+            else:
+                mean, var = running_mean, running_var
+            inv_std = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)       # (C,)
+            xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+            y = xhat
+            if weight is not None:
+                y = y * weight.reshape(shape)
+            if bias is not None:
+                y = y + bias.reshape(shape)
+        if training and running_mean is not None:
+            m = x.size // x.shape[1]
+            running_mean *= (1 - momentum)
+            running_mean += momentum * mean
+            running_var *= (1 - momentum)
+            running_var += momentum * var * (m / (m - 1))
+        self.save_for_backward(xhat, inv_std, weight)                   # (x's shape), (C,), (C,) or None
         return y
 
     def backward(self, gy):
         xhat, inv_std, weight = self.saved_tensors
         training, axes, shape = self.training, self.axes, self.shape
+        one_pass = current.kernels.batch_norm_train_backward if training else None
+        if one_pass is not None:
+            dx, dweight, dbias = one_pass(gy, xhat, inv_std, weight, need_dx=self.needs_input_grad[0])
+            return (dx, dweight if self.needs_input_grad[1] else None,
+                    dbias if self.needs_input_grad[2] else None)
         g = gy if weight is None else gy * weight.reshape(shape)       # dL/dxhat
         dx = None
         if self.needs_input_grad[0]:

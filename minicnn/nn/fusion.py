@@ -6,8 +6,10 @@ of layers compute faster as one Function than as three. The reference CNN's
 ``Conv2d -> ReLU -> MaxPool2d`` is the one minicnn fuses:
 :func:`minicnn.functional.conv2d_relu_max_pool2d` reads the convolution's
 output, the largest array in the network, once instead of four times
-(``functional/fused.py`` counts the passes). Fusing is a transform you apply
-and can see::
+(``functional/fused.py`` counts the passes). A single layer can also have a faster
+algorithm of its own: a depthwise ``Conv2d`` (``groups = channels``, MobileNet's)
+becomes an ``nn.DepthwiseConv2d`` computed without im2col. Fusing is a
+transform you apply and can see::
 
     fast = mc.fuse(model)
     print(fast)      # ... (0): ConvReLUMaxPool2d(1, 8, kernel_size=(3, 3), ..., pool_kernel_size=2, pool_stride=2)
@@ -117,8 +119,51 @@ def conv_relu_max_pool(conv, relu, pool):
     return ConvReLUMaxPool2d(conv, relu, pool)
 
 
-#: What ``mc.fuse(model)`` fuses: [(module types in a row, builder)].
-DEFAULT_PATTERNS = [((Conv2d, ReLU, MaxPool2d), conv_relu_max_pool)]
+class DepthwiseConv2d(Module):
+    """A depthwise ``Conv2d`` (``groups = in_channels = out_channels``) computed directly:
+    :func:`minicnn.functional.depthwise_conv2d`, no im2col (``functional/depthwise.py``).
+
+    Made by :func:`fuse` from such a Conv2d (``DepthwiseConv2d(conv)``): it holds
+    the conv's ``weight`` (C, 1, kh, kw) and ``bias`` (C,) Parameter objects
+    themselves and its settings, and computes the same numbers.
+    """
+
+    def __init__(self, conv):
+        super().__init__()
+        if type(conv) is not Conv2d or not is_depthwise(conv):
+            raise TypeError("DepthwiseConv2d(conv): expected an nn.Conv2d with groups == in_channels == "
+                            f"out_channels, got {conv!r}")
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
+        self.dilation, self.groups = conv.dilation, conv.groups
+        self.weight = conv.weight
+        self.bias = conv.bias
+
+    def forward(self, x):
+        return F.depthwise_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self):
+        return Conv2d.extra_repr(self)
+
+
+def is_depthwise(conv) -> bool:
+    """One filter per channel: ``groups == in_channels == out_channels``, zero padding."""
+    return (conv.groups == conv.in_channels == conv.out_channels
+            and getattr(conv, "padding_mode", "zeros") == "zeros")
+
+
+def depthwise(conv):
+    """The one-module pattern's builder: a DepthwiseConv2d for an unhooked depthwise Conv2d."""
+    if type(conv) is not Conv2d or not is_depthwise(conv) or is_hooked(conv):
+        return None
+    return DepthwiseConv2d(conv)
+
+
+#: What ``mc.fuse(model)`` fuses: [(module types in a row, builder)]. A one-module
+#: pattern replaces a single layer by a faster module computing the same thing,
+#: wherever that layer sits (a Sequential's child or another module's attribute).
+DEFAULT_PATTERNS = [((Conv2d, ReLU, MaxPool2d), conv_relu_max_pool),
+                    ((Conv2d,), depthwise)]
 
 
 def fuse(model, patterns=None):
@@ -147,6 +192,9 @@ def _fuse_module(module, patterns):
                            for name, child in module._modules.items())
     if isinstance(module, Sequential):
         children = fuse_runs(children, patterns)
+    else:                               # another module's attributes: one-module patterns only
+        singles = [p for p in patterns if len(p[0]) == 1]
+        children = OrderedDict((name, replace_one(child, singles)) for name, child in children.items())
     unchanged = (list(children) == list(module._modules)
                  and all(children[name] is child for name, child in module._modules.items()))
     if unchanged:
@@ -176,6 +224,16 @@ def fuse_runs(children, patterns):
             out[names[i]] = modules[i]
             i += 1
     return out
+
+
+def replace_one(module, patterns):
+    """``module``, or what the first matching one-module pattern builds from it."""
+    for (kind,), build in patterns:
+        if isinstance(module, kind):
+            fused = build(module)
+            if fused is not None:
+                return fused
+    return module
 
 
 def _copy_with_children(module, children):

@@ -1,0 +1,243 @@
+"""The kernels that make every built-in network fast (the speed-for-every-network issue),
+proven equal to what they replace.
+
+* Depthwise convolution computed directly (``F.depthwise_conv2d``,
+  ``nn.DepthwiseConv2d``, kernels ``depthwise_conv2d_forward`` / ``_backward``):
+  the same numbers as ``conv2d(..., groups=C)`` through im2col, on every
+  backend; a float64 gradcheck; the numba kernels against numpy_ref on drawn
+  shapes and with the same bits on any number of threads.
+* Batch norm's one-pass training kernels (``batch_norm_train_forward`` /
+  ``_backward``, numba's fast path): equal to numpy_ref (the composition
+  BatchNormFn runs without them), running statistics included.
+* ``mc.fuse`` swaps a depthwise ``Conv2d`` — a Sequential's child or another
+  module's attribute — for ``nn.DepthwiseConv2d``, and leaves every other
+  grouped or hooked conv alone.
+* The benchmark's PyTorch twins compute what the minicnn models compute.
+"""
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import minicnn as mc
+import minicnn.functional as F
+import minicnn.nn as nn
+from minicnn.autograd.gradcheck import gradcheck
+from minicnn.kernels import numba_cpu
+from minicnn.kernels import numpy_ref as ref
+from minicnn.models import MODELS, get_model
+
+pytestmark = pytest.mark.tutorial09        # what tutorials/09_*.ipynb teaches (tests/README.md)
+
+
+def tol(dtype, terms):
+    eps = np.finfo(dtype).eps
+    return dict(rtol=8 * terms * eps, atol=8 * terms * eps)
+
+
+# -----------------------------------------------------------------------------
+# Depthwise convolution
+# -----------------------------------------------------------------------------
+@pytest.mark.parametrize("stride, padding, dilation, bias", [
+    (1, 1, 1, False), (2, 1, 1, True), ((1, 2), (0, 2), (2, 1), True), (1, 0, 1, False)])
+def test_depthwise_conv_equals_grouped_conv2d(backend, stride, padding, dilation, bias):
+    rng = np.random.default_rng(0)
+    x0 = rng.standard_normal((3, 4, 9, 8))
+    w0 = rng.standard_normal((4, 1, 3, 3))
+    b0 = rng.standard_normal(4) if bias else None
+    results = []
+    for fn in (lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups=4),
+               lambda x, w, b: F.depthwise_conv2d(x, w, b, stride, padding, dilation)):
+        x = mc.tensor(x0, dtype="float64", requires_grad=True)
+        w = mc.tensor(w0, dtype="float64", requires_grad=True)
+        b = None if b0 is None else mc.tensor(b0, dtype="float64", requires_grad=True)
+        y = fn(x, w, b)
+        y.backward(mc.tensor(np.cos(np.arange(y.numel())).reshape(y.shape), dtype="float64"))
+        results.append([y.numpy(), x.grad.numpy(), w.grad.numpy()] + ([b.grad.numpy()] if bias else []))
+    for want, got in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_depthwise_conv_gradcheck(cpu_backend):
+    rng = np.random.default_rng(1)
+    x = mc.tensor(rng.standard_normal((2, 3, 6, 5)), dtype="float64", requires_grad=True)
+    w = mc.tensor(rng.standard_normal((3, 1, 3, 2)), dtype="float64", requires_grad=True)
+    b = mc.tensor(rng.standard_normal(3), dtype="float64", requires_grad=True)
+    assert gradcheck(lambda x, w, b: F.depthwise_conv2d(x, w, b, stride=(2, 1), padding=1), (x, w, b))
+
+
+def test_depthwise_conv_bad_weight_is_a_clear_error():
+    x = mc.tensor(np.zeros((1, 3, 5, 5), np.float32))
+    with pytest.raises(ValueError, match=r"expected a weight of shape \(3, 1, kh, kw\).*got \(3, 2, 3, 3\)"):
+        F.depthwise_conv2d(x, mc.tensor(np.zeros((3, 2, 3, 3), np.float32)))
+
+
+@st.composite
+def depthwise_cases(draw):
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    assume(dilation[0] * (kh - 1) + 1 <= h + 2 * padding[0])
+    assume(dilation[1] * (kw - 1) + 1 <= w + 2 * padding[1])
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return (rng.standard_normal((n, c, h, w)).astype(dtype), rng.standard_normal((c, 1, kh, kw)).astype(dtype),
+            stride, padding, dilation)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=depthwise_cases())
+def test_numba_depthwise_kernels_match_the_reference(case):
+    x, w, stride, padding, dilation = case
+    y = numba_cpu.depthwise_conv2d_forward(x, w, stride, padding, dilation)
+    y_ref = ref.depthwise_conv2d_forward(x, w, stride, padding, dilation)
+    np.testing.assert_array_equal(y, y_ref)                  # the same products added in the same order
+    gy = np.random.default_rng(0).standard_normal(y.shape).astype(x.dtype)
+    dx, dw = numba_cpu.depthwise_conv2d_backward(gy, x, w, stride, padding, dilation)
+    dx_ref, dw_ref = ref.depthwise_conv2d_backward(gy, x, w, stride, padding, dilation)
+    np.testing.assert_allclose(dx, dx_ref, **tol(x.dtype, w.size))
+    np.testing.assert_allclose(dw, dw_ref, **tol(x.dtype, gy[:, 0].size))
+
+
+def _on_threads(threads, fn):
+    import numba
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(threads)
+        return fn()
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_numba_fast_kernels_give_the_same_bits_on_any_number_of_threads():
+    import numba
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((9, 12, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((12, 1, 3, 3)).astype(np.float32)
+    gamma, beta = rng.standard_normal(12).astype(np.float32), rng.standard_normal(12).astype(np.float32)
+
+    def run():
+        y = numba_cpu.depthwise_conv2d_forward(x, w, (2, 2), (1, 1), (1, 1))
+        dx, dw = numba_cpu.depthwise_conv2d_backward(y, x, w, (2, 2), (1, 1), (1, 1))
+        out = numba_cpu.batch_norm_train_forward(x, gamma, beta, 1e-5)
+        grads = numba_cpu.batch_norm_train_backward(x, out[1], out[4], gamma)
+        return [y, dx, dw, *out, *grads]
+    for one, many in zip(_on_threads(1, run), _on_threads(numba.config.NUMBA_NUM_THREADS, run)):
+        np.testing.assert_array_equal(one, many)
+
+
+# -----------------------------------------------------------------------------
+# Batch norm's one-pass kernels
+# -----------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(16, 5, 6, 7), (32, 6), (2, 3, 1, 1), (64, 8, 28, 28)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_numba_batch_norm_kernels_match_the_reference(dtype, shape, affine):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)      # not centred: the mean matters
+    C = shape[1]
+    w = rng.standard_normal(C).astype(dtype) if affine else None
+    b = rng.standard_normal(C).astype(dtype) if affine else None
+    m = x.size // C
+    got = numba_cpu.batch_norm_train_forward(x, w, b, 1e-5)
+    want = ref.batch_norm_train_forward(x, w, b, 1e-5)
+    for g, r in zip(got, want):
+        assert g.shape == r.shape and g.dtype == r.dtype
+        np.testing.assert_allclose(g, r, **tol(dtype, 16))
+    xhat, inv_std = want[1], want[4]
+    gy = rng.standard_normal(shape).astype(dtype)
+    got = numba_cpu.batch_norm_train_backward(gy, xhat, inv_std, w, need_dx=True)
+    want = ref.batch_norm_train_backward(gy, xhat, inv_std, w, need_dx=True)
+    np.testing.assert_allclose(got[0], want[0], **tol(dtype, 16))
+    for g, r in zip(got[1:], want[1:]):                          # sums of m terms
+        np.testing.assert_allclose(g, r, **tol(dtype, m))
+    without_dx = numba_cpu.batch_norm_train_backward(gy, xhat, inv_std, w, need_dx=False)
+    assert without_dx[0] is None
+    np.testing.assert_array_equal(without_dx[1], got[1])
+
+
+def test_batch_norm_layer_on_numba_equals_numpy_running_statistics_included(cpu_backend):
+    """nn.BatchNorm2d trained a few steps on the active backend, against the numpy backend."""
+    def steps(backend):
+        previous = mc.get_backend()
+        mc.set_backend(backend)
+        try:
+            mc.manual_seed(0)
+            bn = nn.BatchNorm2d(4)
+            rng = np.random.default_rng(4)
+            out = []
+            for _ in range(3):
+                x = mc.tensor(rng.standard_normal((5, 4, 3, 3)) * 2 + 1, dtype="float64", requires_grad=True)
+                y = bn(x)
+                (y * y).sum().backward()
+                out += [y.numpy(), x.grad.numpy(), bn.weight.grad.numpy(), bn.bias.grad.numpy()]
+                bn.weight.grad = bn.bias.grad = None
+            return out + [bn.running_mean.numpy(), bn.running_var.numpy()]
+        finally:
+            mc.set_backend(previous)
+    for got, want in zip(steps(cpu_backend), steps("numpy")):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
+
+
+def test_batch_norm_gradcheck_on_every_cpu_backend(cpu_backend):
+    rng = np.random.default_rng(5)
+    x = mc.tensor(rng.standard_normal((4, 3, 2, 2)), dtype="float64", requires_grad=True)
+    w = mc.tensor(rng.standard_normal(3), dtype="float64", requires_grad=True)
+    b = mc.tensor(rng.standard_normal(3), dtype="float64", requires_grad=True)
+    assert gradcheck(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), (x, w, b))
+
+
+# -----------------------------------------------------------------------------
+# mc.fuse: the depthwise swap
+# -----------------------------------------------------------------------------
+def test_fuse_swaps_depthwise_convs_wherever_they_sit(cpu_backend):
+    mc.manual_seed(0)
+    model = get_model("mobilenet")
+    fast = mc.fuse(model)
+    swapped = [m for m in fast.modules() if isinstance(m, nn.DepthwiseConv2d)]
+    assert len(swapped) == 5                                  # one inside each DepthwiseSeparableConv2d
+    assert not any(isinstance(m, nn.DepthwiseConv2d) for m in model.modules())   # the original unchanged
+    assert list(fast.state_dict()) == list(model.state_dict())
+    assert swapped[0].weight is model[3].depthwise.weight     # the same Parameter objects
+    x = mc.tensor(np.random.default_rng(6).standard_normal((4, 1, 28, 28)).astype(np.float32))
+    y = mc.tensor(np.array([0, 1, 2, 3]))
+    grads = []
+    for m in (model, fast):
+        m.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        grads.append([loss.item()] + [p.grad.numpy().copy() for p in model.parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_fuse_leaves_other_grouped_and_hooked_convs_alone():
+    grouped = nn.Conv2d(4, 4, 3, groups=2)                    # two channels per group
+    multiplier = nn.Conv2d(4, 8, 3, groups=4)                 # two filters per channel
+    hooked = nn.Conv2d(4, 4, 3, groups=4)
+    hooked.register_forward_hook(lambda m, i, o: None)
+    for conv in (grouped, multiplier, hooked):
+        model = nn.Sequential(conv, nn.ReLU())
+        assert mc.fuse(model) is model
+    plain = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4, bias=True))
+    fast = mc.fuse(plain)
+    assert isinstance(fast[0], nn.DepthwiseConv2d) and fast[0].bias is plain[0].bias
+    assert "groups=4" in repr(fast[0])
+
+
+# -----------------------------------------------------------------------------
+# The benchmark compares the same networks
+# -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["reference", "reference-bn", "lenet5", "tiny", "resnet-8", "resnet-20",
+                                  "mobilenet"])
+def test_benchmark_twins_compute_what_the_models_compute(name):
+    pytest.importorskip("torch")
+    import sys
+    import pathlib
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_model
+    assert name in MODELS and name in bench_model.BENCH_MODELS
+    assert bench_model.check_twin(name) < 1e-4
