@@ -4,6 +4,12 @@ Numerical stability matters for the ones built on ``exp``: sigmoid splits on
 the sign of x so ``exp`` only ever sees non-positive numbers, softplus uses
 ``logaddexp``, and softmax subtracts the row maximum first (it does not change
 the result, since softmax(x) = softmax(x - c), but keeps ``exp`` from overflowing).
+
+``backward_graph`` (``create_graph=True``) writes each derivative with Tensor
+operations on the input, recomputing the activation as a Function (a
+sigmoid's derivative s(1 - s) needs s = SigmoidFn.apply(x), itself
+differentiable). ReLU-like masks and slopes are constants: their derivative
+is zero almost everywhere.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import math
 from ..backend import current
 from ..autograd.tensor import Function, Tensor
 from .helpers import stable_sigmoid, stable_softplus
+from .math import constant
 
 
 class ReLUFn(Function):
@@ -24,6 +31,10 @@ class ReLUFn(Function):
     def backward(self, gy):
         positive, = self.saved_tensors       # (bool, x's shape)
         return gy * positive
+
+    def backward_graph(self, gy):
+        positive, = self.saved_tensors
+        return gy * constant(positive, gy)
 
 
 class LeakyReLUFn(Function):
@@ -38,6 +49,10 @@ class LeakyReLUFn(Function):
         slope, = self.saved_tensors
         return gy * slope
 
+    def backward_graph(self, gy):
+        slope, = self.saved_tensors
+        return gy * constant(slope, gy)
+
 
 class SigmoidFn(Function):
     """y = 1 / (1 + e^-x).   dy/dx = y (1 - y)."""
@@ -50,6 +65,10 @@ class SigmoidFn(Function):
     def backward(self, gy):
         y, = self.saved_tensors
         return gy * y * (1 - y)
+
+    def backward_graph(self, gy):
+        s = SigmoidFn.apply(self.inputs[0])
+        return gy * s * (1 - s)
 
 
 class TanhFn(Function):
@@ -64,6 +83,10 @@ class TanhFn(Function):
         y, = self.saved_tensors
         return gy * (1 - y * y)
 
+    def backward_graph(self, gy):
+        t = TanhFn.apply(self.inputs[0])
+        return gy * (1 - t * t)
+
 
 class SiLUFn(Function):
     """Swish / SiLU: y = x * sigmoid(x).   dy/dx = s + x s (1 - s), s = sigmoid(x)."""
@@ -75,6 +98,11 @@ class SiLUFn(Function):
 
     def backward(self, gy):
         x, s = self.saved_tensors
+        return gy * (s + x * s * (1 - s))
+
+    def backward_graph(self, gy):
+        x, = self.inputs
+        s = SigmoidFn.apply(x)
         return gy * (s + x * s * (1 - s))
 
 
@@ -93,6 +121,11 @@ class MishFn(Function):
     def backward(self, gy):
         x, t = self.saved_tensors
         return gy * (t + x * (1 - t * t) * stable_sigmoid(x))
+
+    def backward_graph(self, gy):
+        x, = self.inputs
+        t = TanhFn.apply(SoftplusFn.apply(x))
+        return gy * (t + x * (1 - t * t) * SigmoidFn.apply(x))
 
 
 class GELUFn(Function):
@@ -137,6 +170,9 @@ class SoftplusFn(Function):
         x, = self.saved_tensors
         return gy * stable_sigmoid(x)
 
+    def backward_graph(self, gy):
+        return gy * SigmoidFn.apply(self.inputs[0])
+
 
 class SoftmaxFn(Function):
     """y_i = e^{x_i} / sum_j e^{x_j} along ``dim``.
@@ -154,6 +190,10 @@ class SoftmaxFn(Function):
 
     def backward(self, gy):
         y, = self.saved_tensors
+        return y * (gy - (gy * y).sum(axis=self.dim, keepdims=True))
+
+    def backward_graph(self, gy):
+        y = SoftmaxFn.apply(self.inputs[0], dim=self.dim)
         return y * (gy - (gy * y).sum(axis=self.dim, keepdims=True))
 
 
@@ -175,6 +215,10 @@ class LogSoftmaxFn(Function):
         xp = current.xp
         y, = self.saved_tensors
         return gy - xp.exp(y) * gy.sum(axis=self.dim, keepdims=True)
+
+    def backward_graph(self, gy):
+        p = SoftmaxFn.apply(self.inputs[0], dim=self.dim)          # softmax = exp(log_softmax)
+        return gy - p * gy.sum(axis=self.dim, keepdims=True)
 
 
 # -- functional spellings (PyTorch's names) -------------------------------------

@@ -3,6 +3,13 @@
 A pooling window slides over each channel independently (no weights), so the
 output size follows the same formula as a convolution:
 ``out = floor((in + 2*pad - k) / stride) + 1`` with ``stride = k`` by default.
+
+Both backwards are linear in the output gradient (with the winners of a max
+fixed), so with ``create_graph=True`` (``backward_graph``) they are written as
+Functions whose own backward is known: routing to the winners is a scatter
+(:class:`~minicnn.functional.shape.ScatterAddFn`, whose gradient is indexing);
+spreading an average back is :class:`AvgPool2dBackwardFn`, whose gradient is
+the average pooling itself.
 """
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import numbers
 from ..backend import current
 from ..autograd.tensor import Function, Tensor
 from .helpers import check_4d, check_window_fits, pair
+from .shape import ScatterAddFn
 
 
 def _pool_args(op, x, kernel_size, stride, padding):
@@ -44,6 +52,20 @@ class MaxPool2dFn(Function):
         return current.kernels.max_pool2d_backward(gy, argmax, self.x_shape, *self.kernel_size,
                                                    self.stride, self.padding)
 
+    def backward_graph(self, gy):
+        """Scatter gy to the winners: ``dx.flat[winner[n, c, i, j]] += gy[n, c, i, j]``."""
+        xp = current.xp
+        argmax, = self.saved_tensors                        # tap t = a*kw + b of each window
+        N, C, H, W = self.x_shape
+        kh, kw = self.kernel_size
+        oh, ow = argmax.shape[2:]
+        row = xp.arange(oh).reshape(oh, 1) * self.stride[0] + argmax // kw - self.padding[0]
+        col = xp.arange(ow).reshape(1, ow) * self.stride[1] + argmax % kw - self.padding[1]
+        plane = xp.arange(N * C).reshape(N, C, 1, 1)      # which (n, c) image plane
+        winner = ((plane * H + row) * W + col).reshape(-1)  # flat index into x, (N*C*oh*ow,)
+        dx = ScatterAddFn.apply(gy.reshape(-1), index=winner, shape=(N * C * H * W,))
+        return dx.reshape(self.x_shape)
+
 
 class AvgPool2dFn(Function):
     """y[n,c,i,j] = (1/D) * sum of the window, D = kh*kw (or the count of real,
@@ -61,6 +83,34 @@ class AvgPool2dFn(Function):
         # nothing saved: the average's gradient depends only on the shapes
         return current.kernels.avg_pool2d_backward(gy, self.x_shape, *self.kernel_size, self.stride,
                                                    self.padding, self.count_include_pad)
+
+    def backward_graph(self, gy):
+        return AvgPool2dBackwardFn.apply(gy, x_shape=self.x_shape, kernel_size=self.kernel_size,
+                                         stride=self.stride, padding=self.padding,
+                                         count_include_pad=self.count_include_pad)
+
+
+class AvgPool2dBackwardFn(Function):
+    """dx = the average pooling's backward, as a Function of gy (``create_graph=True``).
+
+    Each window's gy[i, j] / D_ij is added to every input of the window. It is
+    linear in gy, and its adjoint is the pooling itself: for a gradient h of
+    x's shape, d gy[i, j] = (1/D_ij) * sum of h over window (i, j) = avg_pool2d(h).
+    """
+
+    def forward(self, gy, x_shape, kernel_size, stride, padding, count_include_pad):
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.count_include_pad = count_include_pad
+        return current.kernels.avg_pool2d_backward(gy, x_shape, *kernel_size, stride, padding,
+                                                   count_include_pad)
+
+    def backward(self, h):
+        return current.kernels.avg_pool2d_forward(h, *self.kernel_size, self.stride, self.padding,
+                                                  self.count_include_pad)
+
+    def backward_graph(self, h):
+        return AvgPool2dFn.apply(h, kernel_size=self.kernel_size, stride=self.stride,
+                                 padding=self.padding, count_include_pad=self.count_include_pad)
 
 
 def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
