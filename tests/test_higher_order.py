@@ -53,6 +53,8 @@ CASES = {
                                   [normal(2, 2, 7, 7)]),
     "avg_pool2d": (lambda F, T, x: (F.avg_pool2d(x, 3, stride=2, padding=1) ** 3).sum(),
                    [normal(2, 2, 7, 7)]),
+    "adaptive_avg_pool2d": (lambda F, T, x: (F.adaptive_avg_pool2d(x, (2, 3)) ** 3).sum(), [normal(2, 2, 5, 7)]),
+    "gelu": (lambda F, T, x: (F.gelu(x) ** 2 + F.gelu(x, approximate="tanh") ** 2).sum(), [normal(4, 5)]),
     "relu_leaky_relu": (lambda F, T, x: (F.relu(x) ** 3 + F.leaky_relu(x, 0.1) ** 3).sum(), [normal(4, 5)]),
     "sigmoid_tanh": (lambda F, T, x: (F.sigmoid(x) * F.tanh(x)).sum(), [normal(4, 5)]),
     "silu_softplus_mish": (lambda F, T, x: (F.silu(x) + F.softplus(x) * F.mish(x)).sum(), [normal(4, 5)]),
@@ -270,14 +272,29 @@ def test_retain_graph_false_frees_the_graph():
 
 
 def test_create_graph_through_a_function_without_backward_graph_names_it():
-    x = mc.tensor([[0.5, -1.0]], requires_grad=True, dtype="float64")
-    y = F.gelu(x).sum()
-    with pytest.raises(NotImplementedError, match=r"GELUFn has no differentiable backward"):
+    x = mc.tensor([[0.5, -1.0, 2.0]], requires_grad=True, dtype="float64")
+    y = x.prod()
+    with pytest.raises(NotImplementedError, match=r"ProdFn has no differentiable backward"):
         mc.autograd.grad(y, x, create_graph=True)
     g, = mc.autograd.grad(y, x)                  # the first derivative still works
-    assert g.shape == (1, 2)
-    with pytest.raises(RuntimeError, match="ProdFn"):     # NotImplementedError is a RuntimeError
-        x.prod().backward(create_graph=True)
+    np.testing.assert_allclose(g.numpy(), [[-2.0, 1.0, -0.5]])
+    xi = mc.tensor(np.ones((1, 1, 4, 4)), requires_grad=True, dtype="float64")
+    w = mc.tensor(np.ones((2, 1, 3, 3)), requires_grad=True, dtype="float64")
+    fused = F.conv2d_relu_max_pool2d(xi, w, padding=1).sum()
+    with pytest.raises(RuntimeError, match="ConvReLUMaxPool2dFn"):    # NotImplementedError is a RuntimeError
+        fused.backward(create_graph=True)
+
+
+def test_dropout_second_derivative_uses_the_same_mask():
+    mc.manual_seed(0)
+    x = mc.tensor(np.linspace(-1, 1, 20), requires_grad=True, dtype="float64")
+    y = F.dropout(x, 0.5)
+    kept = (y.numpy() != 0) * 2.0                  # the mask drawn in forward, scaled by 1/(1-p)
+    g, = mc.autograd.grad((y ** 3).sum(), x, create_graph=True)
+    h, = mc.autograd.grad(g.sum(), x)
+    # f = sum (m x)^3: f' = 3 m^3 x^2, f'' = 6 m^3 x
+    np.testing.assert_allclose(g.numpy(), 3 * kept ** 3 * x.numpy() ** 2)
+    np.testing.assert_allclose(h.numpy(), 6 * kept ** 3 * x.numpy())
 
 
 def test_gradient_penalty_trains_through_the_gradient():

@@ -11,6 +11,13 @@ Function to its input tensors (``fn.inputs``). ``y.backward()`` then
 
 Both loops are iterative, so a chain of 10,000 operations does not hit
 Python's recursion limit.
+
+:func:`grad` (``mc.autograd.grad``, PyTorch's) runs the same walk but returns
+the gradients of chosen tensors instead of adding to ``.grad``. With
+``create_graph=True`` (here or in ``backward``) the walk calls each Function's
+``backward_graph`` — its backward written with Tensor operations — so the
+backward pass is recorded as a graph too, and gradients can be differentiated
+again: Hessian-vector products, Newton's method, gradient penalties.
 """
 from __future__ import annotations
 

@@ -158,6 +158,39 @@ class GELUFn(Function):
         pdf = xp.exp(-0.5 * x * x) / x.dtype.type(math.sqrt(2 * math.pi))
         return gy * (cdf + x * pdf)
 
+    def backward_graph(self, gy):
+        x, = self.inputs
+        if self.approximate == "tanh":
+            c = math.sqrt(2 / math.pi)
+            t = TanhFn.apply(c * (x + 0.044715 * x ** 3))
+            du = c * (1 + 3 * 0.044715 * x * x)
+            return gy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
+        return gy * (NormalCdfFn.apply(x) + x * normal_pdf(x))
+
+
+class NormalCdfFn(Function):
+    """y = Phi(x), the standard normal CDF.   dy/dx = phi(x) = exp(-x^2/2) / sqrt(2 pi).
+
+    The exact GELU's derivative needs Phi as a Function of its own, so that
+    the gradient of GELU (``create_graph=True``) can be differentiated again.
+    """
+
+    def forward(self, x):
+        self.save_for_backward(x)
+        return 0.5 * (1 + current.kernels.erf(x / x.dtype.type(math.sqrt(2))))
+
+    def backward(self, gy):
+        x, = self.saved_tensors
+        return gy * current.xp.exp(-0.5 * x * x) / x.dtype.type(math.sqrt(2 * math.pi))
+
+    def backward_graph(self, gy):
+        return gy * normal_pdf(self.inputs[0])
+
+
+def normal_pdf(x: Tensor) -> Tensor:
+    """phi(x) = exp(-x^2/2) / sqrt(2 pi), with Tensor operations."""
+    return (-0.5 * x * x).exp() / math.sqrt(2 * math.pi)
+
 
 class SoftplusFn(Function):
     """y = ln(1 + e^x).   dy/dx = sigmoid(x)."""

@@ -137,25 +137,56 @@ class AdaptiveAvgPool2dFn(Function):
     """
 
     def forward(self, x, output_size):
-        xp = current.xp
         N, C, H, W = x.shape
         oh, ow = output_size
         self.x_shape = x.shape
         self.rows, self.cols = adaptive_bins(H, oh), adaptive_bins(W, ow)
-        y = xp.empty((N, C, oh, ow), dtype=x.dtype)
-        for i, (r0, r1) in enumerate(self.rows):
-            for j, (c0, c1) in enumerate(self.cols):
-                y[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
-        return y
+        return adaptive_average(x, self.rows, self.cols)
 
     def backward(self, gy):
-        xp = current.xp
-        dx = xp.zeros(self.x_shape, dtype=gy.dtype)
-        for i, (r0, r1) in enumerate(self.rows):
-            for j, (c0, c1) in enumerate(self.cols):
-                area = (r1 - r0) * (c1 - c0)
-                dx[:, :, r0:r1, c0:c1] += (gy[:, :, i, j] / area)[:, :, None, None]
-        return dx
+        return adaptive_average_backward(gy, self.x_shape, self.rows, self.cols)
+
+    def backward_graph(self, gy):
+        return AdaptiveAvgPool2dBackwardFn.apply(gy, x_shape=self.x_shape, rows=self.rows, cols=self.cols)
+
+
+class AdaptiveAvgPool2dBackwardFn(Function):
+    """dx = the adaptive average's backward, as a Function of gy (``create_graph=True``).
+
+    Linear in gy; its adjoint is the adaptive average itself (as for AvgPool2dBackwardFn).
+    """
+
+    def forward(self, gy, x_shape, rows, cols):
+        self.rows, self.cols = rows, cols
+        return adaptive_average_backward(gy, x_shape, rows, cols)
+
+    def backward(self, h):
+        return adaptive_average(h, self.rows, self.cols)
+
+    def backward_graph(self, h):
+        return AdaptiveAvgPool2dFn.apply(h, output_size=(len(self.rows), len(self.cols)))
+
+
+def adaptive_average(x, rows, cols):
+    """The adaptive average pooling of an array over the bins ``rows`` x ``cols``."""
+    xp = current.xp
+    N, C = x.shape[:2]
+    y = xp.empty((N, C, len(rows), len(cols)), dtype=x.dtype)
+    for i, (r0, r1) in enumerate(rows):
+        for j, (c0, c1) in enumerate(cols):
+            y[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
+    return y
+
+
+def adaptive_average_backward(gy, x_shape, rows, cols):
+    """Each pixel of bin (i, j) receives ``gy[i, j] / |bin|`` (overlaps add up)."""
+    xp = current.xp
+    dx = xp.zeros(x_shape, dtype=gy.dtype)
+    for i, (r0, r1) in enumerate(rows):
+        for j, (c0, c1) in enumerate(cols):
+            area = (r1 - r0) * (c1 - c0)
+            dx[:, :, r0:r1, c0:c1] += (gy[:, :, i, j] / area)[:, :, None, None]
+    return dx
 
 
 def adaptive_avg_pool2d(x: Tensor, output_size) -> Tensor:
