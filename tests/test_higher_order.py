@@ -6,7 +6,8 @@ For each op family, the Hessian-vector product
 
 computed by differentiating minicnn's gradient again is compared (float64)
 with PyTorch's (``torch.autograd.grad(..., create_graph=True)``) and with
-central differences of the first gradient, on every CPU backend.
+central differences of the first gradient, on every CPU backend (and on the
+simulated device, and CuPy where a GPU is present).
 """
 import numpy as np
 import pytest
@@ -119,7 +120,8 @@ def directions(arrays, seed=1):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_hessian_vector_product_matches_torch(name, cpu_backend):
+def test_hessian_vector_product_matches_torch(name, backend):
+    """Every backend: numpy and numba; the simulator (host/device mixing raises) and cupy stand in for the GPU."""
     fn, arrays = CASES[name]
     vs = directions(arrays)
     grads, hv = mc_hvp(fn, arrays, vs)

@@ -511,8 +511,9 @@ class Tensor:
         if isinstance(g, Tensor):      # create_graph=True: the gradient is a Tensor in a graph
             if g.dtype != self.dtype:
                 g = g.astype(self.dtype)
-            # a copy still in the graph (clone): two leaves must never share one gradient
-            self.grad = g.clone() if self.grad is None else self.grad + g
+            with enable_grad():        # recorded even if backward was called inside no_grad
+                # a copy still in the graph (clone): two leaves must never share one gradient
+                self.grad = g.clone() if self.grad is None else self.grad + g
             return
         if g.dtype != self.array.dtype:
             g = g.astype(self.array.dtype)
