@@ -252,6 +252,12 @@ def test_grad_of_non_scalar_needs_grad_outputs():
         mc.autograd.grad(x * 2, x, grad_outputs=mc.tensor([1.0, 3.0, 4.0]))
 
 
+def test_grad_needs_outputs_and_inputs():
+    x = mc.tensor([1.0], requires_grad=True)
+    with pytest.raises(ValueError, match="at least one output and one input, got 1 and 0"):
+        mc.autograd.grad((x * 2).sum(), [])
+
+
 def test_grad_of_input_that_does_not_require_grad():
     x = mc.tensor([1.0], requires_grad=True)
     c = mc.tensor([1.0])

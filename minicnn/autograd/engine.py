@@ -233,6 +233,8 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     if grad_outputs is None or isinstance(grad_outputs, Tensor):
         grad_outputs = [grad_outputs] * len(outputs) if grad_outputs is None else [grad_outputs]
     grad_outputs = list(grad_outputs)
+    if not outputs or not inputs:
+        raise ValueError(f"grad: expected at least one output and one input, got {len(outputs)} and {len(inputs)}")
     if len(grad_outputs) != len(outputs):
         raise ValueError(f"grad: grad_outputs has {len(grad_outputs)} entries for {len(outputs)} outputs")
     for i, t in enumerate(inputs):
