@@ -15,6 +15,8 @@ import pytest
 import minicnn as mc
 import minicnn.functional as F
 
+pytestmark = pytest.mark.tutorial01        # what tutorials/01_*.ipynb teaches (tests/README.md)
+
 RS = np.random.default_rng(0)
 
 
