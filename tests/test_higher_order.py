@@ -75,6 +75,11 @@ CASES = {
     "cross_entropy_smoothing_sum": (
         lambda F, T, z: F.cross_entropy(z * z, T(np.array([1, 0, 2])), label_smoothing=0.2, reduction="sum"),
         [normal(3, 3)]),
+    "losses_reduction_none": (
+        lambda F, T, z, t: ((F.cross_entropy(z * z, T(np.array([2, 0, 1])), reduction="none") ** 2).sum()
+                            + (F.mse_loss(z.exp(), t, reduction="none") ** 2).sum()
+                            + (F.nll_loss(F.log_softmax(z, dim=1), T(np.array([1, 1, 0])), reduction="none") ** 2).sum()),
+        [normal(3, 3), normal(3, 3)]),
     "nll_loss": (lambda F, T, z: F.nll_loss(F.log_softmax(z * z, dim=1), T(np.array([0, 2, 1]))),
                  [normal(3, 4)]),
     "mse_loss": (lambda F, T, x, t: F.mse_loss(F.tanh(x), t), [normal(3, 4), normal(3, 4)]),
