@@ -475,11 +475,17 @@ class Tensor:
         self.grad = None
 
     # -- autograd ------------------------------------------------------------
-    def backward(self, grad=None):
+    def backward(self, grad=None, retain_graph=None, create_graph=False):
         """Accumulate d(self)/d(leaf) * grad into ``.grad`` of every leaf that requires it.
 
         ``grad`` is the gradient of some final scalar w.r.t. this tensor; it may
         be omitted only when this tensor has a single element (then it is 1).
+
+        ``create_graph=True`` records the backward pass itself, so the ``.grad``
+        it leaves are Tensors with a graph of their own, which can be
+        differentiated again (``mc.autograd.grad`` is usually handier for that).
+        ``retain_graph=False`` frees what the Functions saved (a second backward
+        through them raises); by default minicnn keeps the graph.
         """
         if not self.requires_grad:
             raise RuntimeError("backward() called on a tensor that does not require grad: "
@@ -491,15 +497,29 @@ class Tensor:
                     f"got shape {shape_str(self.shape)}; reduce it first (e.g. .sum()) "
                     "or pass grad= with the same shape")
             grad = current.xp.ones_like(self.array)
+        elif create_graph and isinstance(grad, Tensor):
+            pass                       # kept as a Tensor: it may be in a graph itself
         else:
             grad = grad.array if isinstance(grad, Tensor) else _as_array(grad, self.dtype)
-            if grad.shape != self.array.shape:
-                raise ValueError(f"backward(grad): expected a gradient of shape {shape_str(self.shape)}, "
-                                 f"got {shape_str(grad.shape)}")
-
-        backpropagate(self, grad)      # engine.py: topological order, then the chain rule
+        if grad.shape != self.array.shape:
+            raise ValueError(f"backward(grad): expected a gradient of shape {shape_str(self.shape)}, "
+                             f"got {shape_str(grad.shape)}")
+        if create_graph:               # the gradients travel as Tensors (engine.py)
+            grad = grad if isinstance(grad, Tensor) else Tensor(grad, dtype=grad.dtype)
+            backpropagate(self, grad, create_graph=True, retain_graph=retain_graph is not False)
+        elif retain_graph is False:
+            backpropagate(self, grad, retain_graph=False)
+        else:
+            backpropagate(self, grad)  # engine.py: topological order, then the chain rule
 
     def _accumulate(self, g):
+        if isinstance(g, Tensor):      # create_graph=True: the gradient is a Tensor in a graph
+            if g.dtype != self.dtype:
+                g = g.astype(self.dtype)
+            with enable_grad():        # recorded even if backward was called inside no_grad
+                # a copy still in the graph (clone): two leaves must never share one gradient
+                self.grad = g.clone() if self.grad is None else self.grad + g
+            return
         if g.dtype != self.array.dtype:
             g = g.astype(self.array.dtype)
         if self.grad is None:
@@ -741,11 +761,36 @@ class Function:
 
     ``self.needs_input_grad[i]`` tells backward whether input ``i`` wants a
     gradient, so it can skip work that nobody will use.
+
+    **Gradients of gradients** (``create_graph=True``) use a second method,
+    ``backward_graph(self, grad_output) -> Tensor or tuple of Tensors``: the
+    same chain-rule step written with differentiable operations — Tensors in,
+    Tensors out, built from Tensor methods and other Functions' ``apply``,
+    reading the inputs as Tensors (``self.inputs``) — so the backward pass is
+    recorded as a graph too (DeZero's steps 33-36, needle's design). The fast
+    array ``backward`` above stays the one ordinary training runs.
     """
 
     inputs = ()
     needs_input_grad = ()
     saved_tensors = ()
+    released = False            # set by a backward with retain_graph=False
+
+    def backward_graph(self, grad_output):
+        """The backward written with Tensor operations (``create_graph=True``); see the class doc.
+
+        This default is for Functions that have none yet: it refuses, naming
+        the Function, instead of giving second derivatives that are wrong.
+        """
+        raise NotImplementedError(
+            f"create_graph=True: {type(self).__name__} has no differentiable backward "
+            f"({type(self).__name__}.backward_graph) yet, so gradients of gradients cannot go "
+            "through it; use create_graph=False, or an operation that has one (docs/api/core.md)")
+
+    def release(self):
+        """Drop what forward saved for backward (``retain_graph=False``); a later backward raises."""
+        self.saved_tensors = None
+        self.released = True
 
     def save_for_backward(self, *arrays):
         """Keep ``arrays`` (or ``None``) for backward, which reads them as ``self.saved_tensors``."""

@@ -4,6 +4,12 @@ Numerical stability matters for the ones built on ``exp``: sigmoid splits on
 the sign of x so ``exp`` only ever sees non-positive numbers, softplus uses
 ``logaddexp``, and softmax subtracts the row maximum first (it does not change
 the result, since softmax(x) = softmax(x - c), but keeps ``exp`` from overflowing).
+
+``backward_graph`` (``create_graph=True``) writes each derivative with Tensor
+operations on the input, recomputing the activation as a Function (a
+sigmoid's derivative s(1 - s) needs s = SigmoidFn.apply(x), itself
+differentiable). ReLU-like masks and slopes are constants: their derivative
+is zero almost everywhere.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import math
 from ..backend import current
 from ..autograd.tensor import Function, Tensor
 from .helpers import stable_sigmoid, stable_softplus
+from .math import constant
 
 
 class ReLUFn(Function):
@@ -30,6 +37,10 @@ class ReLUFn(Function):
         passes, = self.saved_tensors         # (bool, x's shape)
         return gy * passes
 
+    def backward_graph(self, gy):
+        positive, = self.saved_tensors
+        return gy * constant(positive, gy)
+
 
 class LeakyReLUFn(Function):
     """y = x if x > 0 else a*x.   dy/dx = 1 or a."""
@@ -42,6 +53,10 @@ class LeakyReLUFn(Function):
     def backward(self, gy):
         slope, = self.saved_tensors
         return gy * slope
+
+    def backward_graph(self, gy):
+        slope, = self.saved_tensors
+        return gy * constant(slope, gy)
 
 
 class SigmoidFn(Function):
@@ -56,6 +71,10 @@ class SigmoidFn(Function):
         y, = self.saved_tensors
         return gy * y * (1 - y)
 
+    def backward_graph(self, gy):
+        s = SigmoidFn.apply(self.inputs[0])
+        return gy * s * (1 - s)
+
 
 class TanhFn(Function):
     """y = tanh x.   dy/dx = 1 - y^2."""
@@ -69,6 +88,10 @@ class TanhFn(Function):
         y, = self.saved_tensors
         return gy * (1 - y * y)
 
+    def backward_graph(self, gy):
+        t = TanhFn.apply(self.inputs[0])
+        return gy * (1 - t * t)
+
 
 class SiLUFn(Function):
     """Swish / SiLU: y = x * sigmoid(x).   dy/dx = s + x s (1 - s), s = sigmoid(x)."""
@@ -80,6 +103,11 @@ class SiLUFn(Function):
 
     def backward(self, gy):
         x, s = self.saved_tensors
+        return gy * (s + x * s * (1 - s))
+
+    def backward_graph(self, gy):
+        x, = self.inputs
+        s = SigmoidFn.apply(x)
         return gy * (s + x * s * (1 - s))
 
 
@@ -98,6 +126,11 @@ class MishFn(Function):
     def backward(self, gy):
         x, t = self.saved_tensors
         return gy * (t + x * (1 - t * t) * stable_sigmoid(x))
+
+    def backward_graph(self, gy):
+        x, = self.inputs
+        t = TanhFn.apply(SoftplusFn.apply(x))
+        return gy * (t + x * (1 - t * t) * SigmoidFn.apply(x))
 
 
 class GELUFn(Function):
@@ -130,6 +163,39 @@ class GELUFn(Function):
         pdf = xp.exp(-0.5 * x * x) / x.dtype.type(math.sqrt(2 * math.pi))
         return gy * (cdf + x * pdf)
 
+    def backward_graph(self, gy):
+        x, = self.inputs
+        if self.approximate == "tanh":
+            c = math.sqrt(2 / math.pi)
+            t = TanhFn.apply(c * (x + 0.044715 * x ** 3))
+            du = c * (1 + 3 * 0.044715 * x * x)
+            return gy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
+        return gy * (NormalCdfFn.apply(x) + x * normal_pdf(x))
+
+
+class NormalCdfFn(Function):
+    """y = Phi(x), the standard normal CDF.   dy/dx = phi(x) = exp(-x^2/2) / sqrt(2 pi).
+
+    The exact GELU's derivative needs Phi as a Function of its own, so that
+    the gradient of GELU (``create_graph=True``) can be differentiated again.
+    """
+
+    def forward(self, x):
+        self.save_for_backward(x)
+        return 0.5 * (1 + current.kernels.erf(x / x.dtype.type(math.sqrt(2))))
+
+    def backward(self, gy):
+        x, = self.saved_tensors
+        return gy * current.xp.exp(-0.5 * x * x) / x.dtype.type(math.sqrt(2 * math.pi))
+
+    def backward_graph(self, gy):
+        return gy * normal_pdf(self.inputs[0])
+
+
+def normal_pdf(x: Tensor) -> Tensor:
+    """phi(x) = exp(-x^2/2) / sqrt(2 pi), with Tensor operations."""
+    return (-0.5 * x * x).exp() / math.sqrt(2 * math.pi)
+
 
 class SoftplusFn(Function):
     """y = ln(1 + e^x).   dy/dx = sigmoid(x)."""
@@ -141,6 +207,9 @@ class SoftplusFn(Function):
     def backward(self, gy):
         x, = self.saved_tensors
         return gy * stable_sigmoid(x)
+
+    def backward_graph(self, gy):
+        return gy * SigmoidFn.apply(self.inputs[0])
 
 
 class SoftmaxFn(Function):
@@ -159,6 +228,10 @@ class SoftmaxFn(Function):
 
     def backward(self, gy):
         y, = self.saved_tensors
+        return y * (gy - (gy * y).sum(axis=self.dim, keepdims=True))
+
+    def backward_graph(self, gy):
+        y = SoftmaxFn.apply(self.inputs[0], dim=self.dim)
         return y * (gy - (gy * y).sum(axis=self.dim, keepdims=True))
 
 
@@ -180,6 +253,10 @@ class LogSoftmaxFn(Function):
         xp = current.xp
         y, = self.saved_tensors
         return gy - xp.exp(y) * gy.sum(axis=self.dim, keepdims=True)
+
+    def backward_graph(self, gy):
+        p = SoftmaxFn.apply(self.inputs[0], dim=self.dim)          # softmax = exp(log_softmax)
+        return gy - p * gy.sum(axis=self.dim, keepdims=True)
 
 
 # -- functional spellings (PyTorch's names) -------------------------------------

@@ -39,7 +39,7 @@ class Conv2dFn(Function):
             y += b.reshape(-1, 1, 1, 1)
         self.save_for_backward(cols, w_g)
         self.x_shape, self.w_shape = x.shape, w.shape
-        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         return current.xp.ascontiguousarray(y.transpose(1, 0, 2, 3))    # (N, Cout, oh, ow)
 
     def backward(self, gy):
@@ -47,6 +47,17 @@ class Conv2dFn(Function):
         # (N, Cout, oh, ow) -> (Cout, N, oh, ow): the layout of the matrix product's output
         return conv2d_product_backward(gy.transpose(1, 0, 2, 3), cols, w_g, self.x_shape, self.w_shape,
                                        self.stride, self.padding, self.dilation, self.needs_input_grad)
+
+    def backward_graph(self, gy):
+        """dx, dw, db as Functions of Tensors (``create_graph=True``): see the three below."""
+        x, w, b = self.inputs
+        options = dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+        dx = (ConvTranspose2dFn.apply(gy, w, x_shape=self.x_shape, **options)
+              if self.needs_input_grad[0] else None)
+        dw = (Conv2dWeightGradFn.apply(x, gy, w_shape=self.w_shape, **options)
+              if self.needs_input_grad[1] else None)
+        db = gy.sum(axis=(0, 2, 3)) if self.needs_input_grad[2] else None
+        return dx, dw, db
 
 
 # The matrix-product core of a convolution, shared by Conv2dFn above and the fused
@@ -77,24 +88,128 @@ def conv2d_product_backward(gy_cn, cols, w_g, x_shape, w_shape, stride, padding,
     needs is returned as None and never computed.
     """
     G = cols.shape[0]
-    Cout, Cg, kh, kw = w_shape
+    Cout = w_shape[0]
     gy_g = gy_cn.reshape(G, Cout // G, -1)                               # (G, Cout/G, L)
     dx = dw = db = None
     if needs_input_grad[0]:
-        dcols = matmul(w_g.transpose(0, 2, 1), gy_g)                     # (G, K, L)
-        dx = current.kernels.col2im(dcols.reshape(G * Cg * kh * kw, -1), x_shape,
-                                    kh, kw, stride, padding, dilation)
+        dx = conv2d_input_grad(gy_g, w_g, x_shape, w_shape, stride, padding, dilation)
     if needs_input_grad[1]:
-        # dW = dY @ cols^T, computed as (cols @ dY^T)^T: the same product, and
-        # OpenBLAS runs it 15-40 % faster in this orientation (long inner dimension L)
-        dw_t = matmul(cols, gy_g.transpose(0, 2, 1))                     # (G, K, Cout/G)
-        dw = dw_t.transpose(0, 2, 1).reshape(w_shape)                    # (G, Cout/G, K)
+        dw = conv2d_weight_grad(gy_g, cols, w_shape)
     if len(needs_input_grad) > 2 and needs_input_grad[2]:
         # db = dY summed over N, oh, ow, written as dY (Cout, L) @ ones (L, 1): the same
         # sum, and BLAS's matrix-vector product is 5x faster than ndarray.sum here
         ones = current.xp.ones((gy_g.shape[-1], 1), dtype=gy_g.dtype)
         db = matmul(gy_g, current.xp.broadcast_to(ones, (G,) + ones.shape)).reshape(Cout)
     return dx, dw, db
+
+
+def conv2d_input_grad(gy_g, w_g, x_shape, w_shape, stride, padding, dilation):
+    """dx = col2im(W_g^T @ dY_g): the gradient of a convolution w.r.t. its input.
+
+    gy_g (G, Cout/G, L), w_g (G, Cout/G, K) -> dx of ``x_shape``. As a
+    function of dY this is the *transposed convolution* of dY with W.
+    """
+    G = w_g.shape[0]
+    _, Cg, kh, kw = w_shape
+    dcols = matmul(w_g.transpose(0, 2, 1), gy_g)                         # (G, K, L)
+    return current.kernels.col2im(dcols.reshape(G * Cg * kh * kw, -1), x_shape,
+                                  kh, kw, stride, padding, dilation)
+
+
+def conv2d_weight_grad(gy_g, cols, w_shape):
+    """dW = dY_g @ cols_g^T: the gradient of a convolution w.r.t. its weight.
+
+    gy_g (G, Cout/G, L), cols (G, K, L) -> dw of ``w_shape``: a convolution of
+    the input with the output gradient.
+    """
+    # dW = dY @ cols^T, computed as (cols @ dY^T)^T: the same product, and
+    # OpenBLAS runs it 15-40 % faster in this orientation (long inner dimension L)
+    dw_t = matmul(cols, gy_g.transpose(0, 2, 1))                         # (G, K, Cout/G)
+    return dw_t.transpose(0, 2, 1).reshape(w_shape)                      # (G, Cout/G, K)
+
+
+# -- gradients of gradients (create_graph=True) ------------------------------------
+# A convolution y = conv(x, w) is bilinear: linear in x for a fixed w, and in w
+# for a fixed x. Its two gradients are bilinear too, and their gradients are again
+# one of the three maps below, so the three Functions differentiate each other:
+#
+#   Conv2dFn            y  = conv(x, w)
+#   ConvTranspose2dFn   dx = convT(gy, w)     d/d gy <h, dx> = conv(h, w),    d/dw = wgrad(h, gy)
+#   Conv2dWeightGradFn  dw = wgrad(x, gy)     d/dx  <k, dw> = convT(gy, k),   d/d gy = conv(x, k)
+def _groups_view(gy, groups):
+    """(N, Cout, oh, ow) -> (G, Cout/G, N*oh*ow), the matrix product's layout."""
+    return gy.transpose(1, 0, 2, 3).reshape(groups, gy.shape[1] // groups, -1)
+
+
+class ConvTranspose2dFn(Function):
+    """dx = convT(gy, w): a convolution's input gradient, as a Function of (gy, w).
+
+    gy (N, Cout, oh, ow), w (Cout, C/G, kh, kw) -> (N, C, H, W) = ``x_shape``:
+    ``col2im(W_g^T @ gy_g)``, the *transposed convolution*. Linear in gy and in w:
+
+        d gy = conv2d(h, w)          (h: the gradient arriving, x's shape)
+        d w  = wgrad(h, gy)          (the weight gradient of conv(h, .) at gy)
+    """
+
+    def forward(self, gy, w, x_shape, stride, padding, dilation, groups):
+        self.x_shape, self.w_shape = x_shape, w.shape
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.save_for_backward(gy, w)
+        w_g = w.reshape(groups, w.shape[0] // groups, -1)
+        return conv2d_input_grad(_groups_view(gy, groups), w_g, x_shape, w.shape, stride, padding, dilation)
+
+    def backward(self, h):
+        gy, w = self.saved_tensors
+        y, cols, _ = conv2d_product(h, w, self.stride, self.padding, self.dilation, self.groups)
+        dgy = current.xp.ascontiguousarray(y.transpose(1, 0, 2, 3)) if self.needs_input_grad[0] else None
+        dw = conv2d_weight_grad(_groups_view(gy, self.groups), cols, w.shape) if self.needs_input_grad[1] else None
+        return dgy, dw
+
+    def backward_graph(self, h):
+        gy, w = self.inputs
+        options = dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+        dgy = Conv2dFn.apply(h, w, None, **options) if self.needs_input_grad[0] else None
+        dw = Conv2dWeightGradFn.apply(h, gy, w_shape=self.w_shape, **options) if self.needs_input_grad[1] else None
+        return dgy, dw
+
+
+class Conv2dWeightGradFn(Function):
+    """dw = wgrad(x, gy): a convolution's weight gradient, as a Function of (x, gy).
+
+    x (N, C, H, W), gy (N, Cout, oh, ow) -> (Cout, C/G, kh, kw) = ``w_shape``:
+    ``gy_g @ im2col(x)_g^T``. Linear in x and in gy:
+
+        d x  = convT(gy, k)          (k: the gradient arriving, w's shape)
+        d gy = conv2d(x, k)
+    """
+
+    def forward(self, x, gy, w_shape, stride, padding, dilation, groups):
+        self.x_shape, self.w_shape = x.shape, w_shape
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        Cout, Cg, kh, kw = w_shape
+        cols = current.kernels.im2col(x, kh, kw, stride, padding, dilation).reshape(groups, Cg * kh * kw, -1)
+        self.save_for_backward(gy, cols)
+        return conv2d_weight_grad(_groups_view(gy, groups), cols, w_shape)
+
+    def backward(self, k):
+        gy, cols = self.saved_tensors
+        G, (N, Cout, oh, ow) = self.groups, gy.shape
+        k_g = k.reshape(G, Cout // G, -1)                                # (G, Cout/G, K)
+        dx = (conv2d_input_grad(_groups_view(gy, G), k_g, self.x_shape, self.w_shape, self.stride,
+                                self.padding, self.dilation) if self.needs_input_grad[0] else None)
+        dgy = None
+        if self.needs_input_grad[1]:
+            y = matmul(k_g, cols).reshape(Cout, N, oh, ow)                # conv(x, k), channel first
+            dgy = current.xp.ascontiguousarray(y.transpose(1, 0, 2, 3))
+        return dx, dgy
+
+    def backward_graph(self, k):
+        x, gy = self.inputs
+        options = dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+        dx = (ConvTranspose2dFn.apply(gy, k, x_shape=self.x_shape, **options)
+              if self.needs_input_grad[0] else None)
+        dgy = Conv2dFn.apply(x, k, None, **options) if self.needs_input_grad[1] else None
+        return dx, dgy
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor = None, stride=1, padding=0,

@@ -32,6 +32,10 @@ class DropoutFn(Function):
         mask, = self.saved_tensors
         return gy * mask
 
+    def backward_graph(self, gy):
+        mask, = self.saved_tensors                      # a constant: the same draw as forward
+        return gy * Tensor(mask, dtype=gy.dtype)
+
 
 def dropout(x: Tensor, p=0.5, training=True) -> Tensor:
     if not 0.0 <= p <= 1.0:

@@ -31,6 +31,15 @@ class LinearFn(Function):
         db = g2.sum(axis=0) if self.needs_input_grad[2] else None
         return dx, dw, db
 
+    def backward_graph(self, gy):
+        """The same three formulas with Tensor operations (``create_graph=True``)."""
+        x, weight, bias = self.inputs
+        g2 = gy.reshape(-1, gy.shape[-1])                     # (N, out)
+        dx = (g2 @ weight).reshape(self.x_shape) if self.needs_input_grad[0] else None
+        dw = g2.T @ x.reshape(-1, x.shape[-1]) if self.needs_input_grad[1] else None
+        db = g2.sum(axis=0) if self.needs_input_grad[2] else None
+        return dx, dw, db
+
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor = None) -> Tensor:
     """PyTorch's ``F.linear``: y = x @ weight.T + bias."""

@@ -2,12 +2,18 @@
 
 ``reduction`` is ``'mean'`` (default), ``'sum'`` or ``'none'`` (one loss per
 element or sample), as in PyTorch.
+
+``backward_graph`` (``create_graph=True``) writes each gradient with Tensor
+operations: cross-entropy's p - q with p = SoftmaxFn.apply(logits), so a
+gradient penalty or a Hessian-vector product can go through the loss.
 """
 from __future__ import annotations
 
 from ..backend import current
 from ..autograd.tensor import Function, Tensor
+from .activation import SigmoidFn, SoftmaxFn
 from .helpers import shape_str, stable_sigmoid
+from .math import ExpandFn, constant
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -35,6 +41,16 @@ def _reduce_grad(gy, shape, reduction, dtype):
         n *= s
     g = gy / n if reduction == "mean" else gy
     return xp.broadcast_to(g.astype(dtype), shape)
+
+
+def reduce_grad_graph(gy, shape, reduction):
+    """:func:`_reduce_grad` on Tensors (``backward_graph``): gy/n or gy, broadcast to ``shape``."""
+    if reduction == "none":
+        return gy
+    n = 1
+    for s in shape:
+        n *= s
+    return ExpandFn.apply(gy / n if reduction == "mean" else gy, shape=tuple(shape))
 
 
 def _check_class_targets(op, logits, target):
@@ -93,6 +109,18 @@ class CrossEntropyFn(Function):
         g = _reduce_grad(gy, (N,), self.reduction, grad.dtype)     # (N,)
         return grad * g[:, None], None
 
+    def backward_graph(self, gy):
+        xp = current.xp
+        logits = self.inputs[0]
+        target = self.saved_tensors[1]
+        N, K = logits.shape
+        q = xp.zeros((N, K), dtype=logits.dtype)                    # the smoothed target distribution
+        q[xp.arange(N), target] = 1 - self.eps
+        q += self.eps / K
+        p = SoftmaxFn.apply(logits, dim=1)
+        g = reduce_grad_graph(gy, (N,), self.reduction)            # (N,)
+        return (p - constant(q, p)) * g.reshape(N, 1), None
+
 
 class NLLLossFn(Function):
     """L_n = -log_probs[n, y_n].   d/d log_probs: -1 at (n, y_n), 0 elsewhere."""
@@ -111,6 +139,15 @@ class NLLLossFn(Function):
         grad[xp.arange(N), target] = -_reduce_grad(gy, (N,), self.reduction, gy.dtype)
         return grad, None
 
+    def backward_graph(self, gy):
+        xp = current.xp
+        target, = self.saved_tensors
+        N = self.shape[0]
+        minus_onehot = xp.zeros(self.shape, dtype=gy.dtype)
+        minus_onehot[xp.arange(N), target] = -1
+        g = reduce_grad_graph(gy, (N,), self.reduction)            # (N,)
+        return constant(minus_onehot, gy) * g.reshape(N, 1), None
+
 
 class MSELossFn(Function):
     """L = (x - t)^2 per element.   dL/dx = 2 (x - t), dL/dt = -2 (x - t)."""
@@ -124,6 +161,11 @@ class MSELossFn(Function):
     def backward(self, gy):
         diff, = self.saved_tensors
         g = 2 * diff * _reduce_grad(gy, diff.shape, self.reduction, diff.dtype)
+        return g, (-g if self.needs_input_grad[1] else None)
+
+    def backward_graph(self, gy):
+        x, t = self.inputs
+        g = 2 * (x - t) * reduce_grad_graph(gy, x.shape, self.reduction)
         return g, (-g if self.needs_input_grad[1] else None)
 
 
@@ -149,6 +191,14 @@ class SmoothL1LossFn(Function):
         g = dl * _reduce_grad(gy, d.shape, self.reduction, d.dtype)
         return g, (-g if self.needs_input_grad[1] else None)
 
+    def backward_graph(self, gy):
+        x, t = self.inputs
+        d, small = self.saved_tensors
+        # d/beta inside the quadratic zone, the constant sign(d) outside
+        dl = (x - t) * constant(small / self.beta, gy) + constant(current.xp.sign(d) * ~small, gy)
+        g = dl * reduce_grad_graph(gy, d.shape, self.reduction)
+        return g, (-g if self.needs_input_grad[1] else None)
+
 
 class BCEWithLogitsFn(Function):
     """Binary cross-entropy on logits x with targets y in [0, 1]::
@@ -169,6 +219,13 @@ class BCEWithLogitsFn(Function):
         x, y = self.saved_tensors
         g = _reduce_grad(gy, x.shape, self.reduction, x.dtype)
         dx = (stable_sigmoid(x) - y) * g
+        dy = -x * g if self.needs_input_grad[1] else None
+        return dx, dy
+
+    def backward_graph(self, gy):
+        x, y = self.inputs
+        g = reduce_grad_graph(gy, x.shape, self.reduction)
+        dx = (SigmoidFn.apply(x) - y) * g
         dy = -x * g if self.needs_input_grad[1] else None
         return dx, dy
 

@@ -4,6 +4,15 @@ Broadcasting. ``a + b`` with ``a: (4, 3)`` and ``b: (3,)`` behaves as if ``b``
 were copied to every row. Each copy of ``b`` contributes to the output, so the
 gradient of ``b`` is the *sum* of the output gradient over the broadcast axes:
 :func:`unbroadcast` undoes broadcasting in every binary backward.
+
+Gradients of gradients. Each Function also has a ``backward_graph``: the same
+formulas written with Tensor operations (``create_graph=True``, see
+``Function`` in autograd/tensor.py). It reads the inputs as Tensors
+(``self.inputs``) and recomputes what ``backward`` had saved (``x.exp()`` for
+ExpFn), so the gradient it returns is connected to them by a graph.
+:func:`unbroadcast` works on Tensors as well as arrays (only ``sum`` and
+``reshape``), and :class:`ExpandFn` is broadcasting as a Function — the
+differentiable backward of a sum.
 """
 from __future__ import annotations
 
@@ -33,6 +42,31 @@ def unbroadcast(grad, shape):
     return grad.reshape(shape)
 
 
+def constant(array, like):
+    """``array`` (a mask, a sign, ...) as a Tensor outside the graph, with ``like``'s float dtype."""
+    dtype = like.dtype if array.dtype.kind == "f" else array.dtype
+    return Tensor(array, dtype=dtype)
+
+
+class ExpandFn(Function):
+    """y = x broadcast to ``shape`` (a copy), NumPy's broadcasting rule.
+
+    dx = gy summed back over the broadcast axes (:func:`unbroadcast`). It is
+    the backward of a sum (and a mean), written as a Function so that a
+    gradient built with it can be differentiated again.
+    """
+
+    def forward(self, x, shape):
+        self.x_shape = x.shape
+        return current.xp.broadcast_to(x, shape).copy()
+
+    def backward(self, gy):
+        return unbroadcast(gy, self.x_shape)
+
+    def backward_graph(self, gy):
+        return unbroadcast(gy, self.x_shape)
+
+
 def _check_broadcast(a, b, op):
     try:
         # shapes are plain tuples on the host: NumPy's rule, whatever the backend
@@ -54,6 +88,9 @@ class AddFn(Function):
     def backward(self, gy):
         return unbroadcast(gy, self.a_shape), unbroadcast(gy, self.b_shape)
 
+    def backward_graph(self, gy):
+        return unbroadcast(gy, self.a_shape), unbroadcast(gy, self.b_shape)
+
 
 class SubFn(Function):
     """y = a - b.   da = gy, db = -gy."""
@@ -64,6 +101,10 @@ class SubFn(Function):
         return a - b
 
     def backward(self, gy):
+        db = unbroadcast(-gy, self.b_shape) if self.needs_input_grad[1] else None
+        return unbroadcast(gy, self.a_shape), db
+
+    def backward_graph(self, gy):
         db = unbroadcast(-gy, self.b_shape) if self.needs_input_grad[1] else None
         return unbroadcast(gy, self.a_shape), db
 
@@ -78,6 +119,12 @@ class MulFn(Function):
 
     def backward(self, gy):
         a, b = self.saved_tensors
+        da = unbroadcast(gy * b, a.shape) if self.needs_input_grad[0] else None
+        db = unbroadcast(gy * a, b.shape) if self.needs_input_grad[1] else None
+        return da, db
+
+    def backward_graph(self, gy):
+        a, b = self.inputs
         da = unbroadcast(gy * b, a.shape) if self.needs_input_grad[0] else None
         db = unbroadcast(gy * a, b.shape) if self.needs_input_grad[1] else None
         return da, db
@@ -97,6 +144,12 @@ class DivFn(Function):
         db = unbroadcast(-gy * a / (b * b), b.shape) if self.needs_input_grad[1] else None
         return da, db
 
+    def backward_graph(self, gy):
+        a, b = self.inputs
+        da = unbroadcast(gy / b, a.shape) if self.needs_input_grad[0] else None
+        db = unbroadcast(-gy * a / (b * b), b.shape) if self.needs_input_grad[1] else None
+        return da, db
+
 
 class NegFn(Function):
     """y = -x.   dx = -gy."""
@@ -105,6 +158,9 @@ class NegFn(Function):
         return -x
 
     def backward(self, gy):
+        return -gy
+
+    def backward_graph(self, gy):
         return -gy
 
 
@@ -118,6 +174,10 @@ class PowScalarFn(Function):
 
     def backward(self, gy):
         x, = self.saved_tensors
+        return gy * self.p * x ** (self.p - 1)
+
+    def backward_graph(self, gy):
+        x, = self.inputs
         return gy * self.p * x ** (self.p - 1)
 
 
@@ -135,6 +195,12 @@ class PowFn(Function):
         a, b, y = self.saved_tensors
         da = unbroadcast(gy * b * a ** (b - 1), a.shape) if self.needs_input_grad[0] else None
         db = unbroadcast(gy * y * xp.log(a), b.shape) if self.needs_input_grad[1] else None
+        return da, db
+
+    def backward_graph(self, gy):
+        a, b = self.inputs
+        da = unbroadcast(gy * b * a ** (b - 1), a.shape) if self.needs_input_grad[0] else None
+        db = unbroadcast(gy * a ** b * a.log(), b.shape) if self.needs_input_grad[1] else None
         return da, db
 
 
@@ -179,6 +245,25 @@ class MatMulFn(Function):
             db = unbroadcast(db, b2.shape).reshape(b.shape)
         return da, db
 
+    def backward_graph(self, gy):
+        """The same products as ``backward``, on Tensors (so each is a MatMulFn again)."""
+        a, b = self.inputs
+        if a.ndim == 1 and b.ndim == 1:
+            return gy * b, gy * a
+        a2 = a.reshape(1, -1) if a.ndim == 1 else a
+        b2 = b.reshape(-1, 1) if b.ndim == 1 else b
+        g2 = gy
+        if a.ndim == 1:
+            g2 = g2.unsqueeze(-2)
+        if b.ndim == 1:
+            g2 = g2.unsqueeze(-1)
+        da = db = None
+        if self.needs_input_grad[0]:
+            da = unbroadcast(g2 @ b2.transpose(-1, -2), a2.shape).reshape(a.shape)
+        if self.needs_input_grad[1]:
+            db = unbroadcast(a2.transpose(-1, -2) @ g2, b2.shape).reshape(b.shape)
+        return da, db
+
 
 class ExpFn(Function):
     """y = e^x.   dx = gy * y."""
@@ -192,6 +277,10 @@ class ExpFn(Function):
         y, = self.saved_tensors
         return gy * y
 
+    def backward_graph(self, gy):
+        x, = self.inputs
+        return gy * x.exp()
+
 
 class LogFn(Function):
     """y = ln x.   dx = gy / x."""
@@ -202,6 +291,10 @@ class LogFn(Function):
 
     def backward(self, gy):
         x, = self.saved_tensors
+        return gy / x
+
+    def backward_graph(self, gy):
+        x, = self.inputs
         return gy / x
 
 
@@ -217,6 +310,10 @@ class SqrtFn(Function):
         y, = self.saved_tensors
         return gy / (2 * y)
 
+    def backward_graph(self, gy):
+        x, = self.inputs
+        return gy / (2 * x.sqrt())
+
 
 class AbsFn(Function):
     """``y = |x|``.   ``dx = gy * sign(x)``  (0 at x = 0, as PyTorch)."""
@@ -228,6 +325,10 @@ class AbsFn(Function):
     def backward(self, gy):
         x, = self.saved_tensors
         return gy * current.xp.sign(x)
+
+    def backward_graph(self, gy):
+        x, = self.inputs
+        return gy * constant(current.xp.sign(x.array), gy)      # sign(x): a constant, d sign = 0
 
 
 class ClipFn(Function):
@@ -249,6 +350,15 @@ class ClipFn(Function):
             inside &= x <= self.high
         return gy * inside
 
+    def backward_graph(self, gy):
+        x = self.saved_tensors[0]
+        inside = current.xp.ones(x.shape, dtype=bool)
+        if self.low is not None:
+            inside &= x >= self.low
+        if self.high is not None:
+            inside &= x <= self.high
+        return gy * constant(inside, gy)
+
 
 class CastFn(Function):
     """y = x converted to another float dtype.   dx = gy converted back."""
@@ -258,6 +368,9 @@ class CastFn(Function):
         return x.astype(dtype)
 
     def backward(self, gy):
+        return gy.astype(self.src_dtype)
+
+    def backward_graph(self, gy):
         return gy.astype(self.src_dtype)
 
 
@@ -285,6 +398,9 @@ class CloneFn(Function):
     def backward(self, gy):
         return gy
 
+    def backward_graph(self, gy):
+        return CloneFn.apply(gy)
+
 
 class MaximumFn(Function):
     """y = max(a, b) elementwise.   The gradient goes to the larger (to a on ties)."""
@@ -299,6 +415,13 @@ class MaximumFn(Function):
         a_wins = a >= b
         da = unbroadcast(gy * a_wins, a.shape) if self.needs_input_grad[0] else None
         db = unbroadcast(gy * ~a_wins, b.shape) if self.needs_input_grad[1] else None
+        return da, db
+
+    def backward_graph(self, gy):
+        a, b = self.saved_tensors
+        a_wins = a >= b
+        da = unbroadcast(gy * constant(a_wins, gy), a.shape) if self.needs_input_grad[0] else None
+        db = unbroadcast(gy * constant(~a_wins, gy), b.shape) if self.needs_input_grad[1] else None
         return da, db
 
 

@@ -3,6 +3,10 @@
 A reduction over some axes maps many inputs to one output, so in backward
 the output gradient is *spread back* over the reduced axes: copied for a sum,
 divided by the count for a mean, routed to the maximum for a max.
+
+With ``create_graph=True`` (``backward_graph``) the spreading back is an
+:class:`~minicnn.functional.math.ExpandFn`, a Function whose own backward is
+a sum: the two are each other's gradient.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import contextlib
 
 from ..backend import current
 from ..autograd.tensor import Function, Tensor, check_dim, dim_args
-from .math import MaximumFn
+from .math import ExpandFn, MaximumFn, constant
 
 #: what ``x.max(dim)`` / ``x.min(dim)`` return, like ``torch.return_types.max``
 MaxResult = collections.namedtuple("max", ["values", "indices"])
@@ -49,6 +53,10 @@ class SumFn(Function):
     def backward(self, gy):
         g = _expand(gy, self.x_shape, self.axes, self.keepdims)
         return current.xp.broadcast_to(g, self.x_shape).copy()
+
+    def backward_graph(self, gy):
+        g = _expand(gy, self.x_shape, self.axes, self.keepdims)
+        return ExpandFn.apply(g, shape=self.x_shape)
 
 
 class ProdFn(Function):
@@ -96,6 +104,10 @@ class MeanFn(Function):
     def backward(self, gy):
         g = _expand(gy, self.x_shape, self.axes, self.keepdims) / self.count
         return current.xp.broadcast_to(g, self.x_shape).astype(gy.dtype)
+
+    def backward_graph(self, gy):
+        g = _expand(gy, self.x_shape, self.axes, self.keepdims) / self.count
+        return ExpandFn.apply(g, shape=self.x_shape)
 
 
 class MaxFn(Function):
@@ -167,6 +179,14 @@ class TakeAlongDimFn(Function):
         shape[self.dim] = self.x_shape[self.dim]
         positions = xp.arange(self.x_shape[self.dim]).reshape(shape)      # (1, ..., K, ..., 1)
         return ((positions == index) * g).astype(gy.dtype)               # x's shape
+
+    def backward_graph(self, gy):
+        """The winners and their count are constants (a max is piecewise linear)."""
+        x, y = self.saved_tensors
+        g = _expand(gy, x.shape, self.axes, self.keepdims)
+        winners = (x == y)
+        share = winners / winners.sum(axis=self.axes, keepdims=True)
+        return ExpandFn.apply(g, shape=x.shape) * constant(share.astype(x.dtype), gy)
 
 
 def correction_of(unbiased, correction):

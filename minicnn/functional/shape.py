@@ -3,6 +3,8 @@
 None of these change a single value, they only move values around; so each
 backward moves the gradient back the same way (reshape back, transpose by the
 inverse permutation, scatter into the indexed positions, split).
+Each ``backward_graph`` (``create_graph=True``) does the same with Tensor
+operations; indexing and :class:`ScatterAddFn` are each other's gradient.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ class ReshapeFn(Function):
     def backward(self, gy):
         return gy.reshape(self.x_shape)
 
+    def backward_graph(self, gy):
+        return gy.reshape(self.x_shape)
+
 
 class TransposeFn(Function):
     """y = x with its axes permuted (reversed when ``axes`` is None).
@@ -48,6 +53,12 @@ class TransposeFn(Function):
         for i, a in enumerate(self.axes):
             inverse[a] = i
         return gy.transpose(inverse)
+
+    def backward_graph(self, gy):
+        inverse = [0] * len(self.axes)
+        for i, a in enumerate(self.axes):
+            inverse[a] = i
+        return TransposeFn.apply(gy, axes=tuple(inverse))
 
 
 class GetItemFn(Function):
@@ -71,6 +82,30 @@ class GetItemFn(Function):
         dx = xp.zeros(self.x_shape, dtype=gy.dtype)
         current.kernels.scatter_add(dx, self.index, gy)
         return dx
+
+    def backward_graph(self, gy):
+        return ScatterAddFn.apply(gy, index=self.index, shape=self.x_shape)
+
+
+class ScatterAddFn(Function):
+    """y = zeros(shape) with ``values`` added at ``index`` (repeats add up): GetItemFn's backward.
+
+    It is linear in ``values``, and its backward reads the same positions
+    back: dvalues = gy[index]. The two are each other's gradient, so
+    gradients of indexing can be differentiated again.
+    """
+
+    def forward(self, values, index, shape):
+        self.index = index
+        y = current.xp.zeros(shape, dtype=values.dtype)
+        current.kernels.scatter_add(y, index, values)
+        return y
+
+    def backward(self, gy):
+        return gy[self.index]
+
+    def backward_graph(self, gy):
+        return GetItemFn.apply(gy, index=self.index)
 
 
 def flatten(x: Tensor, start_dim=0, end_dim=-1) -> Tensor:
@@ -109,6 +144,11 @@ class ConcatenateFn(Function):
         bounds = list(itertools.accumulate(self.sizes[:-1]))    # where each input's slice ends
         return tuple(current.xp.split(gy, bounds, axis=self.axis))
 
+    def backward_graph(self, gy):
+        bounds = [0] + list(itertools.accumulate(self.sizes))
+        before = (slice(None),) * self.axis
+        return tuple(gy[before + (slice(lo, hi),)] for lo, hi in zip(bounds[:-1], bounds[1:]))
+
 
 class StackFn(Function):
     """y = the inputs (all of one shape) stacked along a new ``axis``.   dx_i = gy[i along axis]."""
@@ -126,6 +166,10 @@ class StackFn(Function):
     def backward(self, gy):
         xp = current.xp
         return tuple(xp.take(gy, i, axis=self.axis) for i in range(gy.shape[self.axis]))
+
+    def backward_graph(self, gy):
+        before = (slice(None),) * self.axis
+        return tuple(gy[before + (i,)] for i in range(gy.shape[self.axis]))
 
 
 def concatenate(tensors, dim=0, *, axis=None) -> Tensor:
