@@ -199,6 +199,10 @@ def grid_of(space):
 # -----------------------------------------------------------------------------
 # The study database
 # -----------------------------------------------------------------------------
+class StudyStorageError(ValueError):
+    """A study file (SQLite database, Optuna journal) that cannot be read: corrupt, truncated, not one."""
+
+
 def open_storage(url, heartbeat_interval=5, grace_period=30):
     """An Optuna storage for ``url``, safe for several processes at once.
 
@@ -224,7 +228,11 @@ def open_storage(url, heartbeat_interval=5, grace_period=30):
             from optuna.storages import JournalFileStorage as JournalFileBackend
         path = url[len("journal:"):]
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        return JournalStorage(JournalFileBackend(path))
+        try:
+            return JournalStorage(JournalFileBackend(path))      # replays the whole log: reads every line
+        except (ValueError, KeyError, TypeError) as e:           # not a journal (JSON lines Optuna wrote)
+            raise StudyStorageError(f"the tune study {path} is not a readable Optuna journal "
+                                    f"({type(e).__name__}: {e}); move it away to start a new study") from None
     import contextlib
     import warnings
     engine_kwargs, lock = {}, contextlib.nullcontext()
@@ -241,6 +249,13 @@ def open_storage(url, heartbeat_interval=5, grace_period=30):
             con = sqlite3.connect(path, timeout=60)
             try:
                 con.execute("PRAGMA journal_mode=WAL")     # persistent: readers never block writers
+                # random bytes, a truncated copy: found now, with the file's name, not mid-study
+                problem = con.execute("PRAGMA quick_check").fetchone()[0]
+                if problem != "ok":
+                    raise sqlite3.DatabaseError(problem)
+            except sqlite3.DatabaseError as e:
+                raise StudyStorageError(f"the tune study {path} is not a readable SQLite database "
+                                        f"({e}); move it away to start a new study") from None
             finally:
                 con.close()
         with warnings.catch_warnings():
