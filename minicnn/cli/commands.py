@@ -203,7 +203,7 @@ def load_resume_checkpoint(args):
         may_change -= {"batch_size", "epochs"}   # their length was planned in batches over all epochs
     elif args.schedule == "step":
         may_change -= {"epochs"}                 # its step size was epochs // 3
-    for key in sorted(set(saved) & set(now) - may_change):
+    for key in sorted(set(saved) & set(now) - may_change - {"batch_size", "epochs"}):
         if saved[key] != now[key] and not (key == "dataset" and dataset_key(str(saved[key])) == dataset_key(str(now[key]))):
             option = "--" + key.replace("_", "-")
             raise CLIError(f"--resume {args.resume}: {option} is {now[key]!r} but the checkpoint was "
