@@ -157,10 +157,9 @@ def model_from_checkpoint(state, path="the checkpoint"):
     config = state.get("config") or {}
     if not isinstance(config, dict) or "model_name" not in config:
         raise CLIError(f"{path} has no model configuration (was it written by `minicnn train`?)")
-    if config["model_name"] not in MODELS:
-        raise CLIError(f"{path}: field 'config.model_name': unknown model {config['model_name']!r}; "
-                       f"expected one of {', '.join(MODELS)}")
     try:                                      # types, ranges, sizes: before anything is allocated
+        check(config, {"properties": {"model_name": {"type": "string", "enum": list(MODELS)}}},
+              f"{path} [config]")
         check_model_config(config, state["model"], f"{path} [config]", count_parameters)
     except SchemaError as e:
         raise CLIError(str(e)) from None
@@ -671,7 +670,7 @@ def options_schema(parser):
             item = {"type": ["string", "number", "boolean"]}
         if action.choices is not None and action.nargs is None:
             item = {"enum": list(action.choices)}
-        if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+        if action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 0):
             item = {"type": "array", "items": item}
         properties[action.dest] = {"anyOf": [item, {"type": "null"}]} if action.default is None else item
     return {"type": "object", "properties": properties}

@@ -12,6 +12,8 @@ search runs: ``pip install "minicnn[tune]"``.
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -199,6 +201,29 @@ def grid_of(space):
 # -----------------------------------------------------------------------------
 # The study database
 # -----------------------------------------------------------------------------
+def _check_journal(path):
+    """Every complete line of an Optuna journal must be a JSON object (raise ValueError otherwise).
+
+    Optuna itself forgives an undecodable *last* line (it may be a write in
+    progress) and fails later, mid-study, when the next line is appended; a
+    line ending in a newline was written completely, so garbage there is a
+    corrupt file. Only a last line without its newline is left to Optuna.
+    """
+    import json
+    if not os.path.exists(path):
+        return
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                break
+            try:
+                entry = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"line {number}: {e}") from None
+            if not isinstance(entry, dict):
+                raise ValueError(f"line {number}: not a JSON object")
+
+
 class StudyStorageError(ValueError):
     """A study file (SQLite database, Optuna journal) that cannot be read: corrupt, truncated, not one."""
 
@@ -229,6 +254,7 @@ def open_storage(url, heartbeat_interval=5, grace_period=30):
         path = url[len("journal:"):]
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
+            _check_journal(path)
             return JournalStorage(JournalFileBackend(path))      # replays the whole log: reads every line
         except (ValueError, KeyError, TypeError) as e:           # not a journal (JSON lines Optuna wrote)
             raise StudyStorageError(f"the tune study {path} is not a readable Optuna journal "
