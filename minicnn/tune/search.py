@@ -13,7 +13,6 @@ search runs: ``pip install "minicnn[tune]"``.
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass
 
 import numpy as np
