@@ -282,11 +282,13 @@ class _Progress:
 
 
 class _GracefulInterrupt:
-    """Turn the first Ctrl-C into a flag checked between batches.
+    """Turn the first Ctrl-C into a flag checked between batches and at the end of the epoch.
 
-    Stopping *between* batches means the checkpoint written on Ctrl-C holds a
-    consistent state (never half an optimizer step). A second Ctrl-C
-    interrupts at once, as usual.
+    Installed for the whole run — batches, validation, callbacks, checkpoint
+    writes — so a Ctrl-C at any moment is acted on at the next safe point:
+    after the current batch (never half an optimizer step), or once the epoch's
+    validation and checkpoints are done. Either way ``interrupted.ckpt`` is
+    written and resumes exactly. A second Ctrl-C interrupts at once, as usual.
     """
 
     def __init__(self):
@@ -381,8 +383,14 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
             ReduceLROnPlateau gets the validation loss.
         out_dir: if given, ``last.ckpt`` is written there after every epoch,
             ``best.ckpt`` when validation accuracy improves, and ``interrupted.ckpt``
-            on Ctrl-C (then KeyboardInterrupt is re-raised).
-        resume: a checkpoint path (or a loaded dict) to continue from.
+            on Ctrl-C at any moment (then KeyboardInterrupt is re-raised).
+            Temporary files left there by a killed writer are removed at the start.
+        resume: a checkpoint path (or a loaded dict) to continue from. Its
+            metadata is checked first (:mod:`minicnn.train.schema`): types,
+            ranges, and its sample order against ``train_loader``'s data. The
+            position in the epoch is kept in samples, so ``train_loader`` may
+            have another batch size: the rest of the epoch is cut into the new
+            batches from the same sample on.
         early_stopping: an :class:`EarlyStopping`, checked after each epoch.
         max_batches_per_epoch: cap the batches per epoch (quick demos and tests).
         checkpoint_extra: a dict stored in every checkpoint (e.g. the model's name,
