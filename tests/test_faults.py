@@ -218,6 +218,8 @@ def trained_run(tmp_path_factory):
 @pytest.mark.parametrize("option, value", [
     ("--limit-train", "128"), ("--val-split", "0.2"), ("--seed", "1"), ("--lr", "0.01"),
     ("--width", "0.5"), ("--model", "tiny"), ("--optimizer", "sgd"), ("--augment", None),
+    ("--weight-decay", "0.1"), ("--schedule", "exponential"), ("--dataset", "fashion-mnist"),
+    ("--dropout", "0.2"), ("--adversarial", "fgsm"),
 ])
 def test_cli_resume_with_a_changed_option_is_refused_naming_it(trained_run, tmp_path, capsys, option, value):
     line = ["train", "--out", str(tmp_path), *QUICK, "--epochs", "2", "--resume",
@@ -238,9 +240,11 @@ def test_cli_resume_with_a_changed_batch_size_under_a_batch_counted_schedule_is_
 
 
 def test_cli_resume_with_a_larger_batch_size_and_more_epochs_runs(trained_run, tmp_path, capsys):
+    """Options that change no trained number from the resume point on (or do so by design) are accepted."""
     ckpt = str(trained_run / "last.ckpt")
     assert main(["train", "--out", str(tmp_path), *QUICK, "--epochs", "2", "--resume", ckpt,
-                 "--batch-size", "48"]) == 0
+                 "--batch-size", "48", "--limit-test", "16", "--nan-policy", "skip-batch", "--no-fuse",
+                 "--early-stopping", "2"]) == 0
     out = capsys.readouterr().out
     assert "epoch 2/2" in out and "epoch 1/2" not in out
     assert load_checkpoint(tmp_path / "last.ckpt")["epoch"] == 2
