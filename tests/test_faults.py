@@ -295,6 +295,29 @@ def test_ctrl_c_at_any_moment_leaves_a_resumable_interrupted_ckpt(tmp_path, monk
     _assert_same_weights(model, expected)
 
 
+def test_cli_ctrl_c_during_validation_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch, capsys):
+    """`minicnn train`, Ctrl-C while epoch 1 is being validated: exit 130, interrupted.ckpt after
+    epoch 1, the lock released; --resume ends with the weights of a run never interrupted."""
+    line = [*QUICK, "--epochs", "2", "--seed", "3"]
+    assert main(["train", "--out", str(tmp_path / "whole"), *line]) == 0
+    real_evaluate = loop.evaluate
+
+    def evaluate(*args, **kwargs):
+        _sigint_self()
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    cut = tmp_path / "cut"
+    assert main(["train", "--out", str(cut), *line]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert load_checkpoint(cut / "interrupted.ckpt")["epoch"] == 1 and not (cut / LOCK_NAME).exists()
+    monkeypatch.setattr(loop, "evaluate", real_evaluate)
+    assert main(["train", "--out", str(cut), *line, "--resume", str(cut / "interrupted.ckpt")]) == 0
+    whole, resumed = (load_checkpoint(tmp_path / name / "last.ckpt")["model"] for name in ("whole", "cut"))
+    for k in whole:
+        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+
+
 def test_a_second_ctrl_c_stops_at_once():
     model, opt, train, _ = _setup()
     steps = []
