@@ -577,9 +577,8 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
     interrupt = _GracefulInterrupt()
     with interrupt.installed():                  # Ctrl-C anywhere in an epoch: a flag, acted on below
         for epoch in range(start_epoch, epochs):
-            stop = _run_epoch(epoch)
+            if _run_epoch(epoch):                # early stopping ended the run (best weights restored)
+                break
             if interrupt.requested:              # during validation or checkpointing: the epoch is
                 save_interrupted(epoch + 1, 0, 0, None, None)   # complete and saved; say where to resume
-            if stop:
-                break
     return history
