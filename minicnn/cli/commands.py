@@ -202,8 +202,11 @@ def load_resume_checkpoint(args):
         may_change -= {"batch_size", "epochs"}   # their length was planned in batches over all epochs
     elif args.schedule == "step":
         may_change -= {"epochs"}                 # its step size was epochs // 3
+    if isinstance(saved.get("dataset"), str):
+        saved = dict(saved, dataset=saved["dataset"].strip().lower())   # "MNIST" and "mnist" are one dataset
+        now["dataset"] = str(now["dataset"]).strip().lower()
     for key in sorted(set(saved) & set(now) - may_change - {"batch_size", "epochs"}):
-        if saved[key] != now[key] and not (key == "dataset" and dataset_key(str(saved[key])) == dataset_key(str(now[key]))):
+        if saved[key] != now[key]:
             option = "--" + key.replace("_", "-")
             raise CLIError(f"--resume {args.resume}: {option} is {now[key]!r} but the checkpoint was "
                            f"trained with {saved[key]!r}; resume with the same {option} (or start a new run)")
