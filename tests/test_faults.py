@@ -230,6 +230,26 @@ def test_cli_resume_with_a_changed_option_is_refused_naming_it(trained_run, tmp_
     assert not (tmp_path / "last.ckpt").exists()
 
 
+@pytest.mark.parametrize("changes, fragment", [
+    (dict(epoch="abc"), "field 'epoch': 'abc' is not of type 'integer'"),
+    (dict(epoch=-3), "field 'epoch': -3 is less than the minimum of 0"),
+    (dict(history=[0.5]), "field 'history': [0.5] is not of type 'object'"),
+    # 96 images, 10 of them held out for validation: 86 train
+    (dict(order=np.arange(86) * 1000, sample=32, batch=1), "field 'order': sample indices must be in [0, 86)"),
+    (dict(order=np.arange(86), batch=10 ** 9), "field 'batch': batch 1000000000 is past the end"),
+    (dict(order=np.arange(96), batch=1), "the checkpoint's epoch has 96 samples, this run's training set 86"),
+])
+def test_cli_resume_from_hostile_metadata_is_one_line_naming_the_field(trained_run, tmp_path, capsys, changes,
+                                                                       fragment):
+    state = load_checkpoint(trained_run / "last.ckpt")
+    state.update(changes)
+    bad = tmp_path / "bad.ckpt"
+    io.save_file(state, bad, kind="checkpoint")
+    assert main(["train", "--out", str(tmp_path / "run"), *QUICK, "--epochs", "2", "--resume", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and fragment in err, err
+
+
 def test_cli_resume_with_a_changed_batch_size_under_a_batch_counted_schedule_is_refused(tmp_path, capsys):
     first = tmp_path / "first"
     assert main(["train", "--out", str(first), *QUICK, "--schedule", "cosine"]) == 0

@@ -303,7 +303,8 @@ def prepare_run(args) -> Run:
         raise CLIError(f"--width must be > 0, got {args.width}")
     if args.resume and not os.path.isfile(args.resume):
         raise CLIError(f"--resume: checkpoint not found: {args.resume}")
-    resume_state = load_resume_checkpoint(args) if args.resume else None
+    if args.resume:
+        load_resume_checkpoint(args)          # its options against these, before anything is built
     mc.manual_seed(args.seed)
     key = dataset_key(args.dataset)
     train_loader, val_loader, test_loader, source, classes = build_loaders(
@@ -322,8 +323,7 @@ def prepare_run(args) -> Run:
               "normalization": NORMALIZATION[key],
               "args": {k: _plain(v) for k, v in vars(args).items() if k != "func"}}
     run = Run(args=args, key=key, source=source, classes=classes, model=model, config=config,
-              train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, out=args.out,
-              resume_state=resume_state)
+              train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, out=args.out)
     plugins = _plugins(TRAIN_PLUGINS)
     for plugin in plugins:
         if hasattr(plugin, "configure_model"):
@@ -345,14 +345,10 @@ def prepare_run(args) -> Run:
 def run_fit(run, progress=True, log=print):
     """``train.fit`` on a prepared Run; returns the history."""
     from ..train.loop import fit
-    # a plug-in may have replaced args.resume by a loaded checkpoint (distributed: each rank's shard)
-    resume = run.args.resume
-    if not isinstance(resume, dict) and getattr(run, "resume_state", None) is not None:
-        resume = run.resume_state
     try:
         return fit(run.model, run.optimizer, run.train_loader, run.args.epochs, val_loader=run.val_loader,
                    scheduler=run.scheduler, out_dir=run.out, early_stopping=run.early_stopping,
-                   resume=resume, progress=progress, log=log,
+                   resume=run.args.resume, progress=progress, log=log,
                    step_scheduler_per_batch=run.per_batch, checkpoint_extra={"config": run.config},
                    train_step=run.train_step, callbacks=run.callbacks, evaluate_fn=run.evaluate_fn,
                    nan_policy=getattr(run.args, "nan_policy", "stop"),
