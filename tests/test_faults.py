@@ -230,6 +230,15 @@ def test_cli_resume_with_a_changed_option_is_refused_naming_it(trained_run, tmp_
     assert not (tmp_path / "last.ckpt").exists()
 
 
+def test_cli_more_epochs_on_resume_equal_asking_for_them_at_the_start(trained_run, tmp_path):
+    assert main(["train", "--out", str(tmp_path / "whole"), *QUICK, "--epochs", "2"]) == 0
+    assert main(["train", "--out", str(tmp_path / "more"), *QUICK, "--epochs", "2", "--resume",
+                 str(trained_run / "last.ckpt")]) == 0
+    whole, more = (load_checkpoint(tmp_path / name / "last.ckpt")["model"] for name in ("whole", "more"))
+    for k in whole:
+        np.testing.assert_array_equal(more[k], whole[k], err_msg=k)
+
+
 @pytest.mark.parametrize("changes, fragment", [
     (dict(epoch="abc"), "field 'epoch': 'abc' is not of type 'integer'"),
     (dict(epoch=-3), "field 'epoch': -3 is less than the minimum of 0"),
