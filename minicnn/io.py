@@ -53,9 +53,11 @@ dict (flat ones get exactly their keys as tensor names, so
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import re
 import secrets
 
 import numpy as np
@@ -77,6 +79,44 @@ def temp_path_for(path) -> str:
     return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.part")
 
 
+# the storage's own failures, which deserve the file's name in the message
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+TEMP_PATTERN = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.part$")   # what temp_path_for makes
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)                 # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:                     # exists, owned by someone else (PermissionError)
+        return True
+    return True
+
+
+def sweep_temp_files(folder) -> list:
+    """Delete the temporary files that killed writers left in ``folder``; return their paths.
+
+    A process killed outright (``kill -9``, OOM killer, power cut) mid-write
+    leaves its ``.<name>.<pid>.<hex>.part`` behind: nothing could run to remove
+    it. Those whose pid is no longer running are removed; a live process's are
+    left alone (it may be writing right now). Run at the start of a run.
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for name in sorted(names):
+        match = TEMP_PATTERN.match(name)
+        if match and (int(match.group(1)) != os.getpid()) and not _pid_alive(int(match.group(1))):
+            path = os.path.join(folder, name)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+                removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb"):
     """Context manager: yield a file opened on a temporary name, then move it to ``path``.
@@ -95,13 +135,22 @@ def atomic_write(path, mode: str = "wb"):
     tmp = temp_path_for(final)
     # "x": create exclusively (never clobber another writer's temp file); the
     # permissions follow the umask like any normal new file.
-    f = open(tmp, mode.replace("w", "x"))
     try:
-        with f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        f = open(tmp, mode.replace("w", "x"))
+    except OSError as e:                                  # a read-only or missing folder
+        raise OSError(e.errno, f"cannot write {final}: {e.strerror}") from e
+    try:
+        try:
+            with f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except OSError as e:   # a full disk, a quota: name the file, and say the old one is intact
+            if e.errno not in STORAGE_ERRNOS:      # e.g. a download's network error: as it is
+                raise
+            kept = " (the previous file is intact)" if os.path.exists(final) else ""
+            raise OSError(e.errno, f"cannot write {final}: {e.strerror}{kept}") from e
     except BaseException:  # including KeyboardInterrupt: never leave the temp behind
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -22,6 +23,7 @@ import time
 import numpy as np
 
 from ..io import write_json
+from ..train.schema import SchemaError, check, check_model_config
 
 # Normalisation constants (mean, std of the training pixels in [0, 1]).
 NORMALIZATION = {"mnist": (0.1307, 0.3081), "digits": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530),
@@ -59,6 +61,9 @@ def build_loaders(dataset, batch_size, augment=False, data_dir=None, download=Tr
     key = dataset_key(dataset)
     if not (0.0 <= val_split < 1.0):
         raise CLIError(f"--val-split must be in [0, 1), got {val_split}")
+    for option, value in (("--limit-train", limit_train), ("--limit-test", limit_test)):
+        if value is not None and value < 1:      # 0 must not mean "no limit", nor -5 "all but 5"
+            raise CLIError(f"{option} must be a number of images >= 1 (or left out for all), got {value}")
     train = get_dataset(key, train=True, root=data_dir, download=download)
     test = get_dataset(key, train=False, root=data_dir, download=download)
     mean, std = NORMALIZATION[key]
@@ -66,10 +71,13 @@ def build_loaders(dataset, batch_size, augment=False, data_dir=None, download=Tr
     train_tf = Compose([RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)), normalize]) \
         if augment else normalize
     train_arrays, test_arrays = train.arrays(), test.arrays()
-    if limit_train:
+    if limit_train is not None:
         train_arrays = tuple(a[:limit_train] for a in train_arrays)
-    if limit_test:
+    if limit_test is not None:
         test_arrays = tuple(a[:limit_test] for a in test_arrays)
+    for split, arrays in (("training", train_arrays), ("test", test_arrays)):
+        if len(arrays[0]) == 0:                  # found now, not after a whole training run
+            raise CLIError(f"the {split} split of {key} has no images ({getattr(train, 'source', key)})")
     val_loader = None
     if val_split > 0:
         train_idx, val_idx = stratified_split(train_arrays[1], val_split, seed=seed)
@@ -134,13 +142,27 @@ def build_scheduler(name, optimizer, epochs, steps_per_epoch):
     raise CLIError(f"unknown schedule {name!r}; expected one of {', '.join(SCHEDULES)}")
 
 
-def model_from_checkpoint(state):
+def count_parameters(config):
+    """Parameters of the model a checkpoint's ``config`` describes (built here: call it at width 1)."""
     from ..models import get_model
+    model = get_model(config["model_name"], num_classes=config.get("num_classes", 10),
+                      **config.get("model_kwargs", {}))
+    return model.num_parameters()
+
+
+def model_from_checkpoint(state, path="the checkpoint"):
+    from ..models import MODELS, get_model
     if "module" in state:                     # an int8 / FP16 file (minicnn.quant.checkpoint)
         return state["module"], state["config"]
     config = state.get("config") or {}
-    if "model_name" not in config:
-        raise CLIError("the checkpoint has no model configuration (was it written by `minicnn train`?)")
+    if not isinstance(config, dict) or "model_name" not in config:
+        raise CLIError(f"{path} has no model configuration (was it written by `minicnn train`?)")
+    try:                                      # types, ranges, sizes: before anything is allocated
+        check(config, {"properties": {"model_name": {"type": "string", "enum": list(MODELS)}}},
+              f"{path} [config]")
+        check_model_config(config, state["model"], f"{path} [config]", count_parameters)
+    except SchemaError as e:
+        raise CLIError(str(e)) from None
     if "architecture" in config:        # shrunk by `minicnn prune --shrink`: its own channel counts
         from ..compress.sparsity import model_from_architecture
         model = model_from_architecture(config["architecture"])
@@ -150,6 +172,51 @@ def model_from_checkpoint(state):
     model.load_state_dict(state["model"])
     model.eval()
     return model, config
+
+
+RESUME_MAY_CHANGE = {"out", "resume", "config", "no_progress", "no_fuse", "data_dir", "no_download",
+                     "limit_test", "nan_policy", "early_stopping", "epochs", "batch_size", "doctor"}
+
+
+def load_resume_checkpoint(args):
+    """``--resume``'s checkpoint, checked against this run's options before anything is built.
+
+    A resumed run continues exactly where the checkpoint stopped, so the
+    options that decide the data, the model and the optimizer must be the
+    ones it was trained with: a changed one is refused, naming it. Options
+    that can change from the resume point on: the batch size (the position
+    in the epoch is kept in samples; not with a schedule counted in batches),
+    the number of epochs (not with a schedule planned over them), and those
+    that change no number (output folder, progress bar, test images, ...).
+    """
+    state = load_checkpoint_file(args.resume)
+    if "module" in state:
+        raise CLIError(f"--resume {args.resume}: a quantized checkpoint cannot be trained on")
+    config = state.get("config")
+    saved = config.get("args") if isinstance(config, dict) else None
+    if not isinstance(saved, dict):
+        return state                           # not written by `minicnn train`: fit checks the position
+    now = {k: _plain(v) for k, v in vars(args).items() if k != "func"}
+    may_change = set(RESUME_MAY_CHANGE)
+    if args.schedule in ("cosine", "warmup-cosine"):
+        may_change -= {"batch_size", "epochs"}   # their length was planned in batches over all epochs
+    elif args.schedule == "step":
+        may_change -= {"epochs"}                 # its step size was epochs // 3
+    if isinstance(saved.get("dataset"), str):
+        saved = dict(saved, dataset=saved["dataset"].strip().lower())   # "MNIST" and "mnist" are one dataset
+        now["dataset"] = str(now["dataset"]).strip().lower()
+    for key in sorted(set(saved) & set(now) - may_change - {"batch_size", "epochs"}):
+        if saved[key] != now[key]:
+            option = "--" + key.replace("_", "-")
+            raise CLIError(f"--resume {args.resume}: {option} is {now[key]!r} but the checkpoint was "
+                           f"trained with {saved[key]!r}; resume with the same {option} (or start a new run)")
+    for key in ("batch_size", "epochs"):
+        if key in saved and key not in may_change and saved[key] != now[key]:
+            option = "--" + key.replace("_", "-")
+            raise CLIError(f"--resume {args.resume}: {option} is {now[key]!r} but the checkpoint was "
+                           f"trained with {saved[key]!r}, and --schedule {args.schedule} was planned for "
+                           f"that; resume with the same {option}")
+    return state
 
 
 def load_checkpoint_file(path):
@@ -226,10 +293,18 @@ def prepare_run(args) -> Run:
         raise CLIError(f"--epochs must be >= 1, got {args.epochs}")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    for option, value in (("--lr", args.lr), ("--weight-decay", args.weight_decay),
+                          ("--width", getattr(args, "width", 1.0))):
+        if not math.isfinite(value):
+            raise CLIError(f"{option} must be a finite number, got {value}")
     if args.lr <= 0:
         raise CLIError(f"--lr must be > 0, got {args.lr}")
+    if getattr(args, "width", 1.0) <= 0:
+        raise CLIError(f"--width must be > 0, got {args.width}")
     if args.resume and not os.path.isfile(args.resume):
         raise CLIError(f"--resume: checkpoint not found: {args.resume}")
+    if args.resume:
+        load_resume_checkpoint(args)          # its options against these, before anything is built
     mc.manual_seed(args.seed)
     key = dataset_key(args.dataset)
     train_loader, val_loader, test_loader, source, classes = build_loaders(
@@ -270,13 +345,16 @@ def prepare_run(args) -> Run:
 def run_fit(run, progress=True, log=print):
     """``train.fit`` on a prepared Run; returns the history."""
     from ..train.loop import fit
-    return fit(run.model, run.optimizer, run.train_loader, run.args.epochs, val_loader=run.val_loader,
-               scheduler=run.scheduler, out_dir=run.out, early_stopping=run.early_stopping,
-               resume=run.args.resume, progress=progress, log=log,
-               step_scheduler_per_batch=run.per_batch, checkpoint_extra={"config": run.config},
-               train_step=run.train_step, callbacks=run.callbacks, evaluate_fn=run.evaluate_fn,
-               nan_policy=getattr(run.args, "nan_policy", "stop"),
-               fuse=not getattr(run.args, "no_fuse", False))
+    try:
+        return fit(run.model, run.optimizer, run.train_loader, run.args.epochs, val_loader=run.val_loader,
+                   scheduler=run.scheduler, out_dir=run.out, early_stopping=run.early_stopping,
+                   resume=run.args.resume, progress=progress, log=log,
+                   step_scheduler_per_batch=run.per_batch, checkpoint_extra={"config": run.config},
+                   train_step=run.train_step, callbacks=run.callbacks, evaluate_fn=run.evaluate_fn,
+                   nan_policy=getattr(run.args, "nan_policy", "stop"),
+                   fuse=not getattr(run.args, "no_fuse", False))
+    except SchemaError as e:                     # the resumed checkpoint does not fit this run
+        raise CLIError(f"--resume {e}") from None
 
 
 def cmd_train(args):
@@ -344,7 +422,7 @@ def cmd_evaluate(args):
     from ..train.metrics import classification_report, confusion_matrix, roc_auc_ovr, roc_curves_ovr
     from ..train.loop import predict
     state = load_checkpoint_file(args.checkpoint)
-    model, config = model_from_checkpoint(state)
+    model, config = model_from_checkpoint(state, args.checkpoint)
     key = config.get("dataset", "digits") if args.dataset is None else dataset_key(args.dataset)
     _, _, test_loader, source, classes = build_loaders(key, 64, data_dir=args.data_dir,
                                                     download=not args.no_download, limit_test=args.limit_test)
@@ -441,7 +519,7 @@ def load_image(path, channels=1, size=28):
 def cmd_predict(args):
     import minicnn as mc
     state = load_checkpoint_file(args.checkpoint)
-    model, config = model_from_checkpoint(state)
+    model, config = model_from_checkpoint(state, args.checkpoint)
     channels, size, _ = config.get("input_shape", (1, 28, 28))
     image = load_image(args.image, channels, size)
     mean, std = (np.reshape(np.asarray(v, dtype=np.float32), (-1, 1, 1))
@@ -587,7 +665,40 @@ def load_config_file(path, parser):
     unknown = sorted(set(values) - dests)
     if unknown:
         raise CLIError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
+    try:                       # {"epochs": 1.5}, {"lr": [1]}: refused here, naming the option
+        check(values, options_schema(parser), f"--config {path}")
+    except SchemaError as e:
+        raise CLIError(str(e)) from None
     return {k: v for k, v in values.items() if k != "config"}
+
+
+def options_schema(parser):
+    """A JSON Schema for a parser's options given as JSON: ``{dest: value}``.
+
+    Derived from the parser itself — ``type=int`` -> an integer, ``float`` -> a
+    finite number, a flag -> a boolean, ``choices`` -> one of them, ``nargs`` ->
+    a list of them — so a config file is held to what the command line accepts.
+    (argparse would take a config's values as they are: defaults are not
+    converted unless they are strings, which argparse then parses as it parses the line.)
+    """
+    properties = {}
+    for action in parser._actions:
+        if action.dest in ("help", "config") or action.option_strings == []:
+            continue
+        if action.nargs == 0:                                  # store_true / store_false / count
+            item = {"type": "boolean"} if action.const in (True, False) else {"type": "integer"}
+        elif action.type is int:
+            item = {"type": ["integer", "string"]}
+        elif action.type is float:
+            item = {"type": ["number", "string"], "finite": True}
+        else:
+            item = {"type": ["string", "number", "boolean"]}
+        if action.choices is not None and action.nargs is None:
+            item = {"enum": list(action.choices)}
+        if action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 0):
+            item = {"type": "array", "items": item}
+        properties[action.dest] = {"anyOf": [item, {"type": "null"}]} if action.default is None else item
+    return {"type": "object", "properties": properties}
 
 
 def parse_args(parser, argv=None):
@@ -601,12 +712,18 @@ def parse_args(parser, argv=None):
     return args
 
 
+def one_line(message):
+    """A message on one line: a multi-line one (every mirror's reason) joined with ' | '."""
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    return " | ".join(lines)
+
+
 def main(argv=None):
     parser = make_parser()
     try:
         args = parse_args(parser, argv)
     except CLIError as e:
-        print(f"minicnn: error: {e}", file=sys.stderr)
+        print(f"minicnn: error: {one_line(e)}", file=sys.stderr)
         return 2
     try:
         return args.func(args)
@@ -614,8 +731,8 @@ def main(argv=None):
         print("minicnn: interrupted", file=sys.stderr)
         return _failed(130, "interrupted")
     except CLIError as e:
-        print(f"minicnn: error: {e}", file=sys.stderr)
-        return _failed(2, str(e))
+        print(f"minicnn: error: {one_line(e)}", file=sys.stderr)
+        return _failed(2, one_line(e))
     except (ValueError, FileNotFoundError, OSError, KeyError, TypeError, RuntimeError) as e:
         from ..train.loop import NonFiniteLossError
         if isinstance(e, NonFiniteLossError):
@@ -623,7 +740,7 @@ def main(argv=None):
             return _failed(3, str(e).strip().splitlines()[0])
         if os.environ.get("MINICNN_DEBUG"):
             raise                                  # the full traceback, for developers
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        message = one_line(e) or type(e).__name__
         print(f"minicnn: error: {message}", file=sys.stderr)
         return _failed(2, f"{type(e).__name__}: {message}")
 

@@ -159,15 +159,21 @@ class DataLoader:
             return len(self.sampler)
         return len(self._arrays[0]) if self._arrays is not None else len(self.dataset)
 
-    def batches(self, order, start=0):
+    def batches(self, order, start=0, start_sample=0):
         """Yield the batches of an epoch with sample ``order``, from batch ``start`` on.
 
         Splitting iteration into (order, batches) is what lets a training run
-        resume mid-epoch exactly: the trainer saves the order and the batch
-        index, and replays the rest of the epoch.
+        resume mid-epoch exactly: the trainer saves the order and its position,
+        and replays the rest of the epoch. ``start_sample`` skips the first
+        samples of ``order`` before cutting batches: a run resumed with another
+        batch size continues from the same *sample* (batch ``k`` is then
+        ``order[start_sample + k*B : start_sample + (k+1)*B]``).
         """
-        for k in range(start, len(self)):
-            yield self._batch(order[k * self.batch_size:(k + 1) * self.batch_size])
+        rest = order[start_sample:]
+        n = len(rest)
+        count = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        for k in range(start, count):
+            yield self._batch(rest[k * self.batch_size:(k + 1) * self.batch_size])
 
     def _batch(self, index):
         if self._arrays is not None:

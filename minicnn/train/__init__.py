@@ -5,7 +5,8 @@
 * ``metrics.py`` — confusion matrix, precision/recall/F1, ROC and AUC;
 * ``viz.py``     — the plots (history, confusion matrix, filters, feature maps, attributions);
 * ``summary.py`` — :func:`summary`: the per-layer table of shapes, parameters and MACs;
-* ``runlock.py`` — one training run per output folder.
+* ``runlock.py`` — one training run per output folder;
+* ``schema.py``  — checkpoint metadata and configs checked (types, ranges, sizes) before use.
 """
 from .loop import (Callback, EarlyStopping, NonFiniteLossError, evaluate, fit, load_checkpoint, predict,
                    save_checkpoint, standard_step)

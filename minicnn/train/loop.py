@@ -35,6 +35,7 @@ import numpy as np
 from .. import functional as F
 from .. import rng
 from .. import io
+from . import schema
 from ..backend import get_backend, to_host
 from ..nn.fusion import fuse as fuse_model
 from ..autograd.tensor import Tensor, no_grad
@@ -281,11 +282,13 @@ class _Progress:
 
 
 class _GracefulInterrupt:
-    """Turn the first Ctrl-C into a flag checked between batches.
+    """Turn the first Ctrl-C into a flag checked between batches and at the end of the epoch.
 
-    Stopping *between* batches means the checkpoint written on Ctrl-C holds a
-    consistent state (never half an optimizer step). A second Ctrl-C
-    interrupts at once, as usual.
+    Installed for the whole run — batches, validation, callbacks, checkpoint
+    writes — so a Ctrl-C at any moment is acted on at the next safe point:
+    after the current batch (never half an optimizer step), or once the epoch's
+    validation and checkpoints are done. Either way ``interrupted.ckpt`` is
+    written and resumes exactly. A second Ctrl-C interrupts at once, as usual.
     """
 
     def __init__(self):
@@ -311,11 +314,14 @@ class _GracefulInterrupt:
             signal.signal(signal.SIGINT, previous)
 
 
-def _epoch_iterator(loader, order, start):
-    """Batches of this epoch from position ``start``; exact when the loader supports orders."""
-    if order is not None:
-        return loader.batches(order, start=start)
-    return iter(loader)
+def _epoch_sizes(loader, has_orders):
+    """``(samples per epoch, dataset size)`` of a minicnn DataLoader; ``(None, None)`` for others."""
+    if not has_orders:
+        return None, None
+    arrays, dataset = getattr(loader, "arrays", None), getattr(loader, "dataset", None)
+    size = len(arrays[0]) if arrays is not None else (len(dataset) if hasattr(dataset, "__len__") else None)
+    sampler = getattr(loader, "sampler", None)
+    return (len(sampler) if sampler is not None else size), size
 
 
 def standard_step(model, optimizer, x, y, loss_fn):
@@ -377,8 +383,14 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
             ReduceLROnPlateau gets the validation loss.
         out_dir: if given, ``last.ckpt`` is written there after every epoch,
             ``best.ckpt`` when validation accuracy improves, and ``interrupted.ckpt``
-            on Ctrl-C (then KeyboardInterrupt is re-raised).
-        resume: a checkpoint path (or a loaded dict) to continue from.
+            on Ctrl-C at any moment (then KeyboardInterrupt is re-raised).
+            Temporary files left there by a killed writer are removed at the start.
+        resume: a checkpoint path (or a loaded dict) to continue from. Its
+            metadata is checked first (:mod:`minicnn.train.schema`): types,
+            ranges, and its sample order against ``train_loader``'s data. The
+            position in the epoch is kept in samples, so ``train_loader`` may
+            have another batch size: the rest of the epoch is cut into the new
+            batches from the same sample on.
         early_stopping: an :class:`EarlyStopping`, checked after each epoch.
         max_batches_per_epoch: cap the batches per epoch (quick demos and tests).
         checkpoint_extra: a dict stored in every checkpoint (e.g. the model's name,
@@ -407,9 +419,15 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
         raise ValueError(f"fit: epochs must be >= 1, got {epochs}")
     history = {"epoch": [], "train_loss": [], "train_acc": [], "val_loss": [], "val_acc": [], "lr": [],
                "epoch_time": [], "images_per_s": []}
-    start_epoch, start_batch, order, partial = 0, 0, None, None
+    start_epoch, start_batch, start_sample, order, partial = 0, 0, 0, None, None
+    has_orders = hasattr(train_loader, "epoch_order") and hasattr(train_loader, "batches")
+    batch_size = getattr(train_loader, "batch_size", None) if has_orders else None
     if resume is not None:
         state = load_checkpoint(resume) if not isinstance(resume, dict) else resume
+        where = os.fspath(resume) if not isinstance(resume, dict) else "the checkpoint"
+        # types, ranges and the sample order against this run's data, before anything is loaded
+        start_sample = schema.check_resume(state, where, epochs, *_epoch_sizes(train_loader, has_orders),
+                                           batch_size=batch_size)
         model.load_state_dict(state["model"])
         if optimizer is not None and state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -417,31 +435,51 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
             scheduler.load_state_dict(state["scheduler"])
         if early_stopping is not None and state.get("early_stopping") is not None:
             early_stopping.load_state_dict(state["early_stopping"])
-        rng.set_rng_state(state["rng_state"])
+        try:
+            rng.set_rng_state(state["rng_state"])
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise CheckpointError(f"{where}: field 'rng_state' is not a generator state "
+                                  f"({type(e).__name__}: {e})") from None
         history = state.get("history", history)
         start_epoch, start_batch = state["epoch"], state.get("batch", 0)
         order = state.get("order")
         partial = state.get("partial")
-        log(f"resumed from {resume if not isinstance(resume, dict) else 'checkpoint'}: "
-            f"epoch {start_epoch + 1}, batch {start_batch}")
+        if order is None:
+            start_batch, start_sample = 0, 0
+        elif batch_size is not None:                 # the position in *this* run's batches
+            start_batch = start_sample // batch_size
+        log(f"resumed from {where}: epoch {start_epoch + 1}, sample {start_sample}")
 
-    has_orders = hasattr(train_loader, "epoch_order") and hasattr(train_loader, "batches")
     ckpt = (lambda name: os.path.join(out_dir, name)) if out_dir else None
+    if ckpt:
+        for path in io.sweep_temp_files(out_dir):  # left by a run killed while writing (kill -9)
+            log(f"note: removed {path}, a temporary file left by a run that was killed while writing")
     best_acc = max([a for a in history["val_acc"] if a is not None], default=-1.0)
     model.train()
     # the network the batches run through: the same weights, fused runs (nn/fusion.py)
     net = fuse_model(model) if fuse else model
     guard = _NonFiniteGuard(nan_policy, model, optimizer, log, out_dir)
 
-    def state_for(epoch, batch, order, partial):
-        return dict(epoch=epoch, batch=batch, order=order, partial=partial, history=history,
+    def state_for(epoch, batch, sample, order, partial):
+        return dict(epoch=epoch, batch=batch, sample=sample, batch_size=batch_size, order=order,
+                    partial=partial, history=history,
                     early_stopping=None if early_stopping is None else early_stopping.state_dict(),
                     **(checkpoint_extra or {}))
 
-    for epoch in range(start_epoch, epochs):
+    def save_interrupted(epoch, batch, sample, order, partial):
+        if ckpt:
+            path = save_checkpoint(ckpt("interrupted.ckpt"), model, optimizer, scheduler,
+                                   **state_for(epoch, batch, sample, order, partial))
+            log(f"\ninterrupted: saved {path} (epoch {epoch + 1}, sample {sample}); "
+                "continue with --resume / resume=that path")
+        raise KeyboardInterrupt
+
+    def _run_epoch(epoch):
+        """One epoch: its batches, validation, schedule, checkpoints; True when early stopping ends the run."""
+        nonlocal start_batch, start_sample, order, partial, best_acc
         for cb in callbacks:                      # first: a sampler's set_epoch decides this epoch's order
             cb.on_epoch_begin(epoch, model)
-        if start_batch == 0 or order is None:
+        if (start_batch == 0 and start_sample == 0) or order is None:
             order = train_loader.epoch_order() if has_orders else None
             partial = None
         n_batches = len(train_loader)
@@ -449,43 +487,38 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
             n_batches = min(n_batches, max_batches_per_epoch)
         loss_sum, correct, seen, elapsed = (0.0, 0, 0, 0.0) if partial is None else partial
         bar = _Progress(n_batches, f"epoch {epoch + 1}/{epochs}", progress, initial=start_batch)
-        batch_index = start_batch
+        batch_index, sample = start_batch, start_sample
         t0 = time.perf_counter()
-        interrupt = _GracefulInterrupt()
-        with interrupt.installed():
-            for x, y in _epoch_iterator(train_loader, order, start_batch):
-                if batch_index >= n_batches:
-                    break
-                guard.before_step()
-                loss, out = train_step(net, optimizer, x, y, loss_fn)
-                loss_value = loss.item()                 # one host scalar per step, checked here
-                if guard.skip(loss_value, epoch, batch_index, len(history["epoch"])):
-                    batch_index += 1
-                    continue
-                if scheduler is not None and step_scheduler_per_batch:
-                    scheduler.step()
-                n = len(y)
-                loss_sum += loss_value * n
-                correct += _count_correct(out, y)
-                seen += n
+        batches = train_loader.batches(order, start_sample=start_sample) if order is not None \
+            else iter(train_loader)
+        for x, y in batches:
+            if batch_index >= n_batches:
+                break
+            guard.before_step()
+            loss, out = train_step(net, optimizer, x, y, loss_fn)
+            loss_value = loss.item()                 # one host scalar per step, checked here
+            n = len(y)
+            if guard.skip(loss_value, epoch, batch_index, len(history["epoch"])):
                 batch_index += 1
-                now = elapsed + time.perf_counter() - t0
-                bar.update(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
-                           lr=f"{optimizer.param_groups[0]['lr']:.2e}", img_s=f"{seen / max(now, 1e-9):.0f}")
-                if interrupt.requested:
-                    break
-        if interrupt.requested:
-            bar.close()
-            if ckpt:
-                path = save_checkpoint(ckpt("interrupted.ckpt"), model, optimizer, scheduler,
-                                       **state_for(epoch, batch_index, order,
-                                                   (loss_sum, correct, seen,
-                                                    elapsed + time.perf_counter() - t0)))
-                log(f"\ninterrupted: saved {path} (epoch {epoch + 1}, batch {batch_index}); "
-                    "continue with --resume / resume=that path")
-            raise KeyboardInterrupt
+                sample += n
+                continue
+            if scheduler is not None and step_scheduler_per_batch:
+                scheduler.step()
+            loss_sum += loss_value * n
+            correct += _count_correct(out, y)
+            seen += n
+            batch_index += 1
+            sample += n
+            now = elapsed + time.perf_counter() - t0
+            bar.update(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
+                       lr=f"{optimizer.param_groups[0]['lr']:.2e}", img_s=f"{seen / max(now, 1e-9):.0f}")
+            if interrupt.requested:
+                break
         bar.close()
-        start_batch = 0
+        if interrupt.requested:      # between batches, or after the last one but before validation
+            save_interrupted(epoch, batch_index, sample, order,
+                             (loss_sum, correct, seen, elapsed + time.perf_counter() - t0))
+        start_batch, start_sample = 0, 0
         epoch_time = elapsed + time.perf_counter() - t0
         if seen == 0 and guard.skipped:
             raise NonFiniteLossError(f"training stopped: every batch of epoch {epoch + 1} had a "
@@ -528,16 +561,24 @@ def fit(model, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
 
         if ckpt:
             save_checkpoint(ckpt("last.ckpt"), model, optimizer, scheduler,
-                            **state_for(epoch + 1, 0, None, None))
+                            **state_for(epoch + 1, 0, 0, None, None))
             if val and val["accuracy"] > best_acc:
                 best_acc = val["accuracy"]
                 save_checkpoint(ckpt("best.ckpt"), model, optimizer, scheduler,
-                                **state_for(epoch + 1, 0, None, None))
+                                **state_for(epoch + 1, 0, 0, None, None))
         if stop:
             log(f"early stopping: no improvement in {early_stopping.monitor} for "
                 f"{early_stopping.patience} epochs (best {early_stopping.best:.4f} "
                 f"at epoch {early_stopping.best_epoch})")
             if early_stopping.restore_best and early_stopping.best_state is not None:
                 model.load_state_dict(early_stopping.best_state)
-            break
+        return stop
+
+    interrupt = _GracefulInterrupt()
+    with interrupt.installed():                  # Ctrl-C anywhere in an epoch: a flag, acted on below
+        for epoch in range(start_epoch, epochs):
+            if _run_epoch(epoch):                # early stopping ended the run (best weights restored)
+                break
+            if interrupt.requested:              # during validation or checkpointing: the epoch is
+                save_interrupted(epoch + 1, 0, 0, None, None)   # complete and saved; say where to resume
     return history

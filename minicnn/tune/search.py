@@ -12,6 +12,7 @@ search runs: ``pip install "minicnn[tune]"``.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -199,6 +200,33 @@ def grid_of(space):
 # -----------------------------------------------------------------------------
 # The study database
 # -----------------------------------------------------------------------------
+def _check_journal(path):
+    """Every complete line of an Optuna journal must be a JSON object (raise ValueError otherwise).
+
+    Optuna itself forgives an undecodable *last* line (it may be a write in
+    progress) and fails later, mid-study, when the next line is appended; a
+    line ending in a newline was written completely, so garbage there is a
+    corrupt file. Only a last line without its newline is left to Optuna.
+    """
+    import json
+    if not os.path.exists(path):
+        return
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                break
+            try:
+                entry = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"line {number}: {e}") from None
+            if not isinstance(entry, dict):
+                raise ValueError(f"line {number}: not a JSON object")
+
+
+class StudyStorageError(ValueError):
+    """A study file (SQLite database, Optuna journal) that cannot be read: corrupt, truncated, not one."""
+
+
 def open_storage(url, heartbeat_interval=5, grace_period=30):
     """An Optuna storage for ``url``, safe for several processes at once.
 
@@ -224,7 +252,12 @@ def open_storage(url, heartbeat_interval=5, grace_period=30):
             from optuna.storages import JournalFileStorage as JournalFileBackend
         path = url[len("journal:"):]
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        return JournalStorage(JournalFileBackend(path))
+        try:
+            _check_journal(path)
+            return JournalStorage(JournalFileBackend(path))      # replays the whole log: reads every line
+        except (ValueError, KeyError, TypeError) as e:           # not a journal (JSON lines Optuna wrote)
+            raise StudyStorageError(f"the tune study {path} is not a readable Optuna journal "
+                                    f"({type(e).__name__}: {e}); move it away to start a new study") from None
     import contextlib
     import warnings
     engine_kwargs, lock = {}, contextlib.nullcontext()
@@ -241,6 +274,13 @@ def open_storage(url, heartbeat_interval=5, grace_period=30):
             con = sqlite3.connect(path, timeout=60)
             try:
                 con.execute("PRAGMA journal_mode=WAL")     # persistent: readers never block writers
+                # random bytes, a truncated copy: found now, with the file's name, not mid-study
+                problem = con.execute("PRAGMA quick_check").fetchone()[0]
+                if problem != "ok":
+                    raise sqlite3.DatabaseError(problem)
+            except sqlite3.DatabaseError as e:
+                raise StudyStorageError(f"the tune study {path} is not a readable SQLite database "
+                                        f"({e}); move it away to start a new study") from None
             finally:
                 con.close()
         with warnings.catch_warnings():
