@@ -210,9 +210,10 @@ def test_the_first_nan_is_traced_to_its_operation(digits):
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), LogOfReLU(), nn.Linear(16, 10))
     report = diagnose(model, loader_of(*digits))
     f = next(f for f in report if f.name == "nan")
-    assert f.measured == 0 and "Log" in f.message
-    assert "LogOfReLU" not in f.message or "forward" in f.message
-    assert "created at" in report.measurements["anomaly"]
+    assert f.measured == 0 and "LogFn" in f.message and "-inf" in f.message
+    assert "created at" in report.measurements["anomaly"] and "test_doctor.py" in report.measurements["anomaly"]
+    # non-finite before any update: not the learning rate, and no gradient to measure
+    assert "loss_jump" not in report.names() and "exploding_gradients" not in report.names()
 
 
 def test_bad_arguments_are_named():

@@ -607,8 +607,12 @@ def diagnose(model, loader, loss_fn=None, optimizer=None, *, steps=10, overfit_s
         rng.manual_seed(seed)
         probe = probe_run(*fresh(), batches, loss_fn)
         report.measurements["losses"] = probe["losses"]
+        # a loss that is not finite before any update: the NaN finding below says where it comes
+        # from; gradients computed from it and a "jump" from it would only repeat it
+        nan_from_start = not math.isfinite(probe["losses"][0])
         check_activations(probe["activations"], th, report, layers)
-        check_gradients(probe["grad_ratio"], th, report, layers)
+        if not nan_from_start:
+            check_gradients(probe["grad_ratio"], th, report, layers)
         check_updates(probe["update_ratios"], th, report, layers)
         check_no_gradient(probe, expect_frozen, report)
         report.checks += ["activations", "gradients", "updates", "no_gradient"]
@@ -622,9 +626,10 @@ def diagnose(model, loader, loss_fn=None, optimizer=None, *, steps=10, overfit_s
                 threshold="finite at every step", why=WHY["nan"], tutorial=f"{TUTORIAL}, {SECTION['nan']}"))
             report.measurements["anomaly"] = str(error) if isinstance(error, AnomalyError) else None
         report.checks.append("nan")
-        rng.manual_seed(seed)
-        check_loss_jump(probe, loss_fn, fresh, loader, th, report, lr_test, seed)
-        report.checks.append("learning_rate")
+        if not nan_from_start:
+            rng.manual_seed(seed)
+            check_loss_jump(probe, loss_fn, fresh, loader, th, report, lr_test, seed)
+            report.checks.append("learning_rate")
 
         rng.manual_seed(seed)
         check_overfit(*fresh(), batches, loss_fn, int(overfit_steps), int(overfit_batch), th, report)
