@@ -115,6 +115,45 @@ def test_saturated_tanh_from_a_too_large_init(digits):
     assert f.measured > 0.5 and f.layer == "2"
 
 
+def test_weights_growing_layer_by_layer_explode_the_gradients(digits):
+    def deep(gain):
+        mc.manual_seed(0)
+        layers, width = [nn.Flatten()], 784
+        for i in range(10):
+            linear = nn.Linear(width, 64)
+            nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+            nn.init.zeros_(linear.bias)
+            if i > 0:
+                with mc.no_grad():
+                    linear.weight.mul_(gain)              # each layer multiplies the signal by ~gain
+            layers += [linear, nn.ReLU()]
+            width = 64
+        model = nn.Sequential(*layers, nn.Linear(64, 10))
+        return diagnose(model, loader_of(*digits), optim.SGD(model.parameters(), lr=0.01), steps=3,
+                        overfit_steps=5, lr_test=False)
+    report = deep(2.0)                                    # 2^9 through nine scaled layers
+    f = next(f for f in report if f.name == "exploding_gradients")
+    assert f.measured > 1e3 and f.measured == report.measurements["layers"][f.layer]["grad_ratio"]
+    assert "exploding_gradients" not in deep(1.0).names()  # He initialisation: gain 1
+
+
+def test_a_tiny_learning_rate_gives_tiny_updates(digits):
+    mc.manual_seed(0)
+    model = mlp()
+    one_batch = loader_of(*digits, batch_size=256)        # both probe steps see the same 256 images
+    report = diagnose(model, one_batch, optim.SGD(model.parameters(), lr=1e-5), steps=2)
+    f = next(f for f in report if f.name == "update_ratio")
+    rows = report.measurements["layers"]
+    assert f.measured == min(rows[n]["update_ratio"] for n in ("1.weight", "3.weight")) < 1e-5
+    # one plain SGD step changes W by lr * grad: the ratio is lr * |grad| / |W| (the second step, on the
+    # same batch with weights moved by 1e-6 of their size, has the same gradient to a few digits)
+    for n in ("1.weight", "3.weight"):
+        assert rows[n]["update_ratio"] == pytest.approx(1e-5 * rows[n]["grad_ratio"], rel=1e-3)
+    mc.manual_seed(0)
+    model = mlp()
+    assert "update_ratio" not in diagnose(model, loader_of(*digits), optim.SGD(model.parameters(), lr=0.05)).names()
+
+
 def test_lr_10_makes_the_loss_jump_and_the_range_test_suggests_less(digits):
     mc.manual_seed(0)
     model = mlp()
