@@ -250,6 +250,7 @@ def test_the_first_nan_is_traced_to_its_operation(digits):
     report = diagnose(model, loader_of(*digits))
     f = next(f for f in report if f.name == "nan")
     assert f.measured == 0 and "LogFn" in f.message and "-inf" in f.message
+    assert "created at" in f.message and "F.relu(x).log()" in f.message      # the line of the planted bug
     assert "created at" in report.measurements["anomaly"] and "test_doctor.py" in report.measurements["anomaly"]
     # non-finite before any update: not the learning rate, and no gradient to measure
     assert "loss_jump" not in report.names() and "exploding_gradients" not in report.names()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..train.loop import evaluate
 from .diagnose import diagnose
 
 
@@ -42,7 +43,6 @@ def examine(run, at_init=True):
     """The doctor's report on a prepared Run (``cli.prepare_run``): its model, training batches,
     optimizer, and its evaluation on the validation (else test) batches."""
     from ..cli.commands import CLIError
-    from ..train.loop import evaluate
     if run.args.doctor_steps < 2:
         raise CLIError(f"--doctor-steps must be >= 2, got {run.args.doctor_steps}")
     evaluate_fn = run.evaluate_fn or evaluate

@@ -88,6 +88,7 @@ from .. import nn, optim, rng
 from ..autograd.anomaly import AnomalyError, detect_anomaly
 from ..autograd.tensor import Tensor, no_grad
 from ..backend import to_host
+from ..tune.lr_range import lr_find
 from .report import Finding, Report
 
 __all__ = ["diagnose", "THRESHOLDS", "TUTORIAL"]
@@ -160,7 +161,7 @@ SECTION = {
     "batchnorm_eval": "section 7 (and 05_batchnorm_dropout.ipynb: train vs eval)",
 }
 
-RELUS = (nn.ReLU, nn.LeakyReLU)
+RELUS = (nn.ReLU,)                    # LeakyReLU is never dead: its negative side still passes gradient
 SQUASHERS = (nn.Sigmoid, nn.Tanh)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -449,7 +450,6 @@ def check_loss_jump(probe, loss_fn, fresh, loader, th, report, lr_test, seed):
                + (f"a non-finite value at step {probe['first_bad_step']}" if probe["first_bad_step"] is not None
                   else f"{worst:.3g} within {len(losses)} steps"))
     if lr_test:
-        from ..tune.lr_range import lr_find
         try:
             found = lr_find(m, o, loader, start_lr=1e-6, end_lr=10.0, num_iter=50, seed=seed, loss_fn=loss_fn)
             report.measurements["lr_find_suggestion"] = found.suggestion
@@ -621,7 +621,8 @@ def diagnose(model, loader, loss_fn=None, optimizer=None, *, steps=10, overfit_s
         if probe["first_bad_step"] is not None:
             rng.manual_seed(seed)
             error = probe_run(*fresh(), batches, loss_fn, anomaly=True)
-            where = str(error).splitlines()[0] if isinstance(error, AnomalyError) else "no operation was caught"
+            lines = str(error).splitlines() if isinstance(error, AnomalyError) else ["no operation was caught"]
+            where = "; ".join([lines[0]] + [l.strip() for l in lines if l.strip().startswith("created at")])
             report.findings.append(Finding(
                 name="nan", message=f"the loss or a gradient stopped being finite at step "
                 f"{probe['first_bad_step']}: {where}", measured=probe["first_bad_step"],

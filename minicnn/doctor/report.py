@@ -3,10 +3,10 @@
 A finding always carries the number that was measured and the threshold it
 was compared with, so a student can judge it (and argue with it)::
 
-    dead ReLUs — layer 1 (ReLU): 100.0% of its units output 0 for every image of the batch
-        measured 1.0, threshold > 0.5
-        why: a unit that is 0 for every input passes no gradient back, so its weights never change again
-        fix: tutorials/18_debugging_training.ipynb, section 4 (and 03_activations_pooling.ipynb)
+    1. dead_relu — ReLU layer(s) 2 (100%): that share of their units output 0 for every image of the batch
+        measured 1, threshold > 0.75
+        why: a unit that outputs 0 for every input passes no gradient back, so its incoming weights never change again
+        fix: tutorials/18_debugging_training.ipynb, section 5 (and 03_activations_pooling.ipynb: dead ReLU)
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class Report:
     """What :func:`~minicnn.doctor.diagnose` found.
 
     ``findings`` lists the problems (empty for a healthy run: then ``report.ok``
-    is True and ``len(report) == 0``); ``measurements`` holds every number the
+    is True and, like an empty list, the report is falsy: ``len(report) == 0``); ``measurements`` holds every number the
     doctor measured, problem or not (the input statistics, the losses of the
     probe run, and per layer the activation statistics, gradient norms and
     update-to-weight ratios), and ``checks`` names the checks that ran.
@@ -66,9 +66,6 @@ class Report:
 
     def __iter__(self):
         return iter(self.findings)
-
-    def __bool__(self):
-        return True                      # a report is a report, even an empty one; ask .ok
 
     def layer_table(self):
         """The per-layer measurements as text: one row per layer the doctor looked at."""
