@@ -272,6 +272,9 @@ def test_cli_doctor_exit_status_and_train_doctor(tmp_path, capsys):
     assert main(["doctor", *common, "--optimizer", "sgd", "--lr", "1e-7"]) == 1
     out = capsys.readouterr().out
     assert "update_ratio" in out and "problem(s) found" in out and "cannot_overfit" in out
+    main(["doctor", *common, "--freeze", "0"])             # frozen with --freeze: on purpose, not reported
+    out = capsys.readouterr().out
+    assert "training doctor:" in out and "frozen_parameters" not in out
     assert main(["train", "--doctor", *common, "--epochs", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "training doctor:" in out and "test accuracy" in out        # the report, then training
