@@ -5,11 +5,11 @@
     print(report)             # each finding: the number measured, the threshold, why, where the fix is
     report.ok                 # True when nothing was found
 
-* ``diagnose.py`` — the checks and their thresholds (:func:`diagnose`, ``THRESHOLDS``);
+* ``checks.py``   — the checks and their thresholds (:func:`diagnose`, ``THRESHOLDS``);
 * ``report.py``   — :class:`Finding` and :class:`Report`;
 * ``cli.py``      — ``minicnn doctor`` and ``minicnn train --doctor``.
 """
-from .diagnose import THRESHOLDS, diagnose
+from .checks import THRESHOLDS, diagnose
 from .report import Finding, Report
 
 __all__ = ["diagnose", "THRESHOLDS", "Finding", "Report"]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 
 from ..train.loop import evaluate
-from .diagnose import diagnose
+from .checks import diagnose
 
 
 def add_train_arguments(parser):

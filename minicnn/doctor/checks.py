@@ -15,9 +15,9 @@ overfit           accuracy on one small batch after N training steps on it alone
 learning rate     the largest loss of the probe run / its first loss; then lr_find's suggestion
 activations       per ReLU: the share of units that are 0 for every image of the batch
                   ("dead"); per Sigmoid/Tanh: the share of outputs within 1 % of a bound
-gradients         per weight: |grad| / |weight| at the first step; the first layer's
+gradients         per weight: ``|grad| / |W|`` at the first step; the first layer's
                   against the largest (vanishing), any non-finite or huge one (exploding)
-updates           per weight: |W_after - W_before| / |W_before| of each step (the median)
+updates           per weight: ``|W_after - W_before| / |W_before|`` per step (the median)
 no gradient       parameters with requires_grad=False (frozen), with no gradient after
                   backward (unused), or missing from the optimizer (never updated)
 BatchNorm         during ``eval_fn`` (your evaluation code): BatchNorm layers that ran in
@@ -65,11 +65,11 @@ generator is put back afterwards; ``tests/test_doctor.py`` checks it.
 * ``saturated`` 0.5: sigmoid/tanh outputs within 1 % of their bounds have a
   derivative below ~0.01 (sigmoid) / 0.02 (tanh); if most outputs are there,
   the layer passes almost no gradient back.
-* ``vanishing`` 1e-3, ``exploding`` 1e3: the relative gradient |g|/|W| is the
+* ``vanishing`` 1e-3, ``exploding`` 1e3: the relative gradient ``|g| / |W|`` is the
   fraction a unit learning rate would change a weight by. When the first layer's
   is a thousand times smaller than the largest layer's, the first layers learn
   a thousand times slower (Glorot & Bengio 2010 show the same with sigmoid);
-  a thousand times larger, or any |g|/|W| above 1e3 or not finite, is an
+  a thousand times larger, or any ``|g| / |W|`` above 1e3 or not finite, is an
   exploding gradient.
 * ``update_ratio`` (1e-5, 1e-1): CS231n's rule of thumb is an update about
   1e-3 of the weight's size per step. Two orders of magnitude either way is
@@ -201,7 +201,7 @@ def is_cross_entropy(loss_fn):
 def weights(model):
     """``[(name, parameter)]`` of the weight matrices and kernels (ndim >= 2), in model order:
     the layers whose gradients and updates are compared (biases and BatchNorm's gamma/beta are
-    1-D, start at 0 or 1, and have no meaningful |g|/|W|)."""
+    1-D, start at 0 or 1, and have no meaningful ``|g| / |W|``)."""
     return [(n, p) for n, p in model.named_parameters() if p.ndim >= 2]
 
 
