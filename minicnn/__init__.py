@@ -68,6 +68,7 @@ _LAZY = {
     "Summary": ("minicnn.train.summary", "Summary"), "onnx": ("minicnn.quant.onnx", None),
     "attacks": ("minicnn.attacks", None), "explain": ("minicnn.explain", None),
     "compress": ("minicnn.compress", None), "tune": ("minicnn.tune", None),
+    "doctor": ("minicnn.doctor", None),
     "transfer": ("minicnn.transfer", None), "distributed": ("minicnn.distributed", None),
     "quant": ("minicnn.quant", None), "course": ("minicnn.course", None),
     "utils": ("minicnn.utils", None), "vision": ("minicnn.vision", None),   # torch.utils.data, torchvision

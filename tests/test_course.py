@@ -224,7 +224,7 @@ def test_every_tutorial_has_exercises_with_check_cells(path):
 def test_the_student_version_of_the_tutorials_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "students"
     assert cli.main(["course", "build-student", str(out)]) == 0
-    assert "wrote 18 student notebooks" in capsys.readouterr().out
+    assert "wrote 19 student notebooks" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in TUTORIALS] + ["README.md"])
     for path in TUTORIALS:
         text = (out / path.name).read_text()

@@ -261,13 +261,14 @@ class Run:
 TRAIN_PLUGINS = ("minicnn.cli.model_shape",     # rebuilds the model with --dropout/--kernel-size: first
                  "minicnn.transfer.cli",            # then --init-from loads weights into it, --freeze
                  "minicnn.compress.distill_cli", "minicnn.attacks.adversarial_cli",
-                 "minicnn.distributed.cli")     # last: wraps the model and the loaders
+                 "minicnn.distributed.cli",     # wraps the model and the loaders
+                 "minicnn.doctor.cli")          # --doctor: examines the finished Run, prints, training goes on
 
 # Modules that add a subcommand: each defines ``add_parser(subparsers)``,
 # which registers the command and its function (set_defaults(func=...)).
 COMMANDS = ("minicnn.compress.prune_cli", "minicnn.quant.cli", "minicnn.quant.export_cli",
             "minicnn.attacks.cli", "minicnn.explain.cli", "minicnn.tune.cli",
-            "minicnn.course.cli", "minicnn.cli.from_torch")
+            "minicnn.course.cli", "minicnn.cli.from_torch", "minicnn.doctor.cli")
 
 
 def _plugins(names):
