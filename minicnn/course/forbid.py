@@ -43,7 +43,7 @@ ANSWERS = {
             "scipy.special.softmax", "scipy.special.log_softmax"],
     },
     "02_convolution": {
-        1: ["minicnn.kernels.numpy_ref.col2im", "minicnn.functional.conv2d", "minicnn.functional.fold"],
+        1: ["minicnn.kernels.numpy_ref.col2im", "minicnn.functional.conv2d"],
         2: ["minicnn.kernels.numpy_ref.im2col", "minicnn.functional.unfold", "minicnn.functional.conv2d"],
         3: ["minicnn.functional.conv2d", "minicnn.kernels.numpy_ref.im2col", "minicnn.nn.Conv2d.forward"],
     },

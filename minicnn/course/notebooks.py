@@ -151,6 +151,32 @@ def strip_solutions(text, description, at="this cell") -> str:
     return out[:-1] if out.endswith("\n") and not text.endswith("\n") else out
 
 
+def solution_lines(text) -> list:
+    """The lines inside the solution regions of ``text`` (markers excluded)."""
+    lines = text.splitlines()
+    return [line for begin, end, _ in solution_regions(text) for line in lines[begin + 1:end]]
+
+
+def solution_text(nb, name="notebook", min_length=12) -> set:
+    """What would give a solution away: every line of a solution region (stripped, at least
+    ``min_length`` characters) that occurs nowhere else in the notebook, not even inside a longer
+    line or in the exercise's statement. A student file or page containing one of these leaks a
+    solution (a search of the text, not of the markers)."""
+    course = exercise_section(nb, name)
+    solutions = {e.solution for e in course.exercises}
+    outside = []                                # the notebook's text without its solution regions
+    for cell in nb["cells"]:
+        inside = False
+        for line in source(cell).splitlines():
+            if "BEGIN SOLUTION" in line or "END SOLUTION" in line:
+                inside = "BEGIN SOLUTION" in line
+            elif not inside:
+                outside.append(line)
+    outside = "\n".join(outside)
+    found = {line.strip() for i in solutions for line in solution_lines(source(nb["cells"][i]))}
+    return {line for line in found if len(line) >= min_length and line not in outside}
+
+
 def has_markers(text) -> bool:
     return any(line.strip() in (BEGIN, END) for line in text.splitlines())
 
