@@ -6,27 +6,27 @@ with the right answer and, when they differ, with the answers of the common mist
 small function here, written the wrong way on purpose). The probes are chosen so that every
 mistake gives different numbers:
 
-=========================  ==========================================================================
-exercise                   mistakes told apart
-=========================  ==========================================================================
-softmax (00)               max-subtraction forgotten (overflow), one maximum for the whole array,
-                           the sum without ``keepdims`` (divided along the wrong axis), columns
-                           normalised instead of rows
-1x1 convolution (02)       x reshaped without moving the channel axis first (images and channels
-                           mixed), the product reshaped without moving its axes back
-col2im, conv backward (02) overlapping windows overwritten or averaged instead of summed, padding
-                           cut off one side only, the stride ignored
-max pooling backward (03)  the last maximum of a tie instead of the first, every tied maximum,
-                           the gradient shared by the window (average pooling's backward), copied to
-                           all four, windows read column by column
-batch norm, eval (05)      eps outside the square root, the variance used as a standard deviation,
-                           the batch's statistics instead of the running ones, gamma and beta swapped
-running statistics (05)    biased variance (1/m instead of 1/(m-1)), momentum's two conventions
-                           (PyTorch mixes in ``momentum`` of the batch; Keras keeps ``momentum`` of
-                           the old value), the per-image variance averaged
-Adam (06)                  no bias correction, only one of the two corrected, eps inside the square
-                           root, the two betas swapped
-=========================  ==========================================================================
+===========================  ==========================================================================
+exercise                     mistakes told apart
+===========================  ==========================================================================
+softmax (00)                 max-subtraction forgotten (overflow), one maximum for the whole array,
+                             the sum without ``keepdims`` (divided along the wrong axis), columns
+                             normalised instead of rows
+1x1 convolution (02)         x reshaped without moving the channel axis first (images and channels
+                             mixed), the product reshaped without moving its axes back
+col2im, conv backward (02)   overlapping windows overwritten or averaged instead of summed, padding
+                             cut off one side only, the stride ignored
+max pooling backward (03)    the last maximum of a tie instead of the first, every tied maximum,
+                             the gradient shared by the window (average pooling's backward), copied to
+                             all four, windows read column by column
+batch norm, eval (05)        eps outside the square root, the variance used as a standard deviation,
+                             the batch's statistics instead of the running ones, gamma and beta swapped
+running statistics (05)      biased variance (1/m instead of 1/(m-1)), momentum's two conventions
+                             (PyTorch mixes in ``momentum`` of the batch; Keras keeps ``momentum`` of
+                             the old value), the per-image variance averaged
+Adam (06)                    no bias correction, only one of the two corrected, eps inside the square
+                             root, the two betas swapped
+===========================  ==========================================================================
 
 Each function returns None when the answer is right, else one message naming the likely mistake
 (never the expected numbers: a message that gave them would be the answer). A check cell reads::
