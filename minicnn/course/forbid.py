@@ -42,6 +42,9 @@ ANSWERS = {
         2: ["minicnn.functional.softmax", "minicnn.functional.log_softmax", "minicnn.nn.Softmax.forward",
             "scipy.special.softmax", "scipy.special.log_softmax"],
     },
+    "01_autograd": {
+        3: ["minicnn.functional.linear", "minicnn.nn.Linear.forward"],
+    },
     "02_convolution": {
         1: ["minicnn.kernels.numpy_ref.col2im", "minicnn.functional.conv2d"],
         2: ["minicnn.kernels.numpy_ref.im2col", "minicnn.functional.unfold", "minicnn.functional.conv2d"],
@@ -52,6 +55,9 @@ ANSWERS = {
         2: ["minicnn.functional.max_pool2d", "minicnn.kernels.numpy_ref.max_pool2d_backward",
             "minicnn.kernels.numpy_ref.max_pool2d_forward", "minicnn.nn.MaxPool2d.forward"],
     },
+    "04_initialization": {
+        1: ["minicnn.nn.init.kaiming_normal_", "minicnn.nn.init.kaiming_uniform_"],
+    },
     "05_batchnorm_dropout": {
         1: ["minicnn.functional.batch_norm", "minicnn.nn.BatchNorm2d.forward"],
         2: ["minicnn.functional.batch_norm", "minicnn.nn.BatchNorm2d.forward"],
@@ -59,6 +65,36 @@ ANSWERS = {
     "06_optimizers_schedules": {
         1: ["minicnn.optim.Adam.step", "minicnn.optim.AdamW.step", "minicnn.kernels.numpy_ref.adam_step_"],
         2: ["minicnn.optim.SGD.step"],
+    },
+    "07_regularization": {
+        1: ["minicnn.optim.SGD.step", "minicnn.optim.AdamW.step"],
+    },
+    "08_mnist_case_study": {
+        1: ["minicnn.train.metrics.confusion_matrix"],
+        2: ["minicnn.train.metrics.precision_recall_f1", "minicnn.train.metrics.confusion_matrix"],
+        3: ["minicnn.train.metrics.top_k_accuracy"],
+    },
+    "09_backends_speed": {
+        1: ["minicnn.kernels.numpy_ref.im2col"],
+    },
+    "12_pruning_distillation": {
+        1: ["minicnn.nn.utils.prune.ln_structured"],
+        2: ["minicnn.functional.distillation_loss"],
+    },
+    "13_quantization_deployment": {
+        1: ["minicnn.functional.fake_quantize_per_tensor_affine", "minicnn.functional.fake_quantize_per_channel_affine"],
+        2: ["minicnn.quant.quantize_multiplier"],
+    },
+    "14_adversarial_examples": {
+        1: ["minicnn.attacks.fgsm"],
+        2: ["minicnn.attacks.pgd"],
+    },
+    "15_interpretability": {
+        1: ["minicnn.explain.integrated_gradients"],
+        2: ["minicnn.explain.grad_cam"],
+    },
+    "16_hyperparameter_tuning": {
+        1: ["minicnn.tune.lr_find"],
     },
 }
 
