@@ -185,6 +185,14 @@ def test_the_student_site_keeps_the_outputs_before_the_exercises_only():
 # -----------------------------------------------------------------------------
 # 3. Feedback that names the mistake
 # -----------------------------------------------------------------------------
+def rotated_correlation(g, w, p, flip=(True, True), swap=True, before=None, after=None):
+    """The input gradient of a stride-1 convolution, right by default, wrong in the ways the arguments say."""
+    k = w.shape[-1]
+    w = w.transpose(1, 0, 2, 3) if swap else w
+    w = w[:, :, ::-1 if flip[0] else 1, ::-1 if flip[1] else 1]
+    return feedback.correlate(g, w, k - 1 - p if before is None else before, k - 1 - p if after is None else after)
+
+
 MISTAKES = {   # (checker, (notebook, exercise), the function's name): [(a wrong answer, words of its message)]
     (feedback.check_softmax_rows, ("00_tour", 2), "softmax_rows"): [
         (feedback.softmax_literal, "maximum is not subtracted"),
@@ -198,6 +206,20 @@ MISTAKES = {   # (checker, (notebook, exercise), the function's name): [(a wrong
         (lambda *a: feedback.place_windows(*a, combine="mean"), "averaged instead of summed"),
         (lambda *a: feedback.place_windows(*a, crop="start"), "bottom and right only"),
         (lambda *a: feedback.place_windows(*a, use_stride=False), "stride is ignored"),
+    ],
+    (feedback.check_conv2d_direct, ("02_convolution", 4), "conv2d_direct"): [
+        (lambda x, w, b, p: feedback.correlate(x, w[:, :, ::-1, ::-1], p) + b.reshape(1, -1, 1, 1), "kernel is flipped"),
+        (lambda x, w, b, p: feedback.correlate(x, w, p, 0) + b.reshape(1, -1, 1, 1), "one side only"),
+        (lambda x, w, b, p: feedback.correlate(x, w, 2 * p, 0) + b.reshape(1, -1, 1, 1), "all the padding went to one side"),
+        (lambda x, w, b, p: feedback.correlate(x, w, p), "bias is left out"),
+        (lambda x, w, b, p: F.conv2d(mc.tensor(x), mc.tensor(w), mc.tensor(b), padding=p).numpy(), "compute it yourself"),
+    ],
+    (feedback.check_conv2d_input_grad, ("02_convolution", 5), "conv2d_input_grad"): [
+        (lambda g, w, p: rotated_correlation(g, w, p, flip=(False, False)), "not rotated by 180° (or rotated twice"),
+        (lambda g, w, p: rotated_correlation(g, w, p, flip=(True, False)), "one axis only"),
+        (lambda g, w, p: rotated_correlation(g, w, p, swap=False), "channel axes of the kernel are not swapped"),
+        (lambda g, w, p: rotated_correlation(g, w, p, before=p, after=p), "padded by the forward pass's padding"),
+        (lambda g, w, p: rotated_correlation(g, w, p, after=0), "padded on one side only"),
     ],
     (feedback.check_conv1x1, ("02_convolution", 3), "conv1x1"): [
         (feedback.conv1x1_channels_not_moved, "without moving the channel axis"),
@@ -288,6 +310,8 @@ PLANTED = {    # notebook: {exercise: (the text in its solution, replaced by, wo
     "00_tour": {1: ("p.data -= lr", "p.data += lr", "should be w - lr * grad"),
                 2: ("np.exp(z - z.max(axis=1, keepdims=True))", "np.exp(z)", "maximum is not subtracted")},
     "02_convolution": {1: ("] += window", "] = window", "overwrite each other"),
+                       4: ("np.tensordot(window, w,", "np.tensordot(window, w[:, :, ::-1, ::-1],", "kernel is flipped"),
+                       5: ("w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]", "w.transpose(1, 0, 2, 3)", "not rotated by 180°"),
                        3: ("x.transpose(1, 0, 2, 3).reshape(C, -1)", "x.reshape(C, -1)", "without moving the channel axis")},
     "03_activations_pooling": {2: ("winner = windows.argmax(axis=-1)", "winner = 3 - windows[..., ::-1].argmax(axis=-1)",
                                    "last maximum")},

@@ -12,6 +12,11 @@ exercise                     mistakes told apart
 softmax (00)                 max-subtraction forgotten (overflow), one maximum for the whole array,
                              the sum without ``keepdims`` (divided along the wrong axis), columns
                              normalised instead of rows
+conv2d forward (02)          the kernel flipped (a true convolution), padding on one side only, all the
+                             padding on one side, the bias left out, the padding ignored
+conv2d input gradient (02)   the kernel not rotated (or rotated twice), flipped along one axis only,
+                             its channel axes not swapped, grad_out padded by ``padding`` instead of
+                             k - 1 - padding, or on one side only
 1x1 convolution (02)         x reshaped without moving the channel axis first (images and channels
                              mixed), the product reshaped without moving its axes back
 col2im, conv backward (02)   overlapping windows overwritten or averaged instead of summed, padding
@@ -49,12 +54,23 @@ from .forbid import ANSWERS, ForbiddenCall, forbidden
 # -----------------------------------------------------------------------------
 # The machinery: run the student's function on the probes, then compare
 # -----------------------------------------------------------------------------
+class Raised:
+    """What a probe gave when the function raised instead of returning: the error, kept to report."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def __str__(self):
+        return f"{type(self.error).__name__}: {self.error}"
+
+
 def run_student(fn, probes, library_names, what=None):
     """``fn(*args)`` for every probe (a fresh copy of the arguments each time), with the library's
-    answer forbidden. Returns ``(outputs, None)`` or ``(None, message)``; NotImplementedError (the
-    stub) propagates, so an unfinished exercise fails as the stub says."""
+    answer forbidden. Returns ``(outputs, None)`` — a :class:`Raised` where a probe raised — or
+    ``(None, message)`` when the library's answer was called. NotImplementedError (the stub)
+    propagates, so an unfinished exercise fails as the stub says."""
     outputs = []
-    # np.errstate: an overflow is no error of its own here; the diagnosis below names its cause
+    # np.errstate: an overflow is no error of its own here; the diagnosis names its cause
     with forbidden(library_names, namespaces=[getattr(fn, "__globals__", {})]), np.errstate(all="ignore"):
         for args in probes:
             try:
@@ -63,13 +79,27 @@ def run_student(fn, probes, library_names, what=None):
                 raise
             except ForbiddenCall as e:
                 return None, str(e)
-            except Exception as e:                 # the student's error, reported in one line
-                return None, f"{what or fn.__name__} raised {type(e).__name__}: {e}"
+            except Exception as e:                 # the student's error: a mistake may explain it
+                outputs.append(Raised(e))
     return outputs, None
 
 
+def answers_of(fn, probes):
+    """What ``fn`` gives on each probe, a :class:`Raised` where it raises."""
+    out = []
+    for args in probes:
+        try:
+            out.append(fn(*copy.deepcopy(args)))
+        except Exception as e:
+            out.append(Raised(e))
+    return out
+
+
 def same(got, want, atol):
-    """Whether ``got`` equals ``want`` (arrays, or tuples/lists of arrays), NaNs in the same places."""
+    """Whether ``got`` equals ``want`` (arrays, or tuples/lists of arrays), NaNs in the same places;
+    two probes that both raised are the same."""
+    if isinstance(got, Raised) or isinstance(want, Raised):
+        return isinstance(got, Raised) and isinstance(want, Raised)
     if isinstance(want, (tuple, list)):
         return (isinstance(got, (tuple, list)) and len(got) == len(want)
                 and all(same(g, w, atol) for g, w in zip(got, want)))
@@ -111,19 +141,19 @@ def diagnose(fn, what, probes, reference, mistakes, library_names, atol=1e-10, d
     if error:
         return error
     wants = [reference(*copy.deepcopy(args)) for args in probes]
+    if all(same(g, w, atol) for g, w in zip(got, wants)):
+        return None
+    with np.errstate(all="ignore"):                 # a mistake's answer may overflow: that is the point
+        for description, wrong in mistakes:
+            answers = answers_of(wrong, probes)
+            if not all(isinstance(a, Raised) for a in answers) and all(same(g, a, atol) for g, a in zip(got, answers)):
+                return f"{what} is not right; it looks like {description}"
+    for args, g in zip(probes, got):
+        if isinstance(g, Raised):
+            return f"{what} raised {g} for {describe(args)}"
     for args, g, w in zip(probes, got, wants):
         if shape_of(g) != shape_of(w) and not isinstance(w, (tuple, list)):
             return f"{what} should return an array of shape {np.shape(w)} for {describe(args)}, got {shape_of(g)}"
-    if all(same(g, w, atol) for g, w in zip(got, wants)):
-        return None
-    with np.errstate(all="ignore"):
-        for description, wrong in mistakes:
-            try:
-                answers = [wrong(*copy.deepcopy(args)) for args in probes]
-            except (ValueError, ZeroDivisionError, FloatingPointError):
-                continue
-            if all(same(g, a, atol) for g, a in zip(got, answers)):
-                return f"{what} is not right; it looks like {description}"
     bad = next(i for i, (g, w) in enumerate(zip(got, wants)) if not same(g, w, atol))
     return (f"{what} is not right for {describe(probes[bad])}: off by up to "
             f"{largest_difference(got[bad], wants[bad]):.2e} (none of the usual mistakes matches; "
@@ -265,6 +295,99 @@ def check_col2im(col2im_loops):
     ]
     return diagnose(col2im_loops, "col2im_loops", probes, col2im_reference, mistakes, ANSWERS["02_convolution"][1],
                     atol=1e-12, describe=lambda a: f"x_shape {a[1]}, kernel {a[2]}, stride {a[4]}, padding {a[5]}")
+
+
+def correlate(x, w, pad_before, pad_after=None):
+    """Valid cross-correlation of ``x`` (N, C, H, W) with ``w`` (O, C, k, k) after zero-padding
+    (``pad_before`` rows/columns at the top/left, ``pad_after`` at the bottom/right): the reference
+    loops the mistakes below are written with."""
+    pad_after = pad_before if pad_after is None else pad_after
+    xp = np.pad(x, ((0, 0), (0, 0), (pad_before, pad_after), (pad_before, pad_after)))
+    k = w.shape[-1]
+    oh, ow = xp.shape[2] - k + 1, xp.shape[3] - k + 1
+    out = np.zeros((x.shape[0], w.shape[0], oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            out[:, :, i, j] = np.einsum("nchw,ochw->no", xp[:, :, i:i + k, j:j + k], w)
+    return out
+
+
+def conv_forward_reference(x, w, b, padding):
+    import minicnn as mc
+    import minicnn.functional as F
+    return F.conv2d(mc.tensor(x, dtype="float64"), mc.tensor(w, dtype="float64"), mc.tensor(b, dtype="float64"),
+                    padding=padding).numpy()
+
+
+def check_conv2d_direct(conv2d_direct):
+    """Probes: a kernel that is not symmetric (so flipping it shows), padding 1 and 2 (so padding on
+    one side shows), a non-zero bias, several channels in and out."""
+    rng = np.random.default_rng(7)
+    probes = [(rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4), 1),
+              (rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3), 2),
+              (rng.standard_normal((1, 1, 4, 4)), rng.standard_normal((2, 1, 2, 2)), rng.standard_normal(2), 0)]
+    bias = lambda b: np.asarray(b).reshape(1, -1, 1, 1)
+    mistakes = [
+        ("the kernel is flipped (rotated by 180°): that is the convolution of signal processing; "
+         "conv2d in PyTorch and minicnn is a cross-correlation, window * w without any flip",
+         lambda x, w, b, p: correlate(x, w[:, :, ::-1, ::-1], p) + bias(b)),
+        ("the padding is on one side only (the top and left); np.pad needs (padding, padding) on each axis",
+         lambda x, w, b, p: correlate(x, w, p, 0) + bias(b)),
+        ("all the padding went to one side (2 * padding at the top and left, none at the bottom and "
+         "right); pad padding rows and columns on every side", lambda x, w, b, p: correlate(x, w, 2 * p, 0) + bias(b)),
+        ("the bias is left out: add b[o] to every position of output channel o",
+         lambda x, w, b, p: correlate(x, w, p)),
+        ("the padding is ignored", lambda x, w, b, p: correlate(x, w, 0) + bias(b)),
+    ]
+    return diagnose(conv2d_direct, "conv2d_direct", probes, conv_forward_reference, mistakes,
+                    ANSWERS["02_convolution"][4], describe=lambda a: f"x of shape {a[0].shape}, w of shape "
+                    f"{a[1].shape} and padding {a[3]}")
+
+
+def conv_input_grad_reference(grad_out, w, padding):
+    import minicnn as mc
+    import minicnn.functional as F
+    N, _, oh, ow = grad_out.shape
+    k = w.shape[-1]
+    x = mc.tensor(np.zeros((N, w.shape[1], oh + k - 1 - 2 * padding, ow + k - 1 - 2 * padding)),
+                  requires_grad=True, dtype="float64")
+    F.conv2d(x, mc.tensor(w, dtype="float64"), padding=padding).backward(mc.tensor(grad_out, dtype="float64"))
+    return x.grad.numpy()
+
+
+def check_conv2d_input_grad(conv2d_input_grad):
+    """Probes: kernels that are symmetric in neither direction (a missing flip, or a flip of one
+    axis only, shows), as many channels in as out (so unswapped channel axes still multiply), and
+    padding 0 and 1 (the full convolution pads by k - 1 - padding)."""
+    rng = np.random.default_rng(8)
+    probes = [(rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((3, 3, 3, 3)), 0),
+              (rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((2, 2, 3, 3)), 1),
+              (rng.standard_normal((1, 2, 3, 3)), rng.standard_normal((2, 4, 2, 2)), 0)]
+
+    def full(g, w, p, flip=(True, True), swap=True, before=None, after=None):
+        k = w.shape[-1]
+        w = w.transpose(1, 0, 2, 3) if swap else w
+        w = w[:, :, ::-1 if flip[0] else 1, ::-1 if flip[1] else 1]
+        return correlate(g, w, k - 1 - p if before is None else before, k - 1 - p if after is None else after)
+
+    mistakes = [
+        ("the kernel is not rotated by 180° (or rotated twice: once by hand, and again by a routine that "
+         "flips, such as a true convolution); the input's gradient correlates with the rotated kernel",
+         lambda g, w, p: full(g, w, p, flip=(False, False))),
+        ("the kernel is flipped along one axis only; rotate it by 180°: w[..., ::-1, ::-1]",
+         lambda g, w, p: full(g, w, p, flip=(True, False))),
+        ("the kernel is flipped along one axis only; rotate it by 180°: w[..., ::-1, ::-1]",
+         lambda g, w, p: full(g, w, p, flip=(False, True))),
+        ("the two channel axes of the kernel are not swapped: the gradient of input channel c sums over "
+         "the output channels o of w[o, c], so use w.transpose(1, 0, 2, 3)", lambda g, w, p: full(g, w, p, swap=False)),
+        ("grad_out is padded by the forward pass's padding; the full correlation pads it by k - 1 - padding",
+         lambda g, w, p: full(g, w, p, before=p, after=p)),
+        ("grad_out is padded on one side only (k - 1 - padding at the top and left, none at the bottom "
+         "and right)", lambda g, w, p: full(g, w, p, after=0)),
+    ]
+    return diagnose(conv2d_input_grad, "conv2d_input_grad", probes, conv_input_grad_reference, mistakes,
+                    ANSWERS["02_convolution"][5], describe=lambda a: f"grad_out of shape {a[0].shape}, w of "
+                    f"shape {a[1].shape} and padding {a[2]}")
 
 
 # -----------------------------------------------------------------------------

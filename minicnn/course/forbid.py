@@ -49,6 +49,10 @@ ANSWERS = {
         1: ["minicnn.kernels.numpy_ref.col2im", "minicnn.functional.conv2d"],
         2: ["minicnn.kernels.numpy_ref.im2col", "minicnn.functional.unfold", "minicnn.functional.conv2d"],
         3: ["minicnn.functional.conv2d", "minicnn.kernels.numpy_ref.im2col", "minicnn.nn.Conv2d.forward"],
+        4: ["minicnn.functional.conv2d", "minicnn.functional.conv2d_simple", "minicnn.nn.Conv2d.forward",
+            "scipy.signal.correlate", "scipy.signal.correlate2d", "scipy.signal.convolve", "scipy.signal.convolve2d"],
+        5: ["minicnn.functional.conv2d", "minicnn.functional.conv2d_simple", "minicnn.kernels.numpy_ref.col2im",
+            "scipy.signal.correlate", "scipy.signal.correlate2d", "scipy.signal.convolve", "scipy.signal.convolve2d"],
     },
     "03_activations_pooling": {
         1: ["minicnn.functional.silu"],
