@@ -348,6 +348,8 @@ def graded(tmp_path_factory):
     for path in TUTORIALS:                    # every reference solution: no forbidden name blocks one of them
         hand_in("correct", path.stem, course.read_notebook(path))
     hand_in("empty", "06_optimizers_schedules", course.read_notebook(edition / "06_optimizers_schedules.ipynb"))
+    (subs / "empty" / "assignment1" / "00_tour.ipynb").write_text("")            # an empty file
+    (subs / "empty" / "assignment1" / "my_notes.ipynb").write_text("{}")         # not a notebook of the course
     for stem, planted in PLANTED.items():
         nb = tutorials[stem]
         for number, (old, new, _) in planted.items():
@@ -377,6 +379,10 @@ def test_grade_scores_a_correct_and_an_empty_submission(graded):
     assert len(correct) == len(course.list_exercises())
     for row in correct:
         assert (row["points"], row["message"]) == (row["max_points"], "passed"), row
+    for number in (1, 2):
+        blank = graded["empty", "00_tour", number]
+        assert blank["points"] == "0" and "not graded" in blank["message"] and "not a readable notebook" in blank["message"]
+    assert "not a notebook of this course" in graded["empty", "my_notes", 0]["message"]
     for number in (1, 2):
         empty = graded["empty", "06_optimizers_schedules", number]
         assert empty["points"] == "0" and "not done" in empty["message"]

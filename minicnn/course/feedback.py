@@ -48,6 +48,10 @@ import copy
 
 import numpy as np
 
+from .. import functional as F
+from .. import nn, optim
+from ..autograd.tensor import tensor
+from ..kernels import numpy_ref
 from .forbid import ANSWERS, ForbiddenCall, forbidden
 
 
@@ -168,9 +172,7 @@ def shapes(args):
 # 00 — softmax
 # -----------------------------------------------------------------------------
 def softmax_reference(z):
-    import minicnn as mc
-    import minicnn.functional as F
-    return F.softmax(mc.tensor(z, dtype="float64"), dim=1).numpy()
+    return F.softmax(tensor(z, dtype="float64"), dim=1).numpy()
 
 
 def softmax_literal(z):
@@ -216,9 +218,7 @@ def check_softmax_rows(softmax_rows):
 # 02 — convolution: the 1x1 convolution, and col2im (the backward of im2col)
 # -----------------------------------------------------------------------------
 def conv_reference(x, w):
-    import minicnn as mc
-    import minicnn.functional as F
-    return F.conv2d(mc.tensor(x, dtype="float64"), mc.tensor(w, dtype="float64")).numpy()
+    return F.conv2d(tensor(x, dtype="float64"), tensor(w, dtype="float64")).numpy()
 
 
 def conv1x1_channels_not_moved(x, w):
@@ -271,7 +271,6 @@ def place_windows(cols, x_shape, kh, kw, stride=1, padding=0, combine="add", cro
 
 
 def col2im_reference(cols, x_shape, kh, kw, stride, padding):
-    from minicnn.kernels import numpy_ref
     return numpy_ref.col2im(cols, x_shape, kh, kw, (stride, stride), (padding, padding), (1, 1))
 
 
@@ -313,9 +312,7 @@ def correlate(x, w, pad_before, pad_after=None):
 
 
 def conv_forward_reference(x, w, b, padding):
-    import minicnn as mc
-    import minicnn.functional as F
-    return F.conv2d(mc.tensor(x, dtype="float64"), mc.tensor(w, dtype="float64"), mc.tensor(b, dtype="float64"),
+    return F.conv2d(tensor(x, dtype="float64"), tensor(w, dtype="float64"), tensor(b, dtype="float64"),
                     padding=padding).numpy()
 
 
@@ -345,13 +342,11 @@ def check_conv2d_direct(conv2d_direct):
 
 
 def conv_input_grad_reference(grad_out, w, padding):
-    import minicnn as mc
-    import minicnn.functional as F
     N, _, oh, ow = grad_out.shape
     k = w.shape[-1]
-    x = mc.tensor(np.zeros((N, w.shape[1], oh + k - 1 - 2 * padding, ow + k - 1 - 2 * padding)),
+    x = tensor(np.zeros((N, w.shape[1], oh + k - 1 - 2 * padding, ow + k - 1 - 2 * padding)),
                   requires_grad=True, dtype="float64")
-    F.conv2d(x, mc.tensor(w, dtype="float64"), padding=padding).backward(mc.tensor(grad_out, dtype="float64"))
+    F.conv2d(x, tensor(w, dtype="float64"), padding=padding).backward(tensor(grad_out, dtype="float64"))
     return x.grad.numpy()
 
 
@@ -394,10 +389,8 @@ def check_conv2d_input_grad(conv2d_input_grad):
 # 03 — max pooling's backward
 # -----------------------------------------------------------------------------
 def max_pool_backward_reference(x, grad_out):
-    import minicnn as mc
-    import minicnn.functional as F
-    xt = mc.tensor(x, requires_grad=True, dtype="float64")
-    F.max_pool2d(xt, 2).backward(mc.tensor(grad_out, dtype="float64"))
+    xt = tensor(x, requires_grad=True, dtype="float64")
+    F.max_pool2d(xt, 2).backward(tensor(grad_out, dtype="float64"))
     return xt.grad.numpy()
 
 
@@ -466,11 +459,9 @@ def per_channel(v):
 
 
 def bn_eval_reference(x, mean, var, gamma, beta, eps):
-    import minicnn as mc
-    import minicnn.functional as F
-    return F.batch_norm(mc.tensor(x, dtype="float64"), mc.tensor(mean, dtype="float64"),
-                        mc.tensor(var, dtype="float64"), mc.tensor(gamma, dtype="float64"),
-                        mc.tensor(beta, dtype="float64"), training=False, eps=eps).numpy()
+    return F.batch_norm(tensor(x, dtype="float64"), tensor(mean, dtype="float64"),
+                        tensor(var, dtype="float64"), tensor(gamma, dtype="float64"),
+                        tensor(beta, dtype="float64"), training=False, eps=eps).numpy()
 
 
 def bn_eval_with(x, mean, var, gamma, beta, eps, scale):
@@ -504,11 +495,9 @@ def check_batch_norm_eval(batch_norm_eval):
 
 
 def running_stats_reference(batches, momentum):
-    import minicnn as mc
-    from minicnn import nn
     layer = nn.BatchNorm2d(batches[0].shape[1], momentum=momentum).double()
     for b in batches:
-        layer(mc.tensor(b, dtype="float64"))
+        layer(tensor(b, dtype="float64"))
     return layer.running_mean.numpy(), layer.running_var.numpy()
 
 
@@ -555,14 +544,12 @@ def check_running_stats(running_stats):
 # 06 — an Adam step
 # -----------------------------------------------------------------------------
 def adam_reference(w0, grads, lr, betas, eps):
-    import minicnn as mc
-    from minicnn import nn, optim
-    w = nn.Parameter(mc.tensor(np.array(w0, dtype=np.float64), dtype="float64"))
+    w = nn.Parameter(tensor(np.array(w0, dtype=np.float64), dtype="float64"))
     adam = optim.Adam([w], lr=lr, betas=betas, eps=eps)
     path = []
     for g in grads:
         adam.zero_grad()
-        (mc.tensor(g, dtype="float64") * w).sum().backward()     # the gradient of sum(g * w) is g
+        (tensor(g, dtype="float64") * w).sum().backward()     # the gradient of sum(g * w) is g
         adam.step()
         path.append(w.numpy().copy())
     return path
