@@ -16,6 +16,7 @@ scores a folder of submissions.
    that loops forever (an exercise's time limit; a notebook's), with the expected points and
    messages, one process per notebook.
 """
+import ast
 import copy
 import csv
 import json
@@ -89,6 +90,42 @@ def test_tag_adds_the_metadata_keeps_hand_set_points_and_the_formatting(tmp_path
     assert cli.main(["course", "tag", "--tutorials", str(folder)]) == 0
     assert (folder / "01_a.ipynb").read_text() == text
     assert "1 notebook(s) updated" in capsys.readouterr().out
+
+
+EXPECTED = {"want", "want_empty", "expected", "ref", "reference", "library"}
+
+
+def shown_expected_values(check):
+    """The expected values a check's assert messages print: ``{want}``, ``{want.ravel()[:3]}``... (a
+    difference such as ``{np.abs(got - want).max()}`` or ``{want.shape}`` gives nothing away)."""
+    shown = []
+    for node in ast.walk(ast.parse(check)):
+        if isinstance(node, ast.Assert) and node.msg is not None:
+            for part in ast.walk(node.msg):
+                if not isinstance(part, ast.FormattedValue):
+                    continue
+                root = part.value
+                while isinstance(root, (ast.Attribute, ast.Subscript, ast.Call)):
+                    if isinstance(root, ast.Attribute) and root.attr == "shape":
+                        break
+                    root = root.func if isinstance(root, ast.Call) else root.value
+                if isinstance(root, ast.Name) and root.id in EXPECTED:
+                    shown.append(ast.unparse(part.value))
+    return shown
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
+def test_no_check_message_shows_the_expected_value(path):
+    nb = course.read_notebook(path)
+    for e in course.exercise_section(nb, path.name).exercises:
+        shown = shown_expected_values(course.source(nb["cells"][e.check]))
+        assert not shown, f"{path.name}, cell {e.check}: the check's message prints the answer: {shown}"
+
+
+def test_the_message_rule_catches_a_leak():
+    assert shown_expected_values('assert got == want, f"expected {want}, got {got}"') == ["want"]
+    assert shown_expected_values('assert g == w, f"{want.ravel()[:3]} vs {np.abs(got - want).max()} {want.shape}"') == \
+        ["want.ravel()[:3]"]
 
 
 # -----------------------------------------------------------------------------
