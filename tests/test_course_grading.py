@@ -323,6 +323,16 @@ def test_forbidden_refuses_the_library_inside_the_block_only_and_puts_everything
     assert F.max_pool2d(x, 2).numpy().ravel().tolist() == [5, 7, 13, 15]
 
 
+def test_forbidden_an_inherited_method_is_refused_and_the_class_left_as_it_was():
+    from minicnn import nn, optim
+    assert "step" not in vars(optim.AdamW)                   # AdamW inherits Adam.step
+    before = dict(vars(optim.AdamW))
+    with forbid.forbidden(["minicnn.optim.AdamW.step"]):
+        with pytest.raises(forbid.ForbiddenCall, match="minicnn.optim.AdamW.step"):
+            optim.AdamW([nn.Parameter(mc.tensor(np.ones(2)))]).step()
+    assert dict(vars(optim.AdamW)) == before
+
+
 def test_forbidden_only_from_student_code_lets_the_check_call_the_library():
     student = compile("def mine(x):\n    return F.softmax(x, dim=1)\n", "<student: exercise 1>", "exec")
     scope = {"F": F}

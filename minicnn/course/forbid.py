@@ -103,6 +103,9 @@ ANSWERS = {
 }
 
 
+INHERITED = object()          # marks a method the class did not define itself (see forbidden)
+
+
 class ForbiddenCall(RuntimeError):
     """The student's code called the library function that the exercise asks them to write."""
 
@@ -156,36 +159,38 @@ def forbidden(names, namespaces=(), only_from=None):
         only_from: None to refuse every call; a file-name prefix (``"<student"``) to refuse only
             calls with the student's code on the call stack.
     """
-    replaced = []                                     # (container, key, original): how to put it back
+    replaced = []                                     # (where, name, original): how to put it back
 
-    def swap(container, key, value, setter):
-        replaced.append((container, key, container[key] if setter is None else getattr(container, key)))
-        if setter is None:
-            container[key] = value
-        else:
-            setter(container, key, value)
+    def put(where, name, value):
+        """Bind ``name`` in ``where`` (a dict, or a module or class) to ``value``, remembering the old one."""
+        if isinstance(where, dict):
+            replaced.append((where, name, where[name]))
+            where[name] = value
+        else:                                         # an inherited method is put back by deleting ours
+            replaced.append((where, name, vars(where)[name] if name in vars(where) else INHERITED))
+            setattr(where, name, value)
 
     try:
         for dotted in names:
             found = resolve(dotted)
-            if found is None:
+            if found is None or not callable(found[2]):
                 continue
             owner, attr, original = found
-            if not callable(original):
-                continue
             stand_in = guard(dotted, original, only_from)
-            swap(owner, attr, stand_in, setattr)
+            put(owner, attr, stand_in)
             # every other name bound to the same function: `from minicnn.functional import softmax`
-            dicts = [vars(m) for m in list(sys.modules.values()) if m is not None and hasattr(m, "__dict__")]
-            for d in dicts + list(namespaces):
-                for key, value in list(d.items()):
-                    if value is original and not (d is getattr(owner, "__dict__", None) and key == attr):
-                        with contextlib.suppress(TypeError):     # a read-only mapping
-                            swap(d, key, stand_in, None)
+            modules = [vars(m) for m in list(sys.modules.values()) if hasattr(m, "__dict__")]
+            for space in modules + list(namespaces):
+                for name, value in list(space.items()):
+                    if value is original:
+                        with contextlib.suppress(TypeError):        # a read-only mapping
+                            put(space, name, stand_in)
         yield
     finally:
-        for container, key, original in reversed(replaced):
-            if isinstance(container, dict):
-                container[key] = original
+        for where, name, original in reversed(replaced):
+            if isinstance(where, dict):
+                where[name] = original
+            elif original is INHERITED:
+                delattr(where, name)
             else:
-                setattr(container, key, original)
+                setattr(where, name, original)
