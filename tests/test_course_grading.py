@@ -483,3 +483,49 @@ def test_grade_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["course", "grade", str(tmp_path / "subs")]) == 2
     assert "no notebooks under" in capsys.readouterr().err
     assert cli.main(["course", "grade", str(tmp_path / "subs"), "--timeout", "0"]) == 2
+
+
+# -----------------------------------------------------------------------------
+# 5. Hidden tests (nbgrader's ### BEGIN HIDDEN TESTS), on a hand-made course
+# -----------------------------------------------------------------------------
+def hand_made_course(folder):
+    """A one-exercise course whose check has a hidden test."""
+    def cell(kind, text):
+        c = {"cell_type": kind, "metadata": {}, "source": course.as_lines(text)}
+        return c if kind == "markdown" else {**c, "execution_count": None, "outputs": []}
+
+    nb = {"cells": [cell("markdown", "## Exercises"), cell("markdown", "### Exercise 1 — double it"),
+                    cell("code", "def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION"),
+                    cell("code", "assert double(2) == 4, 'double(2) is not right'\n### BEGIN HIDDEN TESTS\n"
+                                 "assert double(5) == 10 and double(-1) == -2, 'double is not right (a hidden test)'\n"
+                                 "### END HIDDEN TESTS\nprint('ok')")],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    folder.mkdir(parents=True)
+    course.write_notebook(course.tag_notebook(nb, "01_double.ipynb"), folder / "01_double.ipynb")
+    return nb
+
+
+def test_hidden_tests_stay_out_of_the_student_edition_and_grade_the_submission(tmp_path):
+    nb = hand_made_course(tmp_path / "course")
+    course.build_student(str(tmp_path / "students"), str(tmp_path / "course"), log=lambda *a: None)
+    text = (tmp_path / "students" / "01_double.ipynb").read_text()
+    assert "HIDDEN" not in text and "double(5)" not in text and "double(2) == 4" in text and "print('ok')" in text
+    assert course.solution_text(nb) >= {"return 2 * x", "assert double(5) == 10 and double(-1) == -2, 'double is not right (a hidden test)'"}
+    for student, answer in (("honest", "return 2 * x"), ("fits_the_visible_check", "return 4 if x == 2 else 0")):
+        folder = tmp_path / "subs" / student
+        folder.mkdir(parents=True)
+        mine = copy.deepcopy(nb)
+        mine["cells"][2]["source"] = course.as_lines(f"def double(x):\n    {answer}\n")
+        course.write_notebook(mine, folder / "01_double.ipynb")
+    grades = grading.grade(str(tmp_path / "subs"), str(tmp_path / "g.csv"), str(tmp_path / "course"), log=lambda *a: None)
+    assert [(g.student, g.points, g.message) for g in grades] == [
+        ("fits_the_visible_check", 0, "check failed: double is not right (a hidden test)"), ("honest", 1, "passed")]
+
+
+def test_hidden_tests_outside_a_check_cell_are_an_error():
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": ["## Exercises"]},
+                    {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                     "source": course.as_lines("### BEGIN HIDDEN TESTS\nassert True, 'x'\n### END HIDDEN TESTS")}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    with pytest.raises(course.CourseError, match="hw.ipynb, cell 1: hidden tests .* belong in a check cell"):
+        course.exercise_section(nb, "hw.ipynb")

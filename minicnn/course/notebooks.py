@@ -43,6 +43,8 @@ from ..io import write_bytes, write_text
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
+HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"       # nbgrader's hidden tests: in a check cell, kept out of
+HIDDEN_END = "### END HIDDEN TESTS"           # the student edition, run by `minicnn course grade`
 SETUP_TAG = "exercise-setup"
 SECTION_HEADING = re.compile(r"^##\s+Exercises\b")
 STUB = '{indent}# YOUR CODE HERE\n{indent}raise NotImplementedError({message})\n'
@@ -115,29 +117,48 @@ def where(name, index) -> str:
 # -----------------------------------------------------------------------------
 # Solution regions
 # -----------------------------------------------------------------------------
-def solution_regions(text, at="this cell") -> list:
+def marked_regions(text, begin_marker, end_marker, at="this cell") -> list:
     """``[(begin, end, indent)]``: line numbers of each marker pair and the BEGIN line's indentation.
 
     Raises :class:`CourseError` (naming ``at``) for an END without a BEGIN, a
     BEGIN inside a region, or a BEGIN that is never closed.
     """
     regions, begin = [], None
-    for i, line in enumerate(text.splitlines()):
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
         marker = line.strip()
-        if marker == BEGIN:
+        if marker == begin_marker:
             if begin is not None:
-                raise CourseError(f"{at}: '{BEGIN}' on line {i + 1} inside the region opened on line "
-                                  f"{begin + 1}; close it with '{END}' first")
+                raise CourseError(f"{at}: '{begin_marker}' on line {i + 1} inside the region opened on line "
+                                  f"{begin + 1}; close it with '{end_marker}' first")
             begin = i
-        elif marker == END:
+        elif marker == end_marker:
             if begin is None:
-                raise CourseError(f"{at}: '{END}' on line {i + 1} without a '{BEGIN}' before it")
-            first = text.splitlines()[begin]
-            regions.append((begin, i, first[:len(first) - len(first.lstrip())]))
+                raise CourseError(f"{at}: '{end_marker}' on line {i + 1} without a '{begin_marker}' before it")
+            regions.append((begin, i, lines[begin][:len(lines[begin]) - len(lines[begin].lstrip())]))
             begin = None
     if begin is not None:
-        raise CourseError(f"{at}: '{BEGIN}' on line {begin + 1} is never closed by '{END}'")
+        raise CourseError(f"{at}: '{begin_marker}' on line {begin + 1} is never closed by '{end_marker}'")
     return regions
+
+
+def solution_regions(text, at="this cell") -> list:
+    """The solution regions of ``text`` (see :func:`marked_regions`)."""
+    return marked_regions(text, BEGIN, END, at)
+
+
+def hidden_regions(text, at="this cell") -> list:
+    """The hidden-test regions of ``text`` (see :func:`marked_regions`)."""
+    return marked_regions(text, HIDDEN_BEGIN, HIDDEN_END, at)
+
+
+def strip_hidden_tests(text, at="this cell") -> str:
+    """``text`` without its hidden-test regions (markers included), as nbgrader releases a check cell."""
+    lines = text.splitlines(keepends=True)
+    for begin, end, _ in reversed(hidden_regions(text, at)):
+        del lines[begin:end + 1]
+    out = "".join(lines)
+    return out[:-1] if out.endswith("\n") and not text.endswith("\n") else out
 
 
 def strip_solutions(text, description, at="this cell") -> str:
@@ -158,7 +179,7 @@ def solution_lines(text) -> list:
 
 
 def solution_text(nb, name="notebook", min_length=12) -> set:
-    """What would give a solution away: every line of a solution region (stripped, at least
+    """What would give a solution away: every line of a solution region or of a hidden test (stripped, at least
     ``min_length`` characters) that occurs nowhere else in the notebook, not even inside a longer
     line or in the exercise's statement. A student file or page containing one of these leaks a
     solution (a search of the text, not of the markers)."""
@@ -168,12 +189,16 @@ def solution_text(nb, name="notebook", min_length=12) -> set:
     for cell in nb["cells"]:
         inside = False
         for line in source(cell).splitlines():
-            if "BEGIN SOLUTION" in line or "END SOLUTION" in line:
-                inside = "BEGIN SOLUTION" in line
+            if re.search(r"(BEGIN|END) (SOLUTION|HIDDEN TESTS)", line):
+                inside = "BEGIN" in line
             elif not inside:
                 outside.append(line)
     outside = "\n".join(outside)
     found = {line.strip() for i in solutions for line in solution_lines(source(nb["cells"][i]))}
+    for e in course.exercises:                      # the hidden tests must not reach the students either
+        text = source(nb["cells"][e.check])
+        lines = text.splitlines()
+        found |= {line.strip() for begin, end, _ in hidden_regions(text) for line in lines[begin + 1:end]}
     return {line for line in found if len(line) >= min_length and line not in outside}
 
 
@@ -233,6 +258,10 @@ def exercise_section(nb, name="notebook") -> Course:
                                           if c.get("cell_type") == "code" and SETUP_TAG in tags(c)])
     for i, cell in enumerate(cells):
         text = source(cell)
+        if hidden_regions(text, where(name, i)) and not (i > 0 and has_markers(source(cells[i - 1]))
+                                                         and cell.get("cell_type") == "code"):
+            raise CourseError(f"{where(name, i)}: hidden tests ('{HIDDEN_BEGIN}') belong in a check cell, "
+                              "right after a solution cell")
         if not has_markers(text):
             continue
         if cell.get("cell_type") != "code":
@@ -269,6 +298,7 @@ def student_notebook(nb, name="notebook") -> dict:
         if i in titles:
             cell["source"] = as_lines(strip_solutions(source(cell), titles[i], where(name, i)))
         if i in checks:                            # nbgrader's locked cell: Jupyter will not edit or delete it
+            cell["source"] = as_lines(strip_hidden_tests(source(cell), where(name, i)))
             cell.setdefault("metadata", {}).update(deletable=False, editable=False)
         cell["outputs"], cell["execution_count"] = [], None
         cell.get("metadata", {}).pop("execution", None)
