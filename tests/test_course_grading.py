@@ -483,6 +483,11 @@ def test_grade_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["course", "grade", str(tmp_path / "subs")]) == 2
     assert "no notebooks under" in capsys.readouterr().err
     assert cli.main(["course", "grade", str(tmp_path / "subs"), "--timeout", "0"]) == 2
+    assert "must be positive" in capsys.readouterr().err
+    (tmp_path / "subs" / "02_convolution.ipynb").write_text("{}")
+    assert cli.main(["course", "grade", str(tmp_path / "subs")]) == 2
+    err = capsys.readouterr().err
+    assert "whose is it?" in err and os.path.join("<student>", "02_convolution.ipynb") in err and err.count("\n") == 1
 
 
 # -----------------------------------------------------------------------------

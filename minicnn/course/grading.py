@@ -111,6 +111,10 @@ def submissions(folder) -> list:
     """``[(student, notebook path)]``: every ``.ipynb`` under each subfolder of ``folder``."""
     if not os.path.isdir(folder):
         raise CourseError(f"no submissions folder at {folder}")
+    loose = sorted(n for n in os.listdir(folder) if n.endswith(".ipynb"))
+    if loose:
+        raise CourseError(f"{os.path.join(folder, loose[0])}: whose is it? Put each student's notebooks in a "
+                          f"folder of their own ({os.path.join(folder, '<student>', loose[0])})")
     found = []
     for student in sorted(os.listdir(folder)):
         top = os.path.join(folder, student)
@@ -195,7 +199,7 @@ def grade(folder, out_csv, tutorials_dir=None, timeout=300, exercise_timeout=60,
     found = submissions(folder)
     if not found:
         raise CourseError(f"no notebooks under {folder}: expected one folder per student, "
-                          "e.g. {folder}/alice/02_convolution.ipynb")
+                          f"e.g. {os.path.join(folder, 'alice', '02_convolution.ipynb')}")
     grades = []
     for student, path in found:
         rows = grade_notebook(student, path, tutorials_dir, timeout, exercise_timeout)
