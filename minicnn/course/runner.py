@@ -67,12 +67,13 @@ def grade_exercise(step, namespace, seconds):
         return False, step["missing"]
     stage = "your cell"
     try:
-        with time_limit(seconds), forbidden(step.get("forbid", []), namespaces=[namespace], only_from="<student"):
+        # the time limit inside: its alarm can never interrupt forbidden() putting the library back
+        with forbidden(step.get("forbid", []), namespaces=[namespace], only_from="<student"), time_limit(seconds):
             exec(compile(step["solution"], f"<student: exercise {number}>", "exec"), namespace)
             stage = "the check"
             exec(compile(step["check"], f"<check: exercise {number}>", "exec"), namespace)
     except TimeLimit:
-        return False, f"stopped after {seconds:g} s in {stage}: an endless loop, or far too slow"
+        return False, f"stopped after {seconds:g} s while {stage} ran: an endless loop, or far too slow"
     except NotImplementedError:
         return False, "not done: the cell still raises NotImplementedError"
     except ForbiddenCall as e:
