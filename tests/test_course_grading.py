@@ -219,6 +219,23 @@ def test_the_student_site_keeps_the_outputs_before_the_exercises_only():
     assert "z.max(axis=1" not in json.dumps(student)
 
 
+def test_the_student_site_takes_the_outputs_from_myst_nbs_cache(tmp_path):
+    """A notebook whose code is in the execution cache is not run again: its cached outputs are used."""
+    nbformat = pytest.importorskip("nbformat")
+    jupyter_cache = pytest.importorskip("jupyter_cache")
+    from jupyter_cache.base import CacheBundleIn
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("raise SystemExit('this would fail if it ran')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "x.ipynb")
+    ran = copy.deepcopy(nb)
+    ran.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="from the cache\n")]
+    jupyter_cache.get_cache(str(tmp_path / "cache")).cache_notebook_bundle(CacheBundleIn(ran, str(tmp_path / "x.ipynb")),
+                                                                           check_validity=False)
+    out = site.executed(str(tmp_path / "x.ipynb"), cache_dir=str(tmp_path / "cache"))
+    assert "".join(out["cells"][0]["outputs"][0]["text"]) == "from the cache\n"
+
+
 # -----------------------------------------------------------------------------
 # 3. Feedback that names the mistake
 # -----------------------------------------------------------------------------
