@@ -49,6 +49,8 @@ templates_path = ["_templates"]         # relative to docs/, the configuration f
 html_static_path = ["_static"]
 html_theme = "furo"
 html_title = "minicnn"
+if os.environ.get("MINICNN_SITE_EDITION") == "student":   # `minicnn course build-site --student`
+    html_title = "minicnn (student edition)"
 # The site's index is docs/index.html (root_doc); index.html at the top sends a browser there.
 html_additional_pages = {"index": "redirect.html"}
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import pathlib
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from ..io import write_bytes, write_text
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
+HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"       # nbgrader's hidden tests: in a check cell, kept out of
+HIDDEN_END = "### END HIDDEN TESTS"           # the student edition, run by `minicnn course grade`
 SETUP_TAG = "exercise-setup"
 SECTION_HEADING = re.compile(r"^##\s+Exercises\b")
 STUB = '{indent}# YOUR CODE HERE\n{indent}raise NotImplementedError({message})\n'
@@ -77,9 +80,17 @@ def read_notebook(path) -> dict:
     return nb
 
 
-def write_notebook(nb, path):
-    """Write ``nb`` as Jupyter does (indent 1, UTF-8), atomically: a temporary file, then ``os.replace``."""
-    write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+def notebook_text(nb, ascii_only=False) -> str:
+    """``nb`` as Jupyter writes it: indent 1, and non-ASCII characters as they are (``ascii_only``:
+    as ``\\uXXXX`` escapes, for a file that was written that way)."""
+    return json.dumps(nb, indent=1, ensure_ascii=ascii_only) + "\n"
+
+
+def write_notebook(nb, path, ascii_only=False):
+    """Write ``nb`` as Jupyter does (indent 1, UTF-8), atomically: a temporary file, then ``os.replace``;
+    readable by everyone (mode 0644), so a shared JupyterHub folder can serve it."""
+    write_text(path, notebook_text(nb, ascii_only))
+    os.chmod(path, 0o644)
 
 
 
@@ -106,29 +117,48 @@ def where(name, index) -> str:
 # -----------------------------------------------------------------------------
 # Solution regions
 # -----------------------------------------------------------------------------
-def solution_regions(text, at="this cell") -> list:
+def marked_regions(text, begin_marker, end_marker, at="this cell") -> list:
     """``[(begin, end, indent)]``: line numbers of each marker pair and the BEGIN line's indentation.
 
     Raises :class:`CourseError` (naming ``at``) for an END without a BEGIN, a
     BEGIN inside a region, or a BEGIN that is never closed.
     """
     regions, begin = [], None
-    for i, line in enumerate(text.splitlines()):
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
         marker = line.strip()
-        if marker == BEGIN:
+        if marker == begin_marker:
             if begin is not None:
-                raise CourseError(f"{at}: '{BEGIN}' on line {i + 1} inside the region opened on line "
-                                  f"{begin + 1}; close it with '{END}' first")
+                raise CourseError(f"{at}: '{begin_marker}' on line {i + 1} inside the region opened on line "
+                                  f"{begin + 1}; close it with '{end_marker}' first")
             begin = i
-        elif marker == END:
+        elif marker == end_marker:
             if begin is None:
-                raise CourseError(f"{at}: '{END}' on line {i + 1} without a '{BEGIN}' before it")
-            first = text.splitlines()[begin]
-            regions.append((begin, i, first[:len(first) - len(first.lstrip())]))
+                raise CourseError(f"{at}: '{end_marker}' on line {i + 1} without a '{begin_marker}' before it")
+            regions.append((begin, i, lines[begin][:len(lines[begin]) - len(lines[begin].lstrip())]))
             begin = None
     if begin is not None:
-        raise CourseError(f"{at}: '{BEGIN}' on line {begin + 1} is never closed by '{END}'")
+        raise CourseError(f"{at}: '{begin_marker}' on line {begin + 1} is never closed by '{end_marker}'")
     return regions
+
+
+def solution_regions(text, at="this cell") -> list:
+    """The solution regions of ``text`` (see :func:`marked_regions`)."""
+    return marked_regions(text, BEGIN, END, at)
+
+
+def hidden_regions(text, at="this cell") -> list:
+    """The hidden-test regions of ``text`` (see :func:`marked_regions`)."""
+    return marked_regions(text, HIDDEN_BEGIN, HIDDEN_END, at)
+
+
+def strip_hidden_tests(text, at="this cell") -> str:
+    """``text`` without its hidden-test regions (markers included), as nbgrader releases a check cell."""
+    lines = text.splitlines(keepends=True)
+    for begin, end, _ in reversed(hidden_regions(text, at)):
+        del lines[begin:end + 1]
+    out = "".join(lines)
+    return out[:-1] if out.endswith("\n") and not text.endswith("\n") else out
 
 
 def strip_solutions(text, description, at="this cell") -> str:
@@ -140,6 +170,36 @@ def strip_solutions(text, description, at="this cell") -> str:
         lines[begin:end + 1] = [STUB.format(indent=indent, message=message)]
     out = "".join(lines)
     return out[:-1] if out.endswith("\n") and not text.endswith("\n") else out
+
+
+def solution_lines(text) -> list:
+    """The lines inside the solution regions of ``text`` (markers excluded)."""
+    lines = text.splitlines()
+    return [line for begin, end, _ in solution_regions(text) for line in lines[begin + 1:end]]
+
+
+def solution_text(nb, name="notebook", min_length=12) -> set:
+    """What would give a solution away: every line of a solution region or of a hidden test (stripped, at least
+    ``min_length`` characters) that occurs nowhere else in the notebook, not even inside a longer
+    line or in the exercise's statement. A student file or page containing one of these leaks a
+    solution (a search of the text, not of the markers)."""
+    course = exercise_section(nb, name)
+    solutions = {e.solution for e in course.exercises}
+    outside = []                                # the notebook's text without its solution regions
+    for cell in nb["cells"]:
+        inside = False
+        for line in source(cell).splitlines():
+            if re.search(r"(BEGIN|END) (SOLUTION|HIDDEN TESTS)", line):
+                inside = "BEGIN" in line
+            elif not inside:
+                outside.append(line)
+    outside = "\n".join(outside)
+    found = {line.strip() for i in solutions for line in solution_lines(source(nb["cells"][i]))}
+    for e in course.exercises:                      # the hidden tests must not reach the students either
+        text = source(nb["cells"][e.check])
+        lines = text.splitlines()
+        found |= {line.strip() for begin, end, _ in hidden_regions(text) for line in lines[begin + 1:end]}
+    return {line for line in found if len(line) >= min_length and line not in outside}
 
 
 def has_markers(text) -> bool:
@@ -198,6 +258,10 @@ def exercise_section(nb, name="notebook") -> Course:
                                           if c.get("cell_type") == "code" and SETUP_TAG in tags(c)])
     for i, cell in enumerate(cells):
         text = source(cell)
+        if hidden_regions(text, where(name, i)) and not (i > 0 and has_markers(source(cells[i - 1]))
+                                                         and cell.get("cell_type") == "code"):
+            raise CourseError(f"{where(name, i)}: hidden tests ('{HIDDEN_BEGIN}') belong in a check cell, "
+                              "right after a solution cell")
         if not has_markers(text):
             continue
         if cell.get("cell_type") != "code":
@@ -226,32 +290,143 @@ def student_notebook(nb, name="notebook") -> dict:
     """A copy of ``nb`` with every solution region replaced by its stub and every output cleared."""
     course = exercise_section(nb, name)
     titles = {e.solution: e.title for e in course.exercises}
+    checks = {e.check for e in course.exercises}
     out = json.loads(json.dumps(nb))               # a deep copy, whatever the cells hold
     for i, cell in enumerate(out["cells"]):
         if cell.get("cell_type") != "code":
             continue
         if i in titles:
             cell["source"] = as_lines(strip_solutions(source(cell), titles[i], where(name, i)))
+        if i in checks:                            # nbgrader's locked cell: Jupyter will not edit or delete it
+            cell["source"] = as_lines(strip_hidden_tests(source(cell), where(name, i)))
+            cell.setdefault("metadata", {}).update(deletable=False, editable=False)
         cell["outputs"], cell["execution_count"] = [], None
         cell.get("metadata", {}).pop("execution", None)
     return out
 
 
 # -----------------------------------------------------------------------------
+# nbgrader's metadata: grade ids, points, locked checks
+# -----------------------------------------------------------------------------
+NBGRADER_SCHEMA = 3
+DEFAULT_POINTS = 1
+
+
+def solution_metadata(number) -> dict:
+    """nbgrader's metadata of a solution cell ("autograded answer"): the student writes in it."""
+    return {"grade": False, "grade_id": f"ex{number}", "locked": False, "schema_version": NBGRADER_SCHEMA,
+            "solution": True, "task": False}
+
+
+def check_metadata(number, points=DEFAULT_POINTS) -> dict:
+    """nbgrader's metadata of a check cell ("autograder tests"): locked, worth ``points``."""
+    return {"grade": True, "grade_id": f"ex{number}-check", "locked": True, "points": points,
+            "schema_version": NBGRADER_SCHEMA, "solution": False, "task": False}
+
+
+def points_of(cell, default=DEFAULT_POINTS):
+    """The points a check cell is worth (its nbgrader metadata; ``default`` without it)."""
+    value = cell.get("metadata", {}).get("nbgrader", {}).get("points", default)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else default
+
+
+def with_nbgrader(cell, metadata):
+    """Set ``metadata["nbgrader"]``, keys in sorted order (as Jupyter writes them, so a diff is one block)."""
+    cell["metadata"] = dict(sorted({**cell.get("metadata", {}), "nbgrader": metadata}.items()))
+
+
+def tag_notebook(nb, name="notebook") -> dict:
+    """``nb`` with nbgrader's metadata on every solution and check cell (rerunnable: a check's points,
+    once set by hand, are kept). The cells' text is not touched."""
+    course = exercise_section(nb, name)
+    for e in course.exercises:
+        with_nbgrader(nb["cells"][e.solution], solution_metadata(e.number))
+        with_nbgrader(nb["cells"][e.check], check_metadata(e.number, points_of(nb["cells"][e.check])))
+    return nb
+
+
+def tag_tutorials(tutorials_dir=None, log=print) -> list:
+    """Add nbgrader's metadata to every tutorial in place (``minicnn course tag``); the paths changed.
+    Each file keeps its formatting, so the diff shows the metadata only."""
+    changed = []
+    for path in notebook_paths(tutorials_dir or default_tutorials_dir()):
+        with open(path, encoding="utf-8") as f:
+            before = f.read()
+        nb = tag_notebook(read_notebook(path), os.path.basename(path))
+        after = notebook_text(nb, ascii_only=before.isascii())
+        if not before.endswith("\n"):
+            after = after[:-1]                                   # as it was: no newline at the end
+        if after != before:
+            write_text(path, after)
+            changed.append(path)
+    log(f"nbgrader metadata: {len(changed)} notebook(s) updated")
+    return changed
+
+
+def metadata_problems(nb, name="notebook") -> list:
+    """What is missing or inconsistent in the nbgrader metadata of ``nb``'s exercises (empty when
+    all is well): every solution and check cell carries it, ids match the exercise numbers."""
+    course = exercise_section(nb, name)
+    problems = []
+    for e in course.exercises:
+        for index, want in ((e.solution, solution_metadata(e.number)),
+                            (e.check, check_metadata(e.number, points_of(nb["cells"][e.check])))):
+            got = nb["cells"][index].get("metadata", {}).get("nbgrader")
+            if got != want:
+                problems.append(f"{where(name, index)}: nbgrader metadata {got}, expected {want} "
+                                "(run `minicnn course tag`)")
+    ids = [c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb["cells"]]
+    ids = [i for i in ids if i]
+    if len(ids) != len(set(ids)):
+        problems.append(f"{name}: duplicate nbgrader grade ids {sorted(i for i in set(ids) if ids.count(i) > 1)}")
+    return problems
+
+
+# -----------------------------------------------------------------------------
 # The student version
 # -----------------------------------------------------------------------------
-def build_student(out_dir, tutorials_dir=None, log=print) -> list:
-    """Write the student version of every tutorial into ``out_dir``; returns the paths written.
+LINK = re.compile(r"\]\((\.\./[^)\s#]+)(#[^)\s]*)?\)")     # a Markdown link out of the folder: [text](../x/y.py)
+SOURCE_DIR = "source"
 
-    Besides the notebooks, every other file and folder of the tutorials folder
-    (README.md, data or helper files a notebook reads by relative path) is
-    copied; hidden ones (``.ipynb_checkpoints``), ``__pycache__`` and notebooks
-    inside subfolders are not, nor ``out_dir`` if it lies inside. Every
-    notebook is checked before anything is written, so a malformed one leaves
-    ``out_dir`` untouched. ``out_dir`` may not be the tutorials folder itself:
-    the solutions are never overwritten.
+
+def localize_links(text, tutorials_dir, linked) -> str:
+    """``text`` with every link to a file outside the tutorials folder (``../minicnn/nn/layers.py``)
+    pointing at its copy under ``source/`` instead; adds ``{copy's relative path: the original}``
+    to ``linked``. Links whose target does not exist are left as they are."""
+    root = os.path.dirname(os.path.abspath(tutorials_dir))
+
+    def replace(match):
+        target = os.path.normpath(os.path.join(tutorials_dir, match.group(1)))
+        rel = os.path.relpath(target, root)
+        if not os.path.isfile(target) or rel.startswith(".."):
+            return match.group(0)
+        copy = f"{SOURCE_DIR}/{pathlib.PurePath(rel).as_posix()}"
+        linked[copy] = target
+        return f"]({copy}{match.group(2) or ''})"
+
+    return LINK.sub(replace, text)
+
+
+def readable(path):
+    """Let everyone read ``path`` (and enter it, for a folder): files 0644, folders 0755."""
+    os.chmod(path, 0o755 if os.path.isdir(path) else 0o644)
+
+
+def build_student(out_dir, tutorials_dir=None, log=print) -> list:
+    """Write the student edition of every tutorial into ``out_dir``; returns the paths written.
+
+    The folder stands alone (no instructor checkout beside it): the notebooks without solutions;
+    every other file and folder of the tutorials folder (README.md, data or helper files a
+    notebook reads by relative path); and a copy, under ``source/``, of every file outside the
+    folder that a notebook or a Markdown file links to (``../minicnn/nn/layers.py`` becomes
+    ``source/minicnn/nn/layers.py``, and the link follows). Hidden files (``.ipynb_checkpoints``),
+    ``__pycache__`` and notebooks inside subfolders are not copied, nor ``out_dir`` if it lies
+    inside. Everything written is readable by everyone (files 0644, folders 0755), so a shared
+    JupyterHub folder can serve it. Every notebook is checked before anything is written, so a
+    malformed one leaves ``out_dir`` untouched. ``out_dir`` may not be the tutorials folder
+    itself: the solutions are never overwritten.
     """
-    tutorials_dir = tutorials_dir or default_tutorials_dir()
+    tutorials_dir = os.path.abspath(tutorials_dir or default_tutorials_dir())
     paths = notebook_paths(tutorials_dir)
     if not paths:
         raise CourseError(f"no notebooks in {tutorials_dir}")
@@ -260,11 +435,16 @@ def build_student(out_dir, tutorials_dir=None, log=print) -> list:
                           "the solutions; choose another folder")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise CourseError(f"{out_dir} exists and is not a folder")
-    student = {}
+    student, linked = {}, {}
     for path in paths:                                       # all checked before anything is written
         name = os.path.basename(path)
-        student[name] = student_notebook(read_notebook(path), name)
+        nb = student_notebook(read_notebook(path), name)
+        for cell in nb["cells"]:
+            if cell.get("cell_type") == "markdown":
+                cell["source"] = as_lines(localize_links(source(cell), tutorials_dir, linked))
+        student[name] = nb
     os.makedirs(out_dir, exist_ok=True)
+    readable(out_dir)
     written = []
     for name, nb in student.items():
         target = os.path.join(out_dir, name)
@@ -282,15 +462,36 @@ def build_student(out_dir, tutorials_dir=None, log=print) -> list:
             if out_real == real or out_real.startswith(real + os.sep):
                 continue
             shutil.copytree(src, target, ignore=skip, dirs_exist_ok=True)
+            for folder, dirs, files in os.walk(target):
+                for entry in dirs + files:
+                    readable(os.path.join(folder, entry))
         elif os.path.isfile(src):
-            with open(src, "rb") as f:
-                write_bytes(target, f.read())
+            if name.endswith(".md"):
+                with open(src, encoding="utf-8") as f:
+                    write_text(target, localize_links(f.read(), tutorials_dir, linked))
+            else:
+                with open(src, "rb") as f:
+                    write_bytes(target, f.read())
+            readable(target)
         else:
             continue
         written.append(target)
+    for copy, original in sorted(linked.items()):            # what the notebooks link to, under source/
+        target = os.path.join(out_dir, *copy.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(original, "rb") as f:
+            write_bytes(target, f.read())
+        readable(target)
+        written.append(target)
+    for folder, dirs, _ in os.walk(os.path.join(out_dir, SOURCE_DIR)):
+        for d in dirs:
+            readable(os.path.join(folder, d))
+    if os.path.isdir(os.path.join(out_dir, SOURCE_DIR)):
+        readable(os.path.join(out_dir, SOURCE_DIR))
     n = sum(len(exercise_section(read_notebook(p), os.path.basename(p)).exercises) for p in paths)
-    log(f"wrote {len(student)} student notebooks ({n} exercises, solutions replaced by stubs) "
-        f"and {len(written) - len(student)} other file(s) to {out_dir}")
+    log(f"wrote {len(student)} student notebooks ({n} exercises, solutions replaced by stubs), "
+        f"{len(written) - len(student) - len(linked)} other file(s) and {len(linked)} linked source "
+        f"file(s) under {SOURCE_DIR}/ to {out_dir}")
     return written
 
 
