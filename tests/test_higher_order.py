@@ -65,6 +65,9 @@ CASES = {
                             [normal(3, 4), normal(3, 4)]),
     "sum_mean_amax": (lambda F, T, x: (x.sum(1) ** 2).mean() + (x.mean(0) ** 3).sum() + (x.amax(1) ** 2).sum(),
                       [normal(3, 4)]),
+    "max_min_dim": (lambda F, T, x: (x.max(1)[0] ** 2).sum() + (x.min(0, keepdim=True)[0] ** 3).sum()
+                    + (x.max() * x).sum(),
+                    [normal(3, 4)]),
     "reshape_transpose_index_cat_stack": (
         lambda F, T, x: ((x.reshape(4, 3).T[1:, [0, 0, 2]] ** 2).sum()
                          + (mc_or_torch(x).cat([x, x * x], 0) ** 2).sum()

@@ -145,6 +145,18 @@ class MaxFn(Function):
         with errstate_of(xp):                         # count 0 (y NaN, amax's rule): 0/0 = NaN, meant
             return (winners * (g / count)).astype(gy.dtype)
 
+    def backward_graph(self, gy):
+        """The winners and their count are constants (a max is piecewise linear)."""
+        xp = current.xp
+        x, y = self.saved_tensors
+        g = _expand(gy, x.shape, self.axes, self.keepdims)
+        winners = (x == y)
+        if self.nan_wins:
+            winners |= xp.isnan(x)
+        with errstate_of(xp):
+            share = winners / winners.sum(axis=self.axes, keepdims=True)
+        return ExpandFn.apply(g, shape=x.shape) * constant(share.astype(x.dtype), gy)
+
 
 def errstate_of(xp):
     """``numpy.errstate(divide="ignore", invalid="ignore")`` for NumPy; CuPy never warns (a no-op)."""
@@ -181,12 +193,16 @@ class TakeAlongDimFn(Function):
         return ((positions == index) * g).astype(gy.dtype)               # x's shape
 
     def backward_graph(self, gy):
-        """The winners and their count are constants (a max is piecewise linear)."""
-        x, y = self.saved_tensors
-        g = _expand(gy, x.shape, self.axes, self.keepdims)
-        winners = (x == y)
-        share = winners / winners.sum(axis=self.axes, keepdims=True)
-        return ExpandFn.apply(g, shape=x.shape) * constant(share.astype(x.dtype), gy)
+        """The chosen positions are constants: dx = gy (reshaped to keep ``dim``, broadcast
+        along it) times the 0/1 mask of the index."""
+        index, = self.saved_tensors
+        shape = [1] * len(self.x_shape)
+        shape[self.dim] = self.x_shape[self.dim]
+        mask = current.xp.arange(self.x_shape[self.dim]).reshape(shape) == index   # x's shape
+        kept = list(self.x_shape)
+        kept[self.dim] = 1
+        g = gy if self.keepdim else gy.reshape(kept)
+        return ExpandFn.apply(g, shape=self.x_shape) * constant(mask.astype(gy.dtype), gy)
 
 
 def correction_of(unbiased, correction):
