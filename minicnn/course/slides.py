@@ -5,8 +5,9 @@ Jupyter marks a cell's role in a slide show with ``metadata.slideshow.slide_type
 with the current slide); ``jupyter nbconvert --to slides`` turns the notebook
 into a reveal.js page. :func:`slide_type` decides it from the cell alone:
 
-* a markdown cell whose first line is a ``#`` or ``##`` heading starts a **slide**;
-* one that starts with a ``###`` heading starts a **sub-slide** (reveal.js: downwards);
+* a markdown cell with a ``#`` or ``##`` heading starts a **slide** (a heading in the middle of
+  a cell takes the prose above it along: a cell is one unit);
+* one with only ``###`` headings starts a **sub-slide** (reveal.js: downwards);
 * a solution cell of an exercise (``### BEGIN SOLUTION``) is **skipped**: the
   slides show the exercise and its check, not the answer;
 * every other cell goes on with the current slide (no metadata: Jupyter's default).
@@ -34,17 +35,18 @@ import sys
 from ..io import write_text
 from .notebooks import BEGIN, default_tutorials_dir, notebook_paths, read_notebook, source
 
-HEADING = re.compile(r"^(#{1,3})\s")
+HEADING = re.compile(r"^(#{1,3})\s", re.M)
 
 
 def slide_type(cell):
     """``"slide"``, ``"subslide"`` or ``"skip"`` for ``cell`` by the rules above, or None (go on)."""
     text = source(cell)
     if cell.get("cell_type") == "markdown":
-        m = HEADING.match(text.lstrip("\n"))
-        if m:
-            return "slide" if len(m.group(1)) <= 2 else "subslide"
-        return None
+        prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)     # a "# comment" in a code block is no heading
+        levels = [len(m.group(1)) for m in HEADING.finditer(prose)]
+        if any(level <= 2 for level in levels):
+            return "slide"             # a section starts here (mid-cell too: the prose above it comes along)
+        return "subslide" if levels else None
     if cell.get("cell_type") == "code" and any(line.strip() == BEGIN for line in text.splitlines()):
         return "skip"
     return None
