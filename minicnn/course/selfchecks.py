@@ -15,7 +15,8 @@ computed — has no stub, so ``tutorials/self_checks.toml`` says how to break it
 Cells are found by their text, not their number, so the list survives cells added above them.
 :func:`proof_notebook` builds, for one notebook, the code cells in order, and at each
 registered check: the cells from the broken one to the check with the breakage applied (the
-check **must fail** with an ``AssertionError``), then the same cells as written (it must pass
+check **must fail** with an ``AssertionError``, or the ``error`` the entry names, such as
+``GradcheckError`` for ``assert mc.gradcheck(...)``), then the same cells as written (it must pass
 again, which also restores the state for what follows). ``skip`` lists text of cells the checks
 do not need (slow sweeps), left out to keep the proof short. :func:`prove_self_checks` runs it in
 a fresh kernel; ``tests/test_self_checks.py`` runs every notebook of the list.
@@ -46,6 +47,7 @@ class Breakage:
     by: str
     cell: str = ""                      # the cell to break; "" = the check cell itself
     skip: list = field(default_factory=list)
+    error: str = "AssertionError"       # what the check raises on the broken subject (mc.gradcheck: GradcheckError)
 
 
 def load_breakages(tutorials_dir=None) -> list:
@@ -92,12 +94,13 @@ def proof_notebook(nb, breakages, name="notebook") -> dict:
     skipped = {find_code_cell(nb, s, name) for b in breakages for s in b.skip}
     cells = []
 
-    def add(index, role, text=None, check=None):
+    def add(index, role, text=None, check=None, expected=None):
         c = json.loads(json.dumps(nb["cells"][index]))
         c["outputs"], c["execution_count"] = [], None
         if text is not None:
             c["source"] = text
-        c.setdefault("metadata", {})["selfcheck"] = {"role": role, "cell": index, "check": check}
+        c.setdefault("metadata", {})["selfcheck"] = {"role": role, "cell": index, "check": check,
+                                                     "error": expected}
         c["id"] = f"selfcheck-{len(cells)}"          # cells run twice here; ids must stay unique
         cells.append(c)
 
@@ -117,7 +120,7 @@ def proof_notebook(nb, breakages, name="notebook") -> dict:
             text = source(nb["cells"][j])
             if j == (find_code_cell(nb, b.cell, name) if b.cell else i):
                 text = broken_source(text, b, name)
-            add(j, "check on broken" if j == i else "broken", text, b.check)
+            add(j, "check on broken" if j == i else "broken", text, b.check, b.error)
         for j in span:                               # ... then as written: passes, and restores the state
             add(j, "check" if j == i else "run", None, b.check)
         pending.append(i)
@@ -158,9 +161,9 @@ def prove_self_checks(path, breakages, timeout=600, kernel_name="python3"):
         if meta["role"] == "check on broken":
             if error is None:
                 problems.append(f"{at}: {meta['check']!r} passes on its broken subject")
-            elif error[0] != "AssertionError":
+            elif error[0] != meta["error"]:
                 problems.append(f"{at}: {meta['check']!r} on its broken subject raised {error[0]}: {error[1]} "
-                                "(expected its assert to fail)")
+                                f"(expected its check to fail with {meta['error']})")
         elif error is not None:
             problems.append(f"{at} ({meta['role']}{'' if meta['check'] is None else ' for ' + repr(meta['check'])}) "
                             f"failed: {error[0]}: {error[1]}")
