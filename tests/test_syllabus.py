@@ -135,3 +135,12 @@ def test_nbconvert_builds_slides_that_start_at_the_headings(tmp_path):
     assert html.count("<section") >= len(headings)
     assert "### BEGIN SOLUTION" not in html, "a solution cell made it into the slides"
     assert re.search(r"Reveal\.initialize", html)
+
+
+def test_each_part_has_a_scored_project_with_a_readme(course):
+    from minicnn.course.projects import PROJECTS
+    names = [part["project"] for part in course["parts"].values()]
+    assert sorted(names) == sorted(PROJECTS), f"parts' projects {names} vs scored projects {sorted(PROJECTS)}"
+    for name in names:
+        readme = (ROOT / "projects" / name / "README.md").read_text()
+        assert "Score" in readme and "evaluate.py" in readme, f"projects/{name}/README.md: say how it is scored"
