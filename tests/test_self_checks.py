@@ -20,7 +20,7 @@ pytest.importorskip("nbclient", reason="nbclient comes with the dev extra: pip i
 TUTORIALS = pathlib.Path(__file__).resolve().parent.parent / "tutorials"
 BREAKAGES = selfchecks.load_breakages(str(TUTORIALS))
 NOTEBOOKS = sorted({b.notebook for b in BREAKAGES})
-SLOW = {"12_pruning_distillation.ipynb", "15_interpretability.ipynb"}     # they train a network first
+SLOW = {"00_tour.ipynb", "12_pruning_distillation.ipynb", "15_interpretability.ipynb"}   # they train networks
 
 
 def test_every_breakage_finds_its_cells_and_its_text():
@@ -29,6 +29,7 @@ def test_every_breakage_finds_its_cells_and_its_text():
         proof = selfchecks.proof_notebook(nb, [b for b in BREAKAGES if b.notebook == name], name)
         roles = [c["metadata"]["selfcheck"]["role"] for c in proof["cells"]]
         assert roles.count("check on broken") == roles.count("check") == sum(b.notebook == name for b in BREAKAGES)
+    assert len({(b.notebook, b.check, b.replace) for b in BREAKAGES}) == len(BREAKAGES), "a breakage is listed twice"
 
 
 def test_a_check_that_passes_on_its_broken_subject_is_reported(tmp_path):

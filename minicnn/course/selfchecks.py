@@ -90,7 +90,7 @@ def proof_notebook(nb, breakages, name="notebook") -> dict:
         first = find_code_cell(nb, b.cell, name) if b.cell else c
         if first > c:
             raise CourseError(f"{name}: breakage of {b.check!r}: the broken cell {first} comes after the check {c}")
-        checks[c] = (first, b)
+        checks.setdefault(c, []).append((first, b))     # a check may be proven against several breakages
     skipped = {find_code_cell(nb, s, name) for b in breakages for s in b.skip}
     cells = []
 
@@ -114,15 +114,15 @@ def proof_notebook(nb, breakages, name="notebook") -> dict:
             add(i, "run")
             pending.append(i)
             continue
-        first, b = checks[i]
-        span = [j for j in pending if j >= first] + [i]
-        for j in span:                               # the broken variant ...
-            text = source(nb["cells"][j])
-            if j == (find_code_cell(nb, b.cell, name) if b.cell else i):
-                text = broken_source(text, b, name)
-            add(j, "check on broken" if j == i else "broken", text, b.check, b.error)
-        for j in span:                               # ... then as written: passes, and restores the state
-            add(j, "check" if j == i else "run", None, b.check)
+        for first, b in checks[i]:
+            span = [j for j in pending if j >= first] + [i]
+            for j in span:                           # the broken variant ...
+                text = source(nb["cells"][j])
+                if j == first:
+                    text = broken_source(text, b, name)
+                add(j, "check on broken" if j == i else "broken", text, b.check, b.error)
+            for j in span:                           # ... then as written: passes, and restores the state
+                add(j, "check" if j == i else "run", None, b.check)
         pending.append(i)
     out = {k: v for k, v in nb.items() if k != "cells"}
     out["cells"] = cells
