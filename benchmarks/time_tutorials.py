@@ -25,6 +25,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import sys
 import time
 
@@ -46,7 +47,8 @@ def run_one(path, timeout):
     try:
         client.execute()
     except Exception as e:                      # a failing cell: record it, keep timing the others
-        error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()     # without the traceback's terminal colours
+        error = f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}"
     return time.perf_counter() - start, nb, error
 
 
