@@ -20,7 +20,8 @@ pytest.importorskip("nbclient", reason="nbclient comes with the dev extra: pip i
 TUTORIALS = pathlib.Path(__file__).resolve().parent.parent / "tutorials"
 BREAKAGES = selfchecks.load_breakages(str(TUTORIALS))
 NOTEBOOKS = sorted({b.notebook for b in BREAKAGES})
-SLOW = {"00_tour.ipynb", "12_pruning_distillation.ipynb", "15_interpretability.ipynb"}   # they train networks
+SLOW = {"00_tour.ipynb", "12_pruning_distillation.ipynb", "14_adversarial_examples.ipynb",
+        "15_interpretability.ipynb"}                           # they train networks
 
 
 def test_every_breakage_finds_its_cells_and_its_text():
