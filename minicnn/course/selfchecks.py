@@ -17,7 +17,8 @@ Cells are found by their text, not their number, so the list survives cells adde
 registered check: the cells from the broken one to the check with the breakage applied (the
 check **must fail** with an ``AssertionError``, or the ``error`` the entry names, such as
 ``GradcheckError`` for ``assert mc.gradcheck(...)``), then the same cells as written (it must pass
-again, which also restores the state for what follows). ``skip`` lists text of cells the checks
+again, which also restores the state for what follows; ``rerun_from`` starts both runs at an earlier
+cell, when the check's cell changes what that cell set up). ``skip`` lists text of cells the checks
 do not need (slow sweeps), left out to keep the proof short. :func:`prove_self_checks` runs it in
 a fresh kernel; ``tests/test_self_checks.py`` runs every notebook of the list.
 """
@@ -48,6 +49,8 @@ class Breakage:
     cell: str = ""                      # the cell to break; "" = the check cell itself
     skip: list = field(default_factory=list)
     error: str = "AssertionError"       # what the check raises on the broken subject (mc.gradcheck: GradcheckError)
+    rerun_from: str = ""                # the first cell to run again (default: the broken one), when the
+                                        # check's cell changes state an earlier cell set up (prune.remove)
 
 
 def load_breakages(tutorials_dir=None) -> list:
@@ -88,9 +91,11 @@ def proof_notebook(nb, breakages, name="notebook") -> dict:
     for b in breakages:
         c = find_code_cell(nb, b.check, name)
         first = find_code_cell(nb, b.cell, name) if b.cell else c
-        if first > c:
-            raise CourseError(f"{name}: breakage of {b.check!r}: the broken cell {first} comes after the check {c}")
-        checks.setdefault(c, []).append((first, b))     # a check may be proven against several breakages
+        start = find_code_cell(nb, b.rerun_from, name) if b.rerun_from else first
+        if not start <= first <= c:
+            raise CourseError(f"{name}: breakage of {b.check!r}: expected rerun_from <= the broken cell <= the "
+                              f"check, got cells {start}, {first}, {c}")
+        checks.setdefault(c, []).append((start, first, b))   # a check may be proven against several breakages
     skipped = {find_code_cell(nb, s, name) for b in breakages for s in b.skip}
     cells = []
 
@@ -114,8 +119,8 @@ def proof_notebook(nb, breakages, name="notebook") -> dict:
             add(i, "run")
             pending.append(i)
             continue
-        for first, b in checks[i]:
-            span = [j for j in pending if j >= first] + [i]
+        for start, first, b in checks[i]:
+            span = [j for j in pending if j >= start] + [i]
             for j in span:                           # the broken variant ...
                 text = source(nb["cells"][j])
                 if j == first:
