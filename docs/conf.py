@@ -40,7 +40,10 @@ include_patterns = [
     "docs/**",
     "README.md",
     "tutorials/README.md",
+    "tutorials/syllabus.md",
     "tutorials/[0-9][0-9]_*.ipynb",
+    "projects/README.md",
+    "projects/*/README.md",
     "benchmarks/README.md",
     "tests/README.md",
 ]
@@ -153,6 +156,17 @@ def _source_links_to_viewcode(app, doctree, docname):
         ref.replace_self(nodes.reference("", "", *ref.children, internal=True, refuri=uri))
 
 
+def _build_slides(app):
+    """Each tutorial as reveal.js slides in <html>/slides/ (from the stored notebooks: nothing runs).
+
+    The syllabus links them; their cells' slide metadata is minicnn.course.slides'.
+    """
+    if app.builder.format != "html":
+        return
+    from minicnn.course.slides import build
+    build(os.path.join(app.outdir, "slides"), str(ROOT / "tutorials"))
+
+
 def _write_not_executed(app):
     import json
     reports = pathlib.Path(app.outdir) / "reports"
@@ -163,3 +177,4 @@ def _write_not_executed(app):
 def setup(app):
     app.connect("doctree-resolved", _source_links_to_viewcode)
     app.connect("builder-inited", _write_not_executed)
+    app.connect("builder-inited", _build_slides)

@@ -14,7 +14,8 @@ notebooks); the tests below then read what it left:
   traceback is the failure message) and its page shows its outputs — skipped,
   with the reason, for a tutorial whose full data is neither in MINICNN_DATA_DIR
   nor in the cache nor downloadable here (11: Fashion-MNIST);
-* the API reference documents the public classes, with their source pages.
+* the API reference documents the public classes, with their source pages;
+* the course pages: the syllabus with its picture, the projects, a slide deck per tutorial.
 
 One notebook alone, without building the site: ``jupyter execute tutorials/02_convolution.ipynb``.
 """
@@ -111,3 +112,15 @@ def test_links_to_the_source_open_its_highlighted_page(site):
     assert 'href="../_modules/minicnn/autograd/tensor.html"' in page, "01_autograd's link to tensor.py should open the source page"
     assert "_downloads/" not in re.sub(r'href="[^"]*\.(png|json|csv|zip)"', "", page), \
         "a link to a module's source still downloads the file"
+
+
+def test_the_course_pages_and_the_slides_are_built(site):
+    """The syllabus (with the dependency picture), the projects, and one slide deck per tutorial."""
+    _, _, html = site
+    syllabus = (html / "tutorials" / "syllabus.html").read_text()
+    assert re.search(r'<img [^>]*src="[^"]*_images/course_map\.png"', syllabus), "the syllabus lost its picture"
+    assert (html / "projects" / "README.html").is_file() and (html / "projects" / "robust-mnist" / "README.html").is_file()
+    missing = [p.name for p in TUTORIALS if not (html / "slides" / f"{p.stem}.slides.html").is_file()]
+    assert not missing, f"no slides built for {missing}"
+    for p in TUTORIALS:
+        assert f'href="../slides/{p.stem}.slides.html"' in syllabus, f"the syllabus does not link {p.stem}'s slides"
