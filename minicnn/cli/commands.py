@@ -158,8 +158,9 @@ def model_from_checkpoint(state, path="the checkpoint"):
     if not isinstance(config, dict) or "model_name" not in config:
         raise CLIError(f"{path} has no model configuration (was it written by `minicnn train`?)")
     try:                                      # types, ranges, sizes: before anything is allocated
-        check(config, {"properties": {"model_name": {"type": "string", "enum": list(MODELS)}}},
-              f"{path} [config]")
+        if "architecture" not in config:      # a described architecture (shrunk, or your own) may have any name
+            check(config, {"properties": {"model_name": {"type": "string", "enum": list(MODELS)}}},
+                  f"{path} [config]")
         check_model_config(config, state["model"], f"{path} [config]", count_parameters)
     except SchemaError as e:
         raise CLIError(str(e)) from None
