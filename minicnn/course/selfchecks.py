@@ -34,7 +34,7 @@ try:
 except ModuleNotFoundError:             # pragma: no cover - older Pythons
     import tomli as tomllib
 
-from .notebooks import CourseError, default_tutorials_dir, read_notebook, source
+from .notebooks import CourseError, default_tutorials_dir, exercise_section, read_notebook, source
 
 BREAKAGES_FILE = "self_checks.toml"
 
@@ -64,6 +64,30 @@ def load_breakages(tutorials_dir=None) -> list:
             out.append(Breakage(**entry))
         except TypeError as e:
             raise CourseError(f"{path}: breakage {i}: {e}") from None
+    return out
+
+
+def self_check_cells(nb, name="notebook") -> list:
+    """Indices of the notebook's self-checks: code cells with an ``assert`` statement before its
+    "## Exercises" section (the exercises' check cells are proven against their stubs instead)."""
+    end = exercise_section(nb, name).section
+    end = len(nb["cells"]) if end is None else end
+    return [i for i, c in enumerate(nb["cells"][:end]) if c.get("cell_type") == "code"
+            and any(line.lstrip().startswith("assert ") for line in source(c).splitlines())]
+
+
+def unproven_self_checks(tutorials_dir=None) -> dict:
+    """``{notebook: [cell indices]}`` of the self-checks no breakage in ``self_checks.toml`` names."""
+    folder = tutorials_dir or default_tutorials_dir()
+    breakages = load_breakages(folder)
+    out = {}
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".ipynb")):
+        nb = read_notebook(os.path.join(folder, name))
+        checks = [b.check for b in breakages if b.notebook == name]
+        missing = [i for i in self_check_cells(nb, name) if not any(text in source(nb["cells"][i])
+                                                                      for text in checks)]
+        if missing:
+            out[name] = missing
     return out
 
 
