@@ -54,6 +54,15 @@ def test_a_healthy_mlp_reports_nothing_and_quotes_its_numbers(digits):
     assert "no problems found" in str(report)
 
 
+def test_the_full_width_reference_cnn_on_digits_reports_nothing(digits):
+    """The course's network as `minicnn train` builds it (the test below uses a quarter width)."""
+    mc.manual_seed(0)
+    model = mc.models.get_model("reference")
+    report = doctor.diagnose(model, loader_of(*digits), optimizer=optim.Adam(model.parameters(), lr=1e-3),
+                             steps=5)
+    assert report.ok, str(report)
+
+
 def test_a_healthy_reference_cnn_on_digits_reports_nothing_and_is_left_as_it_was(digits):
     mc.manual_seed(0)
     model = mc.models.get_model("reference", width=0.25)

@@ -762,3 +762,68 @@ def test_a_killed_tune_worker_leaves_a_study_that_continues(tmp_path, capsys, op
     import optuna
     study = optuna.load_study(study_name="minicnn", storage=f"sqlite:///{out / 'tune.db'}")
     assert any(t.state.name == "COMPLETE" for t in study.trials)
+
+
+# -----------------------------------------------------------------------------
+# A data-parallel rank killed with SIGKILL
+# -----------------------------------------------------------------------------
+def mpiexec_path():
+    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    import shutil
+    return local if os.path.exists(local) else shutil.which("mpiexec")
+
+
+def ranks_of(out):
+    """{rank: pid} of the processes training into ``out`` (read from /proc: the launcher's PMI_RANK)."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if str(out).encode() not in f.read():
+                    continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+        except OSError:
+            continue
+        if b"PMI_RANK" in env and b"python" in open(f"/proc/{pid}/cmdline", "rb").read():
+            found[int(env[b"PMI_RANK"])] = int(pid)
+    return found
+
+
+@pytest.mark.slow
+def test_a_rank_killed_with_sigkill_ends_the_job_and_leaves_loadable_checkpoints(tmp_path):
+    """kill -9 one of two ranks mid-training: the job ends (no rank waits forever in an
+    all-reduce), soon, with a failure status, and every checkpoint on disk loads."""
+    pytest.importorskip("mpi4py")
+    launcher = mpiexec_path()
+    if launcher is None or not os.path.isdir("/proc"):
+        pytest.skip("needs mpiexec (pip install 'minicnn[distributed]') and /proc")
+    out = tmp_path / "run"
+    cmd = [launcher, "-n", "2", sys.executable, "-m", "minicnn.cli", "train", "--distributed", "--model", "tiny",
+           "--limit-train", "512", "--limit-test", "16", "--batch-size", "8", "--epochs", "50", "--no-progress",
+           "--out", str(out)]
+    env = dict(os.environ, MINICNN_BACKEND="numpy", PYTHONUNBUFFERED="1")
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "last.ckpt").exists():      # an epoch is done
+            assert job.poll() is None, job.stdout.read()
+            time.sleep(0.2)
+        assert (out / "last.ckpt").exists(), "no epoch finished in 120 s"
+        pids = ranks_of(out)
+        assert set(pids) == {0, 1}, pids
+        os.kill(pids[1], signal.SIGKILL)
+        killed_at = time.time()
+        try:
+            job.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("rank 1 was killed but the job still runs 60 s later (rank 0 hangs in an all-reduce?)")
+        assert job.returncode != 0
+        assert time.time() - killed_at < 30
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    for path in out.glob("*.ckpt"):
+        state = load_checkpoint(str(path))
+        assert "model" in state and state["epoch"] >= 1
