@@ -259,6 +259,27 @@ def test_cli_resume_from_hostile_metadata_is_one_line_naming_the_field(trained_r
     assert err.count("\n") == 1 and str(bad) in err and fragment in err, err
 
 
+@pytest.mark.parametrize("changes, fragment", [
+    # a mid-epoch position (batch > 0 and a sample order), as interrupted.ckpt holds: the path that
+    # reads the checkpoint before fit does
+    (dict(epoch="abc", batch=1, sample=32, order=np.arange(86)), "field 'epoch': 'abc' is not of type 'integer'"),
+    (dict(epoch=0, batch=1, sample=-32, order=np.arange(86)), "field 'sample': -32 is less than the minimum of 0"),
+])
+def test_cli_distributed_resume_from_hostile_metadata_is_one_line_too(tmp_path, capsys, changes, fragment):
+    """`--distributed` reads a mid-epoch checkpoint itself (each rank's shard) before fit: same checks."""
+    pytest.importorskip("mpi4py")
+    first = tmp_path / "first"
+    assert main(["train", "--distributed", "--out", str(first), *QUICK]) == 0     # one process: world size 1
+    state = load_checkpoint(first / "last.ckpt")
+    state.update(changes)
+    bad = tmp_path / "bad.ckpt"
+    io.save_file(state, bad, kind="checkpoint")
+    assert main(["train", "--distributed", "--out", str(tmp_path / "run"), *QUICK, "--epochs", "2",
+                 "--resume", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
+
+
 def test_cli_resume_with_a_changed_batch_size_under_a_batch_counted_schedule_is_refused(tmp_path, capsys):
     first = tmp_path / "first"
     assert main(["train", "--out", str(first), *QUICK, "--schedule", "cosine"]) == 0

@@ -111,8 +111,15 @@ def configure_training(args, run):
 def _resume_mid_epoch(args, run):
     """A checkpoint written mid-epoch (interrupted.ckpt) holds rank 0's shard order: give each
     rank its own. End-of-epoch checkpoints (last.ckpt, best.ckpt) need nothing and resume exactly."""
+    from ..cli.commands import CLIError
     from ..train.loop import load_checkpoint
+    from ..train.schema import RESUME_SCHEMA, SchemaError, check
     state = load_checkpoint(args.resume)
+    try:                                    # its types and ranges, before any is used (fit checks the rest)
+        check({k: state[k] for k in RESUME_SCHEMA["properties"].keys() | {"epoch"} if k in state},
+              RESUME_SCHEMA, f"{args.resume}")
+    except SchemaError as e:
+        raise CLIError(str(e)) from None
     if not state.get("batch") or state.get("order") is None:
         return
     sampler = run.train_loader.sampler
