@@ -36,6 +36,12 @@ def test_every_breakage_finds_its_cells_and_its_text():
     assert len({(b.notebook, b.check, b.replace) for b in BREAKAGES}) == len(BREAKAGES), "a breakage is listed twice"
 
 
+def test_every_self_check_has_a_breakage():
+    """No self-check of any tutorial is left unproven (a new one needs its entry in self_checks.toml)."""
+    missing = selfchecks.unproven_self_checks(str(TUTORIALS))
+    assert not missing, f"self-check cells (by index) that no breakage in tutorials/self_checks.toml names: {missing}"
+
+
 def test_a_check_that_passes_on_its_broken_subject_is_reported(tmp_path):
     """The proof itself can fail: a check that does not look at what was broken."""
     nb = {"cells": [{"cell_type": "code", "metadata": {}, "source": "x = 2\ny = x + 1", "outputs": [],
