@@ -100,6 +100,11 @@ KERNELS = (
               "pool_kh, pool_kw, pool_stride", "(out, argmax) (N, Cout, ph, pw)",
               "the whole layer max_pool2d(relu(conv2d(x, w) + bias)), no groups; without it "
               "ConvReLUMaxPool2dFn composes im2col -> matmul -> bias_relu_max_pool2d_forward"),
+    _optional("conv2d_forward", "x, w, bias, stride, padding, dilation", "y (N, Cout, oh, ow)",
+              "conv2d(x, w) + bias, no groups, as Conv2dFn computes it; without it ChunkedConv2dFn "
+              "composes im2col -> matmul over the whole batch"),
+    _optional("conv2d_backward", "gy, x, w, stride, padding, dilation, need_dx", "(dx or None, dw, db)",
+              "the gradients of conv2d_forward (it keeps x, not the columns)"),
     _optional("batch_norm_train_forward", "x, weight, bias, eps",
               "(y, xhat, mean, var, inv_std): y like x, the rest (C,) but xhat",
               "training-mode batch norm over every axis but 1 of x (N, C) or (N, C, H, W): "

@@ -577,6 +577,59 @@ def _conv_relu_pool_backward_kernel(gout, argmax, xp, w2, dxp, dw_parts, db_part
                 _col2im_channel(dcols, dimages, c, kh, kw, sh, sw, dh, dw)
 
 
+@_jit
+def _conv_forward_kernel(xp, w2, bias, y, kh, kw, sh, sw, dh, dw, oh, ow, chunks):
+    """y[n, co] = conv(x, w)[n, co] + bias[co], per chunk of images: the same steps as
+    the fused forward above, with the conv's output copied out instead of pooled."""
+    N = xp.shape[0]
+    Cout, K = w2.shape
+    for chunk in prange(chunks):
+        n0 = chunk * N // chunks
+        m = (chunk + 1) * N // chunks - n0
+        images = xp[n0:n0 + m]
+        cols = np.empty((K, m, oh, ow), dtype=xp.dtype)
+        for row in range(K):
+            _im2col_row(images, cols[row], row, kh, kw, sh, sw, dh, dw)
+        yc = np.empty((Cout, m, oh, ow), dtype=xp.dtype)
+        np.dot(w2, cols.reshape((K, m * oh * ow)), yc.reshape((Cout, m * oh * ow)))
+        for n in range(m):
+            for co in range(Cout):
+                y[n0 + n, co] = yc[co, n] + bias[co]
+
+
+@_jit
+def _conv_backward_kernel(gy, xp, w2, dxp, dw_parts, db_parts, need_dx, kh, kw, sh, sw, dh, dw,
+                          oh, ow, chunks):
+    """The adjoint, per chunk (the fused backward above without the unpooling)::
+
+        dy = gy[chunk] in (Cout, m, oh, ow) order;  db_parts[chunk] = dy @ ones
+        dw_parts[chunk] = dy @ im2col(xp[chunk])^T;  dxp[chunk] = col2im(w2^T @ dy)
+    """
+    N, C = xp.shape[0], xp.shape[1]
+    Cout, K = w2.shape
+    for chunk in prange(chunks):
+        n0 = chunk * N // chunks
+        m = (chunk + 1) * N // chunks - n0
+        L = m * oh * ow
+        dy = np.empty((Cout, m, oh, ow), dtype=xp.dtype)
+        for co in range(Cout):
+            for n in range(m):
+                dy[co, n] = gy[n0 + n, co]
+        dy2 = dy.reshape((Cout, L))
+        np.dot(dy2, np.ones(L, dtype=xp.dtype), db_parts[chunk])
+        images = xp[n0:n0 + m]
+        cols = np.empty((K, m, oh, ow), dtype=xp.dtype)
+        for row in range(K):
+            _im2col_row(images, cols[row], row, kh, kw, sh, sw, dh, dw)
+        np.dot(dy2, cols.reshape((K, L)).T, dw_parts[chunk])
+        if need_dx:
+            dcols = np.dot(w2.T, dy2).reshape((K, m, oh, ow))
+            dimages = dxp[n0:n0 + m]
+            dimages[:] = 0
+            for c in range(C):
+                _col2im_channel(dcols, dimages, c, kh, kw, sh, sw, dh, dw)
+
+
 class _OneBlasThread:
     """While active, the BLAS library that Numba calls runs each call on one thread.
 
@@ -699,6 +752,60 @@ def conv2d_bias_relu_max_pool2d_backward(gout, argmax, x, w, stride, padding, di
     if need_dx:
         (ph_, pw_), (H, W) = padding, x.shape[2:]
         dx = dxp[:, :, ph_:ph_ + H, pw_:pw_ + W]
+    return dx, dw, db
+
+
+def _conv_geometry(x, w, stride, padding, dilation, op):
+    stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
+    N, C, H, W = x.shape
+    Cout, Cw, kh, kw = w.shape
+    if Cw != C:
+        raise ValueError(f"{op}: x has {C} channels but the weight {tuple(w.shape)} expects {Cw} "
+                         "(this kernel has no groups)")
+    oh, ow = conv_output_shape((H, W), (kh, kw), stride, padding, dilation)
+    return stride, padding, dilation, (N, C, Cout, kh, kw, oh, ow)
+
+
+def conv2d_forward(x, w, bias, stride, padding, dilation, per_chunk=None):
+    """``y = conv2d(x, w) + bias`` (N, Cout, oh, ow), a chunk of images at a time (no groups):
+    numpy_ref.conv2d_forward's numbers, each chunk's columns kept in cache."""
+    x, w = _float_array(x, "conv2d_forward: x", 4), _float_array(w, "weight", 4)
+    stride, padding, dilation, (N, C, Cout, kh, kw, oh, ow) = _conv_geometry(
+        x, w, stride, padding, dilation, "conv2d_forward")
+    w2 = w.astype(x.dtype, copy=False).reshape(Cout, C * kh * kw)
+    chunks = chunk_count(N, (C * kh * kw + Cout) * oh * ow, x.itemsize, per_chunk)
+    y = np.empty((N, Cout, oh, ow), dtype=x.dtype)
+    with _OneBlasThread():
+        _conv_forward_kernel(pad_planes(x, padding), w2, _bias_or_zeros(bias, Cout, x.dtype), y,
+                             kh, kw, *stride, *dilation, oh, ow, chunks)
+    return y
+
+
+def conv2d_backward(gy, x, w, stride, padding, dilation, need_dx=True, per_chunk=None):
+    """``(dx or None, dw, db)`` of :func:`conv2d_forward`, a chunk of images at a time; dW and
+    db summed over the chunks in chunk order (the same bits on any number of threads)."""
+    gy = _float_array(gy, "conv2d_backward: gy", 4)
+    x, w = _float_array(x, "x", 4), _float_array(w, "weight", 4)
+    stride, padding, dilation, (N, C, Cout, kh, kw, oh, ow) = _conv_geometry(
+        x, w, stride, padding, dilation, "conv2d_backward")
+    if gy.shape != (N, Cout, oh, ow):
+        raise ValueError(f"conv2d_backward: expected gy of shape {(N, Cout, oh, ow)}, got {gy.shape}")
+    K = C * kh * kw
+    w2 = w.astype(x.dtype, copy=False).reshape(Cout, K)
+    chunks = chunk_count(N, (2 * K + Cout) * oh * ow, x.itemsize, per_chunk)
+    dw_parts = np.empty((chunks, Cout, K), dtype=x.dtype)
+    db_parts = np.empty((chunks, Cout), dtype=x.dtype)
+    xp = pad_planes(x, padding)
+    dxp = np.empty(xp.shape if need_dx else (1, 1, 1, 1), dtype=x.dtype)
+    with _OneBlasThread():
+        _conv_backward_kernel(gy.astype(x.dtype, copy=False), xp, w2, dxp, dw_parts, db_parts,
+                              bool(need_dx), kh, kw, *stride, *dilation, oh, ow, chunks)
+    dw = dw_parts.sum(axis=0).reshape(w.shape)
+    db = db_parts.sum(axis=0)
+    dx = None
+    if need_dx:
+        (ph, pw), (H, W) = padding, x.shape[2:]
+        dx = dxp[:, :, ph:ph + H, pw:pw + W]
     return dx, dw, db
 
 

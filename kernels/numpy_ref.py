@@ -419,6 +419,40 @@ def batch_norm_train_backward(gy, xhat, inv_std, weight, need_dx=True):
     return dx, (gy * xhat).sum(axis=axes), gy.sum(axis=axes)
 
 
+def conv2d_forward(x, w, bias, stride, padding, dilation):
+    """``y = conv2d(x, w) + bias`` (N, Cout, oh, ow), no groups: Conv2dFn's forward::
+
+        cols = im2col(x)                          (C*kh*kw, N*oh*ow)
+        y    = w.reshape(Cout, C*kh*kw) @ cols    (Cout, N, oh, ow) -> (N, Cout, oh, ow)
+    """
+    N, C, H, W = x.shape
+    Cout, _, kh, kw = w.shape
+    oh = conv_out_size(H, kh, stride[0], padding[0], dilation[0])
+    ow = conv_out_size(W, kw, stride[1], padding[1], dilation[1])
+    cols = im2col(x, kh, kw, stride, padding, dilation)
+    y = (w.astype(x.dtype, copy=False).reshape(Cout, -1) @ cols).reshape(Cout, N, oh, ow)
+    if bias is not None:
+        y += bias.astype(x.dtype, copy=False).reshape(Cout, 1, 1, 1)
+    return np.ascontiguousarray(y.transpose(1, 0, 2, 3))
+
+
+def conv2d_backward(gy, x, w, stride, padding, dilation, need_dx=True):
+    """``(dx or None, dw, db)`` of :func:`conv2d_forward`: Conv2dFn's backward::
+
+        dy = gy in (Cout, N*oh*ow) order;  dw = dy @ im2col(x)^T;  db = dy summed
+        dx = col2im(w^T @ dy)   (only if need_dx)
+    """
+    N, C, H, W = x.shape
+    Cout, _, kh, kw = w.shape
+    dy = gy.astype(x.dtype, copy=False).transpose(1, 0, 2, 3).reshape(Cout, -1)
+    cols = im2col(x, kh, kw, stride, padding, dilation)
+    dw = (dy @ cols.T).reshape(w.shape)
+    db = dy.sum(axis=1)
+    w2 = w.astype(x.dtype, copy=False).reshape(Cout, -1)
+    dx = col2im(w2.T @ dy, x.shape, kh, kw, stride, padding, dilation) if need_dx else None
+    return dx, dw, db
+
+
 def conv2d_bias_relu_max_pool2d_forward(x, w, bias, stride, padding, dilation, pool_kh, pool_kw,
                                         pool_stride):
     """``(out, argmax)`` = max_pool2d(relu(conv2d(x, w) + bias)): the whole layer, no groups.

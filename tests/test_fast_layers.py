@@ -241,3 +241,74 @@ def test_benchmark_twins_compute_what_the_models_compute(name):
     import bench_model
     assert name in MODELS and name in bench_model.BENCH_MODELS
     assert bench_model.check_twin(name) < 1e-4
+
+
+# -----------------------------------------------------------------------------
+# A plain convolution a chunk of images at a time
+# -----------------------------------------------------------------------------
+@settings(max_examples=30, deadline=None)
+@given(case=depthwise_cases(), cout=st.integers(1, 5), per_chunk=st.sampled_from([None, 1, 2]))
+def test_numba_chunked_conv_kernels_match_the_reference(case, cout, per_chunk):
+    x, _, stride, padding, dilation = case
+    rng = np.random.default_rng(9)
+    kh, kw = rng.integers(1, 4), rng.integers(1, 4)
+    assume(dilation[0] * (kh - 1) + 1 <= x.shape[2] + 2 * padding[0])
+    assume(dilation[1] * (kw - 1) + 1 <= x.shape[3] + 2 * padding[1])
+    w = rng.standard_normal((cout, x.shape[1], kh, kw)).astype(x.dtype)
+    b = rng.standard_normal(cout).astype(x.dtype)
+    y = numba_cpu.conv2d_forward(x, w, b, stride, padding, dilation, per_chunk=per_chunk)
+    y_ref = ref.conv2d_forward(x, w, b, stride, padding, dilation)
+    np.testing.assert_allclose(y, y_ref, **tol(x.dtype, w[0].size))
+    gy = rng.standard_normal(y.shape).astype(x.dtype)
+    got = numba_cpu.conv2d_backward(gy, x, w, stride, padding, dilation, per_chunk=per_chunk)
+    want = ref.conv2d_backward(gy, x, w, stride, padding, dilation)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, **tol(x.dtype, gy.size))
+    assert numba_cpu.conv2d_backward(gy, x, w, stride, padding, dilation, need_dx=False)[0] is None
+
+
+def test_chunked_conv_gives_the_same_bits_on_any_number_of_threads():
+    import numba
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((37, 5, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+
+    def run():
+        y = numba_cpu.conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), per_chunk=4)
+        return [y, *numba_cpu.conv2d_backward(y, x, w, (1, 1), (1, 1), (1, 1), per_chunk=4)]
+    for one, many in zip(_on_threads(1, run), _on_threads(numba.config.NUMBA_NUM_THREADS, run)):
+        np.testing.assert_array_equal(one, many)
+
+
+def test_chunked_conv_equals_conv2d_and_passes_gradcheck(cpu_backend):
+    rng = np.random.default_rng(11)
+    x0, w0, b0 = rng.standard_normal((3, 2, 7, 6)), rng.standard_normal((4, 2, 3, 2)), rng.standard_normal(4)
+    results = []
+    for fn in (F.conv2d, F.chunked_conv2d):
+        x, w, b = (mc.tensor(a, dtype="float64", requires_grad=True) for a in (x0, w0, b0))
+        y = fn(x, w, b, (2, 1), 1, (1, 2))
+        y.backward(mc.tensor(np.sin(np.arange(y.numel())).reshape(y.shape), dtype="float64"))
+        results.append([y.numpy(), x.grad.numpy(), w.grad.numpy(), b.grad.numpy()])
+    for want, got in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    x, w, b = (mc.tensor(a, dtype="float64", requires_grad=True) for a in (x0, w0, b0))
+    assert gradcheck(lambda x, w, b: F.chunked_conv2d(x, w, b, 2, 1), (x, w, b))
+
+
+def test_fuse_swaps_plain_convs_for_chunked_ones(cpu_backend):
+    mc.manual_seed(0)
+    model = get_model("resnet-8")
+    fast = mc.fuse(model)
+    assert sum(isinstance(m, nn.ChunkedConv2d) for m in fast.modules()) == \
+        sum(isinstance(m, nn.Conv2d) for m in model.modules())           # every conv of the ResNet
+    assert list(fast.state_dict()) == list(model.state_dict())
+    x = mc.tensor(np.random.default_rng(12).standard_normal((3, 1, 28, 28)).astype(np.float32))
+    y = mc.tensor(np.array([0, 1, 2]))
+    grads = []
+    for m in (model, fast):
+        m.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        grads.append([loss.item()] + [p.grad.numpy().copy() for p in model.parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)

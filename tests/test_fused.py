@@ -258,8 +258,11 @@ def test_fuse_keeps_the_state_dict_keys_and_arrays():
 
 
 def test_a_model_with_nothing_to_fuse_comes_back_as_the_same_object():
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.LeakyReLU(), nn.MaxPool2d(2), nn.Flatten())
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, groups=1), nn.LeakyReLU(), nn.MaxPool2d(2), nn.Flatten())
+    model[0].register_forward_hook(lambda m, i, o: None)        # a hooked conv stays as it is
     assert mc.fuse(model) is model
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.LeakyReLU())          # no conv at all
+    assert mc.fuse(plain) is plain
     with pytest.raises(TypeError, match="expected an nn.Module, got function"):
         mc.fuse(lambda x: x)
 

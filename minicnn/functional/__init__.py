@@ -11,7 +11,7 @@ from .depthwise import depthwise_conv2d
 from .helpers import conv_output_shape
 from .distill import distillation_loss, kl_div
 from .dropout import dropout
-from .fused import conv2d_relu_max_pool2d
+from .fused import chunked_conv2d, conv2d_relu_max_pool2d
 from .linear import linear
 from .loss import (binary_cross_entropy_with_logits, cross_entropy, mse_loss, multi_margin_loss,
                    nll_loss, smooth_l1_loss)
@@ -25,7 +25,7 @@ from .unfold import unfold
 
 __all__ = [
     "gelu", "leaky_relu", "log_softmax", "mish", "relu", "sigmoid", "silu", "softmax", "softplus",
-    "swish", "tanh", "conv2d", "conv2d_simple", "depthwise_conv2d", "conv_output_shape", "conv2d_relu_max_pool2d", "distillation_loss", "kl_div", "dropout", "linear",
+    "swish", "tanh", "conv2d", "conv2d_simple", "depthwise_conv2d", "conv_output_shape", "conv2d_relu_max_pool2d", "chunked_conv2d", "distillation_loss", "kl_div", "dropout", "linear",
     "binary_cross_entropy_with_logits", "cross_entropy", "mse_loss", "multi_margin_loss", "nll_loss", "smooth_l1_loss",
     "abs", "clip", "exp", "log", "matmul", "maximum", "sqrt", "batch_norm", "layer_norm", "group_norm", "adaptive_avg_pool2d",
     "avg_pool2d", "max_pool2d", "max", "mean", "sum", "cat", "concatenate", "flatten", "reshape",

@@ -114,3 +114,50 @@ def conv2d_relu_max_pool2d(x: Tensor, weight: Tensor, bias: Tensor = None, strid
         raise ValueError(f"{e} (the convolution's output is {shape_str((oh, ow))})") from None
     return ConvReLUMaxPool2dFn.apply(x, weight, bias, stride=stride, padding=padding,
                                    dilation=dilation, groups=groups, pool_size=k, pool_stride=s)
+
+
+class ChunkedConv2dFn(Function):
+    """y = conv2d(x, w) + b (no groups), computed a few images at a time where the backend can.
+
+    The numbers of :class:`~minicnn.functional.conv.Conv2dFn` (read it first). The
+    difference is where the arrays live: Conv2dFn makes the whole batch's columns
+    (C*kh*kw, N*oh*ow) — 9x the input for a 3x3 conv, tens of MB at batch 64 —
+    keeps them for the backward, and makes as large a column gradient there.
+    numba's ``conv2d_forward`` / ``conv2d_backward`` kernels take a chunk of images
+    at a time (the chunk's columns fit a core's cache), keep x instead of the
+    columns, and recompute a chunk's columns in the backward. Elsewhere this
+    Function composes exactly what Conv2dFn does (``conv2d_product``).
+    """
+
+    def forward(self, x, w, b, stride, padding, dilation):
+        self.conv = (stride, padding, dilation)
+        whole_layer = current.kernels.conv2d_forward          # None: not provided (kernels/contract.py)
+        self.whole_layer = whole_layer is not None
+        if self.whole_layer:
+            self.save_for_backward(x, w)
+            return whole_layer(x, w, b, stride, padding, dilation)        # (N, Cout, oh, ow)
+        y, cols, w_g = conv2d_product(x, w, stride, padding, dilation, 1)   # (Cout, N, oh, ow)
+        if b is not None:
+            y += b.reshape(-1, 1, 1, 1)
+        self.save_for_backward(cols, w_g)
+        self.x_shape, self.w_shape = x.shape, w.shape
+        return current.xp.ascontiguousarray(y.transpose(1, 0, 2, 3))
+
+    def backward(self, gy):
+        needs = self.needs_input_grad
+        if self.whole_layer:
+            x, w = self.saved_tensors
+            dx, dw, db = current.kernels.conv2d_backward(gy, x, w, *self.conv, need_dx=needs[0])
+            return dx, (dw if needs[1] else None), (db if len(needs) > 2 and needs[2] else None)
+        cols, w_g = self.saved_tensors
+        return conv2d_product_backward(gy.transpose(1, 0, 2, 3), cols, w_g, self.x_shape, self.w_shape,
+                                       *self.conv, needs)
+
+
+def chunked_conv2d(x: Tensor, weight: Tensor, bias: Tensor = None, stride=1, padding=0,
+                   dilation=1) -> Tensor:
+    """``conv2d(x, weight, bias, stride, padding, dilation)`` (no groups), a chunk of images at a
+    time where the backend has the kernels: the same numbers, less memory traffic."""
+    stride, padding, dilation = check_conv2d_args("chunked_conv2d", x, weight, bias, stride, padding,
+                                                  dilation, 1)
+    return ChunkedConv2dFn.apply(x, weight, bias, stride=stride, padding=padding, dilation=dilation)

@@ -10,7 +10,7 @@ import sys
 from . import init, utils
 from .. import functional
 from .containers import ModuleList, Sequential
-from .fusion import ConvReLUMaxPool2d, DepthwiseConv2d, fuse
+from .fusion import ChunkedConv2d, ConvReLUMaxPool2d, DepthwiseConv2d, fuse
 from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d,
                      BCEWithLogitsLoss, Conv2d, CrossEntropyLoss, DepthwiseSeparableConv2d, Dropout, Flatten,
                      GroupNorm, Identity, LayerNorm, LazyConv2d, LazyLinear, LeakyReLU, Linear, LogSoftmax,
@@ -22,7 +22,7 @@ from .module import Module, Parameter
 sys.modules[__name__ + ".functional"] = functional
 
 __all__ = [
-    "fuse", "ConvReLUMaxPool2d", "DepthwiseConv2d", "init", "utils", "Module", "Parameter", "Sequential", "ModuleList", "Linear", "Conv2d", "MaxPool2d",
+    "fuse", "ConvReLUMaxPool2d", "DepthwiseConv2d", "ChunkedConv2d", "init", "utils", "Module", "Parameter", "Sequential", "ModuleList", "Linear", "Conv2d", "MaxPool2d",
     "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "Flatten",
     "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "Mish", "GELU", "Softmax",
     "LogSoftmax", "CrossEntropyLoss", "NLLLoss", "MSELoss", "SmoothL1Loss", "BCEWithLogitsLoss",

@@ -8,7 +8,9 @@ of layers compute faster as one Function than as three. The reference CNN's
 output, the largest array in the network, once instead of four times
 (``functional/fused.py`` counts the passes). A single layer can also have a faster
 algorithm of its own: a depthwise ``Conv2d`` (``groups = channels``, MobileNet's)
-becomes an ``nn.DepthwiseConv2d`` computed without im2col. Fusing is a
+becomes an ``nn.DepthwiseConv2d`` computed without im2col, and any other
+``Conv2d`` without groups an ``nn.ChunkedConv2d``, computed a few images at a time
+so that each chunk's im2col columns stay in cache (numba). Fusing is a
 transform you apply and can see::
 
     fast = mc.fuse(model)
@@ -146,6 +148,40 @@ class DepthwiseConv2d(Module):
         return Conv2d.extra_repr(self)
 
 
+class ChunkedConv2d(Module):
+    """A ``Conv2d`` without groups computed a few images at a time
+    (:func:`minicnn.functional.chunked_conv2d`): the same numbers, each chunk's im2col
+    columns kept in cache and x kept for the backward instead of the columns.
+
+    Made by :func:`fuse` from such a Conv2d (``ChunkedConv2d(conv)``), holding its
+    ``weight`` and ``bias`` Parameter objects themselves.
+    """
+
+    def __init__(self, conv):
+        super().__init__()
+        if type(conv) is not Conv2d or conv.groups != 1:
+            raise TypeError(f"ChunkedConv2d(conv): expected an nn.Conv2d with groups=1, got {conv!r}")
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
+        self.dilation, self.groups = conv.dilation, conv.groups
+        self.weight = conv.weight
+        self.bias = conv.bias
+
+    def forward(self, x):
+        return F.chunked_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self):
+        return Conv2d.extra_repr(self)
+
+
+def chunked(conv):
+    """The one-module pattern's builder: a ChunkedConv2d for an unhooked Conv2d without groups."""
+    if (type(conv) is not Conv2d or conv.groups != 1 or is_hooked(conv)
+            or getattr(conv, "padding_mode", "zeros") != "zeros"):
+        return None
+    return ChunkedConv2d(conv)
+
+
 def is_depthwise(conv) -> bool:
     """One filter per channel: ``groups == in_channels == out_channels``, zero padding."""
     return (conv.groups == conv.in_channels == conv.out_channels
@@ -163,7 +199,8 @@ def depthwise(conv):
 #: pattern replaces a single layer by a faster module computing the same thing,
 #: wherever that layer sits (a Sequential's child or another module's attribute).
 DEFAULT_PATTERNS = [((Conv2d, ReLU, MaxPool2d), conv_relu_max_pool),
-                    ((Conv2d,), depthwise)]
+                    ((Conv2d,), depthwise),
+                    ((Conv2d,), chunked)]
 
 
 def fuse(model, patterns=None):
