@@ -114,6 +114,15 @@ KERNELS = (
               "(dx or None, dweight, dbias)",
               "the gradients of batch_norm_train_forward: dbias = sum(gy), dweight = sum(gy * xhat), "
               "dx = inv_std * (g - mean(g) - xhat * mean(g * xhat)) with g = gy * weight"),
+    _optional("batch_norm_eval_forward", "x, weight, bias, running_mean, running_var, eps, need_xhat",
+              "(y, xhat or None, inv_std)",
+              "evaluation-mode batch norm with the running statistics: inv_std = 1/sqrt(running_var + eps), "
+              "xhat = (x - running_mean) * inv_std, y = weight * xhat + bias; without it BatchNormFn "
+              "composes array operations"),
+    _optional("relu_forward", "x, need_mask", "(y, passes or None)",
+              "y = max(x, 0) (NaN stays NaN), passes = not (x <= 0); without it ReLUFn composes "
+              "array operations"),
+    _optional("relu_backward", "gy, passes", "dx", "dx = gy * passes"),
     _optional("conv2d_bias_relu_max_pool2d_backward", "gout, argmax, x, w, stride, padding, dilation, "
               "pool_kh, pool_kw, pool_stride, need_dx", "(dx or None, dw, db)",
               "the gradients of the whole layer, given the forward's argmax"),

@@ -419,6 +419,43 @@ def batch_norm_train_backward(gy, xhat, inv_std, weight, need_dx=True):
     return dx, (gy * xhat).sum(axis=axes), gy.sum(axis=axes)
 
 
+def batch_norm_eval_forward(x, weight, bias, running_mean, running_var, eps, need_xhat=True):
+    """Evaluation-mode batch norm with the running statistics: ``(y, xhat or None, inv_std)``.
+
+    Per channel c (x (N, C) or (N, C, H, W), the statistics (C,))::
+
+        inv_std = 1 / sqrt(running_var + eps)
+        xhat = (x - running_mean) * inv_std,   y = weight * xhat + bias
+
+    weight and bias (C,) or None (then 1 and 0). ``need_xhat``: whether a backward will
+    want xhat (for dweight); without it the kernel need not keep it.
+    """
+    shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)                 # broadcast per channel
+    inv_std = (1.0 / np.sqrt(running_var + eps)).astype(x.dtype)
+    xhat = (x - running_mean.reshape(shape)) * inv_std.reshape(shape)
+    y = xhat
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y, (xhat if need_xhat else None), inv_std
+
+
+def relu_forward(x, need_mask=True):
+    """``(y, passes or None)``: y = max(x, 0), elementwise; a NaN stays NaN.
+
+    passes = not (x <= 0) (bool, x's shape): where the backward lets the gradient
+    through — at a NaN too, so that its trace is not hidden. ``need_mask``: whether a
+    backward will want it.
+    """
+    return np.maximum(x, 0), (~(x <= 0) if need_mask else None)
+
+
+def relu_backward(gy, passes):
+    """dx = gy where passes, else gy * 0 (so a NaN or inf gradient stays NaN, as gy * mask)."""
+    return gy * passes
+
+
 def conv2d_forward(x, w, bias, stride, padding, dilation):
     """``y = conv2d(x, w) + bias`` (N, Cout, oh, ow), no groups: Conv2dFn's forward::
 

@@ -124,7 +124,9 @@ def test_numba_fast_kernels_give_the_same_bits_on_any_number_of_threads():
         dx, dw = numba_cpu.depthwise_conv2d_backward(y, x, w, (2, 2), (1, 1), (1, 1))
         out = numba_cpu.batch_norm_train_forward(x, gamma, beta, 1e-5)
         grads = numba_cpu.batch_norm_train_backward(x, out[1], out[4], gamma)
-        return [y, dx, dw, *out, *grads]
+        evaluated = numba_cpu.batch_norm_eval_forward(x, gamma, beta, out[2], out[3], 1e-5)
+        relu, passes = numba_cpu.relu_forward(x)
+        return [y, dx, dw, *out, *grads, *evaluated, relu, passes, numba_cpu.relu_backward(x, passes)]
     for one, many in zip(_on_threads(1, run), _on_threads(numba.config.NUMBA_NUM_THREADS, run)):
         np.testing.assert_array_equal(one, many)
 
@@ -188,6 +190,91 @@ def test_batch_norm_gradcheck_on_every_cpu_backend(cpu_backend):
     w = mc.tensor(rng.standard_normal(3), dtype="float64", requires_grad=True)
     b = mc.tensor(rng.standard_normal(3), dtype="float64", requires_grad=True)
     assert gradcheck(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), (x, w, b))
+
+
+# -----------------------------------------------------------------------------
+# Batch norm in evaluation mode, ReLU and padding: one parallel pass each on numba
+# -----------------------------------------------------------------------------
+def _awkward(rng, shape, dtype):
+    """Normal draws with the values that catch a kernel out: NaN, +-inf, +-0."""
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    flat = x.reshape(-1)
+    flat[:6] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30]
+    return x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(16, 5, 6, 7), (32, 6), (2, 3, 1, 1)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_numba_batch_norm_eval_kernel_gives_the_reference_bits(dtype, shape, affine):
+    rng = np.random.default_rng(6)
+    x = _awkward(rng, shape, dtype)
+    C = shape[1]
+    w = rng.standard_normal(C).astype(dtype) if affine else None
+    b = rng.standard_normal(C).astype(dtype) if affine else None
+    mean, var = rng.standard_normal(C).astype(dtype), rng.uniform(0.1, 3, C).astype(dtype)
+    want = ref.batch_norm_eval_forward(x, w, b, mean, var, 1e-5)
+    got = numba_cpu.batch_norm_eval_forward(x, w, b, mean, var, 1e-5, need_xhat=True)
+    for g, r in zip(got, want):
+        assert g.shape == r.shape and g.dtype == r.dtype
+        np.testing.assert_array_equal(g, r)          # the same operations in the same order
+    y_only = numba_cpu.batch_norm_eval_forward(x, w, b, mean, var, 1e-5, need_xhat=False)
+    assert y_only[1] is None
+    np.testing.assert_array_equal(y_only[0], want[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3,), (64, 16, 28, 28), (5, 7)])
+def test_numba_relu_kernels_give_the_reference_bits(dtype, shape):
+    rng = np.random.default_rng(7)
+    x = _awkward(rng, shape, dtype) if np.prod(shape) >= 6 else np.array([np.nan, -0.0, 2], dtype)
+    y, passes = numba_cpu.relu_forward(x, need_mask=True)
+    y_ref, passes_ref = ref.relu_forward(x)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(passes, passes_ref)
+    assert y.dtype == x.dtype and passes.dtype == np.bool_
+    assert numba_cpu.relu_forward(x, need_mask=False)[1] is None
+    gy = _awkward(rng, x.shape, dtype) if x.size >= 6 else np.array([1, np.nan, np.inf], dtype)
+    with np.errstate(invalid="ignore"):                          # inf * 0 where blocked: NaN
+        np.testing.assert_array_equal(numba_cpu.relu_backward(gy, passes), ref.relu_backward(gy, passes))
+
+
+def test_relu_and_eval_batch_norm_layers_on_numba_equal_numpy(cpu_backend):
+    """Through the layers: ReLU's and eval-mode BatchNorm2d's outputs and gradients, with grad and
+    without, on the active backend against the numpy backend."""
+    def run(backend):
+        previous = mc.get_backend()
+        mc.set_backend(backend)
+        try:
+            mc.manual_seed(0)
+            bn = nn.BatchNorm2d(3)
+            bn.running_mean = mc.tensor([0.5, -1.0, 2.0], dtype="float64")
+            bn.running_var = mc.tensor([2.0, 0.5, 1.5], dtype="float64")
+            bn.weight.data = mc.tensor([1.5, -0.5, 2.0], dtype="float64")
+            bn.eval()
+            x = mc.tensor(np.random.default_rng(8).standard_normal((4, 3, 5, 5)), dtype="float64",
+                          requires_grad=True)
+            y = F.relu(bn(x))
+            (y * y).sum().backward()
+            with mc.no_grad():
+                y_no_grad = F.relu(bn(x))
+            return [y.numpy(), x.grad.numpy(), bn.weight.grad.numpy(), bn.bias.grad.numpy(),
+                    y_no_grad.numpy()]
+        finally:
+            mc.set_backend(previous)
+    for got, want in zip(run(cpu_backend), run("numpy")):
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+def test_numba_pad_planes_equals_numpy_pad():
+    from minicnn.kernels import geometry
+    rng = np.random.default_rng(9)
+    for dtype in (np.float32, np.float64):
+        x = _awkward(rng, (3, 4, 5, 6), dtype)
+        for padding, value in (((1, 1), 0.0), ((2, 0), -np.inf), ((0, 3), 0.0), ((0, 0), 0.0)):
+            got = numba_cpu.pad_planes(x, padding, value)
+            np.testing.assert_array_equal(got, geometry.pad_planes(x, padding, value))
+            assert got.dtype == x.dtype
 
 
 # -----------------------------------------------------------------------------
@@ -312,3 +399,19 @@ def test_fuse_swaps_plain_convs_for_chunked_ones(cpu_backend):
         grads.append([loss.item()] + [p.grad.numpy().copy() for p in model.parameters()])
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_swapped_convs_are_still_conv2ds_and_quant_layers_are_left_whole():
+    """A module that reads its conv's settings (isinstance(m, nn.Conv2d)) still finds them after
+    mc.fuse, and quantization-aware training's QuantLayer (``fuse_children = False``) is not copied:
+    flags a callback sets on it (bn_frozen) reach the model that trains."""
+    from minicnn import quant
+    mc.manual_seed(0)
+    fast = mc.fuse(get_model("reference-bn"))
+    convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(type(m) is not nn.Conv2d for m in convs)
+    assert all(m.groups == 1 and m.kernel_size == (3, 3) for m in convs)
+    qat = quant.prepare_qat(get_model("reference-bn"))
+    fused = mc.fuse(qat)
+    for original, kept in zip(qat.quant_layers(), fused.quant_layers()):
+        assert kept is original and type(kept.layer) in (nn.Conv2d, nn.Linear)

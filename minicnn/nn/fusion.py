@@ -47,6 +47,13 @@ and a fused layer's output (the ReLU's, say) is never made, so a hooked layer
 is left as it is. Layers a custom ``forward`` calls one by one
 (``self.pool(F.relu(self.conv(x)))``) are not in a Sequential and not fused.
 
+A module that uses its children's weights and settings itself instead of calling
+them (quantization-aware training's ``QuantLayer`` runs ``F.conv2d`` with its
+``layer``'s weight) says so with a class attribute ``fuse_children = False``:
+the walker leaves it and everything below it alone. (Swapping such a child
+would not change what is computed, but it would copy the module, and flags a
+callback sets on the original — ``bn_frozen`` — would no longer reach the copy.)
+
 One walker, many patterns
 -------------------------
 :func:`fuse` takes ``patterns``: a list of ``(types, build)`` pairs. ``types`` is
@@ -121,7 +128,7 @@ def conv_relu_max_pool(conv, relu, pool):
     return ConvReLUMaxPool2d(conv, relu, pool)
 
 
-class DepthwiseConv2d(Module):
+class DepthwiseConv2d(Conv2d):
     """A depthwise ``Conv2d`` (``groups = in_channels = out_channels``) computed directly:
     :func:`minicnn.functional.depthwise_conv2d`, no im2col (``functional/depthwise.py``).
 
@@ -131,7 +138,8 @@ class DepthwiseConv2d(Module):
     """
 
     def __init__(self, conv):
-        super().__init__()
+        Module.__init__(self)       # a Conv2d (isinstance holds: code that reads a conv's settings
+        # still finds them), built from ``conv`` instead of from sizes
         if type(conv) is not Conv2d or not is_depthwise(conv):
             raise TypeError("DepthwiseConv2d(conv): expected an nn.Conv2d with groups == in_channels == "
                             f"out_channels, got {conv!r}")
@@ -148,7 +156,7 @@ class DepthwiseConv2d(Module):
         return Conv2d.extra_repr(self)
 
 
-class ChunkedConv2d(Module):
+class ChunkedConv2d(Conv2d):
     """A ``Conv2d`` without groups computed a few images at a time
     (:func:`minicnn.functional.chunked_conv2d`): the same numbers, each chunk's im2col
     columns kept in cache and x kept for the backward instead of the columns.
@@ -158,7 +166,7 @@ class ChunkedConv2d(Module):
     """
 
     def __init__(self, conv):
-        super().__init__()
+        Module.__init__(self)       # a Conv2d, as DepthwiseConv2d
         if type(conv) is not Conv2d or conv.groups != 1:
             raise TypeError(f"ChunkedConv2d(conv): expected an nn.Conv2d with groups=1, got {conv!r}")
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
@@ -225,6 +233,8 @@ def fuse(model, patterns=None):
 
 def _fuse_module(module, patterns):
     """``module`` itself when nothing below it fuses, otherwise a shallow copy with fused children."""
+    if not getattr(module, "fuse_children", True):      # it computes with its children's weights itself
+        return module
     children = OrderedDict((name, _fuse_module(child, patterns) if child is not None else None)
                            for name, child in module._modules.items())
     if isinstance(module, Sequential):

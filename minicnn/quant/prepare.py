@@ -103,6 +103,8 @@ class QuantStub(nn.Module):
 class QuantLayer(nn.Module):
     """A Conv2d or Linear (+ optional BatchNorm, + optional ReLU) with weight and output fake-quant."""
 
+    fuse_children = False        # forward computes with self.layer's weight: mc.fuse leaves it whole
+
     def __init__(self, layer, weight_fake_quant, activation_post_process, bn=None, relu=False, name=""):
         super().__init__()
         self.layer, self.bn, self.relu, self.name = layer, bn, relu, name
