@@ -246,11 +246,11 @@ def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)
 # Max pooling
 # -----------------------------------------------------------------------------
 @_jit
-def _max_pool_forward_kernel(xp, y, argmax, kh, kw, sh, sw):
+def _max_pool_forward_kernel(xp, y, argmax, first, kh, kw, sh, sw):
     """For each tap (i, j) in order: where it beats the best so far, it becomes
     the best (``y``) and the winner (``argmax``).
 
-    ``y`` starts at -inf and ``argmax`` at each window's first real pixel. ``>`` is strict, so on ties the first tap keeps the
+    Each window starts at -inf, won by its first real pixel (``first[oy, ox]``). ``>`` is strict, so on ties the first tap keeps the
     win, and -inf padding never wins. A NaN always wins (``v != v`` is true
     only for NaN), as in the reference and PyTorch: the window pools to NaN.
     Parallel over the N*C planes (every window lies inside one plane).
@@ -258,16 +258,18 @@ def _max_pool_forward_kernel(xp, y, argmax, kh, kw, sh, sw):
     N, C, oh, ow = y.shape
     for plane in prange(N * C):
         n, c = plane // C, plane % C
-        best, winner = y[n, c], argmax[n, c]          # (oh, ow) each
-        for i in range(kh):
-            for j in range(kw):
-                seen = xp[n, c, i::sh, j::sw]         # seen[oy, ox]: what tap (i, j) reads
-                for oy in range(oh):
-                    for ox in range(ow):
-                        v = seen[oy, ox]
-                        if v > best[oy, ox] or v != v:
-                            best[oy, ox] = v
-                            winner[oy, ox] = i * kw + j
+        image, best, winner = xp[n, c], y[n, c], argmax[n, c]
+        for oy in range(oh):
+            best_row, winner_row = best[oy], winner[oy]
+            for ox in range(ow):
+                b, w = -np.inf, first[oy, ox]
+                for i in range(kh):                   # the taps in order (i, j), as above
+                    row = image[oy * sh + i]
+                    for j in range(kw):
+                        v = row[ox * sw + j]
+                        if v > b or v != v:
+                            b, w = v, i * kw + j
+                best_row[ox], winner_row[ox] = b, w
 
 
 def max_pool2d_forward(x, kh, kw, stride, padding):
@@ -277,10 +279,10 @@ def max_pool2d_forward(x, kh, kw, stride, padding):
     stride, padding = pair(stride, "stride"), pair(padding, "padding")
     N, C, H, W = x.shape
     oh, ow = conv_output_shape((H, W), (kh, kw), stride, padding, (1, 1))
-    y = np.full((N, C, oh, ow), -np.inf, dtype=x.dtype)
+    y = np.empty((N, C, oh, ow), dtype=x.dtype)
     argmax = np.empty((N, C, oh, ow), dtype=np.int8 if kh * kw <= 127 else np.int32)
-    argmax[...] = first_real_taps(oh, ow, kw, stride, padding, argmax.dtype)   # as numpy_ref
-    _max_pool_forward_kernel(pad_planes(x, padding, -np.inf), y, argmax, kh, kw, *stride)
+    first = first_real_taps(oh, ow, kw, stride, padding, argmax.dtype)          # as numpy_ref
+    _max_pool_forward_kernel(pad_planes(x, padding, -np.inf), y, argmax, first, kh, kw, *stride)
     return y, argmax
 
 
@@ -1174,20 +1176,29 @@ _BLOCK = 1 << 14     # elements per task
 def _relu_forward_kernel(x, y, passes, need_mask):
     size = x.size
     for block in prange((size + _BLOCK - 1) // _BLOCK):
-        for k in range(block * _BLOCK, min(size, (block + 1) * _BLOCK)):
-            v = x[k]
-            through = not v <= 0          # True at a NaN: max(nan, 0) is nan
-            y[k] = v if through else 0
-            if need_mask:
-                passes[k] = through
+        start, stop = block * _BLOCK, min(size, (block + 1) * _BLOCK)
+        source, target = x[start:stop], y[start:stop]      # views of one block: the loop vectorises
+        if need_mask:
+            mask = passes[start:stop]
+            for k in range(stop - start):
+                v = source[k]
+                through = not v <= 0      # True at a NaN: max(nan, 0) is nan
+                target[k] = v if through else 0
+                mask[k] = through
+        else:
+            for k in range(stop - start):
+                v = source[k]
+                target[k] = v if not v <= 0 else 0
 
 
 @_jit
 def _relu_backward_kernel(gy, passes, dx):
     size = gy.size
     for block in prange((size + _BLOCK - 1) // _BLOCK):
-        for k in range(block * _BLOCK, min(size, (block + 1) * _BLOCK)):
-            dx[k] = gy[k] * passes[k]     # gy * 0 where blocked: a NaN gradient stays NaN
+        start, stop = block * _BLOCK, min(size, (block + 1) * _BLOCK)
+        g, mask, target = gy[start:stop], passes[start:stop], dx[start:stop]
+        for k in range(stop - start):
+            target[k] = g[k] * mask[k]    # gy * 0 where blocked: a NaN gradient stays NaN
 
 
 def relu_forward(x, need_mask=True):
