@@ -617,20 +617,39 @@ def _conv_relu_pool_backward_kernel(gout, argmax, xp, w2, dxp, dw_parts, db_part
                 _col2im_channel(dcols, dimages, c, kh, kw, sh, sw, dh, dw)
 
 
+@_serial
+def _padded_chunk(x, n0, m, ph, pw):
+    """Images n0 .. n0+m-1 of x with ph rows / pw columns of zeros around each plane: a
+    chunk-sized copy made inside the kernel (it stays in cache), not a padded copy of the
+    whole batch. Without padding, the chunk itself (a view, no copy)."""
+    if ph == 0 and pw == 0:
+        return x[n0:n0 + m]
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    out = np.zeros((m, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
+    for n in range(m):
+        for c in range(C):
+            for r in range(H):
+                source, target = x[n0 + n, c, r], out[n, c, ph + r]
+                for q in range(W):
+                    target[pw + q] = source[q]
+    return out
+
+
 @_jit
-def _conv_forward_kernel(xp, w2, bias, y, kh, kw, sh, sw, dh, dw, oh, ow, chunks):
-    """y[n, co] = conv(x, w)[n, co] + bias[co], per chunk of images: the same steps as
-    the fused forward above, with the conv's output copied out instead of pooled."""
-    N = xp.shape[0]
+def _conv_forward_kernel(x, w2, bias, y, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, chunks):
+    """y[n, co] = conv(x, w)[n, co] + bias[co], per chunk of m images: the chunk padded in
+    cache, its im2col columns (K, m, oh, ow), one BLAS product with w2 (Cout, K), and the
+    product (Cout, m, oh, ow) copied out to y's (n, co) planes with the bias."""
+    N = x.shape[0]
     Cout, K = w2.shape
     for chunk in prange(chunks):
         n0 = chunk * N // chunks
         m = (chunk + 1) * N // chunks - n0
-        images = xp[n0:n0 + m]
-        cols = np.empty((K, m, oh, ow), dtype=xp.dtype)
+        images = _padded_chunk(x, n0, m, ph, pw)
+        cols = np.empty((K, m, oh, ow), dtype=x.dtype)
         for row in range(K):
             _im2col_row(images, cols[row], row, kh, kw, sh, sw, dh, dw)
-        yc = np.empty((Cout, m, oh, ow), dtype=xp.dtype)
+        yc = np.empty((Cout, m, oh, ow), dtype=x.dtype)
         np.dot(w2, cols.reshape((K, m * oh * ow)), yc.reshape((Cout, m * oh * ow)))
         for n in range(m):
             for co in range(Cout):
@@ -638,36 +657,42 @@ def _conv_forward_kernel(xp, w2, bias, y, kh, kw, sh, sw, dh, dw, oh, ow, chunks
 
 
 @_jit
-def _conv_backward_kernel(gy, xp, w2, dxp, dw_parts, db_parts, need_dx, kh, kw, sh, sw, dh, dw,
-                          oh, ow, chunks):
+def _conv_backward_kernel(gy, x, w2, dx, dw_parts, db_parts, need_dx, kh, kw, sh, sw, ph, pw,
+                          dh, dw, oh, ow, chunks):
     """The adjoint, per chunk (the fused backward above without the unpooling)::
 
         dy = gy[chunk] in (Cout, m, oh, ow) order;  db_parts[chunk] = dy @ ones
-        dw_parts[chunk] = dy @ im2col(xp[chunk])^T;  dxp[chunk] = col2im(w2^T @ dy)
+        dw_parts[chunk] = dy @ im2col(x[chunk] padded)^T
+        dx[chunk] = the interior of col2im(w2^T @ dy)   (added up in a padded chunk in cache)
     """
-    N, C = xp.shape[0], xp.shape[1]
+    N, C, H, W = x.shape
     Cout, K = w2.shape
     for chunk in prange(chunks):
         n0 = chunk * N // chunks
         m = (chunk + 1) * N // chunks - n0
         L = m * oh * ow
-        dy = np.empty((Cout, m, oh, ow), dtype=xp.dtype)
+        dy = np.empty((Cout, m, oh, ow), dtype=x.dtype)
         for co in range(Cout):
             for n in range(m):
                 dy[co, n] = gy[n0 + n, co]
         dy2 = dy.reshape((Cout, L))
-        np.dot(dy2, np.ones(L, dtype=xp.dtype), db_parts[chunk])
-        images = xp[n0:n0 + m]
-        cols = np.empty((K, m, oh, ow), dtype=xp.dtype)
+        np.dot(dy2, np.ones(L, dtype=x.dtype), db_parts[chunk])
+        images = _padded_chunk(x, n0, m, ph, pw)
+        cols = np.empty((K, m, oh, ow), dtype=x.dtype)
         for row in range(K):
             _im2col_row(images, cols[row], row, kh, kw, sh, sw, dh, dw)
         np.dot(dy2, cols.reshape((K, L)).T, dw_parts[chunk])
         if need_dx:
             dcols = np.dot(w2.T, dy2).reshape((K, m, oh, ow))
-            dimages = dxp[n0:n0 + m]
-            dimages[:] = 0
+            dimages = np.zeros((m, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
             for c in range(C):
                 _col2im_channel(dcols, dimages, c, kh, kw, sh, sw, dh, dw)
+            for n in range(m):
+                for c in range(C):
+                    for r in range(H):
+                        source, target = dimages[n, c, ph + r], dx[n0 + n, c, r]
+                        for q in range(W):
+                            target[q] = source[pw + q]
 
 
 class _OneBlasThread:
@@ -816,8 +841,8 @@ def conv2d_forward(x, w, bias, stride, padding, dilation, per_chunk=None):
     chunks = chunk_count(N, (C * kh * kw + Cout) * oh * ow, x.itemsize, per_chunk)
     y = np.empty((N, Cout, oh, ow), dtype=x.dtype)
     with _OneBlasThread():
-        _conv_forward_kernel(pad_planes(x, padding), w2, _bias_or_zeros(bias, Cout, x.dtype), y,
-                             kh, kw, *stride, *dilation, oh, ow, chunks)
+        _conv_forward_kernel(x, w2, _bias_or_zeros(bias, Cout, x.dtype), y,
+                             kh, kw, *stride, *padding, *dilation, oh, ow, chunks)
     return y
 
 
@@ -835,18 +860,13 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, need_dx=True, per_chunk
     chunks = chunk_count(N, (2 * K + Cout) * oh * ow, x.itemsize, per_chunk)
     dw_parts = np.empty((chunks, Cout, K), dtype=x.dtype)
     db_parts = np.empty((chunks, Cout), dtype=x.dtype)
-    xp = pad_planes(x, padding)
-    dxp = np.empty(xp.shape if need_dx else (1, 1, 1, 1), dtype=x.dtype)
+    dx = np.empty(x.shape if need_dx else (1, 1, 1, 1), dtype=x.dtype)
     with _OneBlasThread():
-        _conv_backward_kernel(gy.astype(x.dtype, copy=False), xp, w2, dxp, dw_parts, db_parts,
-                              bool(need_dx), kh, kw, *stride, *dilation, oh, ow, chunks)
+        _conv_backward_kernel(gy.astype(x.dtype, copy=False), x, w2, dx, dw_parts, db_parts,
+                              bool(need_dx), kh, kw, *stride, *padding, *dilation, oh, ow, chunks)
     dw = dw_parts.sum(axis=0).reshape(w.shape)
     db = db_parts.sum(axis=0)
-    dx = None
-    if need_dx:
-        (ph, pw), (H, W) = padding, x.shape[2:]
-        dx = dxp[:, :, ph:ph + H, pw:pw + W]
-    return dx, dw, db
+    return (dx if need_dx else None), dw, db
 
 
 # -----------------------------------------------------------------------------
@@ -899,8 +919,13 @@ def matmul(a, b):
 # -----------------------------------------------------------------------------
 # Depthwise convolution, directly (numpy_ref.depthwise_conv2d_forward's loops)
 # -----------------------------------------------------------------------------
+# Two ways, by stride. Stride 1: the whole batch padded once (pad_planes), then the
+# two kernels below, one thread per plane (forward) or channel (backward), each tap one
+# long multiply-add over the padded plane's rows. (They compute any stride, but a stride
+# > 1 makes each tap a strided loop of short rows, 2x slower than the phase planes
+# further down, which the wrappers use for it instead.)
 @_jit
-def _depthwise_forward_kernel(xp, w, y, sh, sw, dh, dw):
+def _depthwise_padded_forward_kernel(xp, w, y, sh, sw, dh, dw):
     """y[n, c] = sum over taps of w[c, 0, i, j] * the tap's strided slice of xp[n, c]; one
     task per (image, channel) plane, the taps added in numpy_ref's order."""
     N, C, oh, ow = y.shape
@@ -940,22 +965,8 @@ def _depthwise_forward_kernel(xp, w, y, sh, sw, dh, dw):
                             target[ox] += wij * source[ox * sw]
 
 
-def depthwise_conv2d_forward(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
-    """numpy_ref.depthwise_conv2d_forward, one thread per (image, channel) plane."""
-    x = _float_array(x, "depthwise_conv2d_forward: x", 4)
-    w = np.ascontiguousarray(w, dtype=x.dtype)
-    stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
-    N, C, H, W = x.shape
-    if w.shape[:2] != (C, 1):
-        raise ValueError(f"depthwise_conv2d_forward: w must be ({C}, 1, kh, kw) for {C} channels, got {w.shape}")
-    oh, ow = conv_output_shape((H, W), w.shape[2:], stride, padding, dilation)
-    y = np.empty((N, C, oh, ow), dtype=x.dtype)
-    _depthwise_forward_kernel(pad_planes(x, padding), w, y, *stride, *dilation)
-    return y
-
-
 @_reductions
-def _depthwise_backward_kernel(gy, xp, w, dw_out, dxp, need_dx, sh, sw, dh, dw):
+def _depthwise_padded_backward_kernel(gy, xp, w, dw_out, dxp, need_dx, sh, sw, dh, dw):
     """Per channel (one thread each): dw[c] = each tap's sum of gy * its slice of xp (float64
     sums), and the slices of dxp[:, c] += w_ij * gy (the channel is this thread's alone)."""
     N, C, oh, ow = gy.shape
@@ -1021,6 +1032,161 @@ def _depthwise_backward_kernel(gy, xp, w, dw_out, dxp, need_dx, sh, sw, dh, dw):
                                     target[ox * sw] += wij * grad[ox]
 
 
+# Stride > 1: every tap as one long contiguous multiply-add all the same: the
+# padded plane is split into sh*sw *phase planes*, phase (a, b) holding the pixels
+# of rows a, a+sh, ... and columns b, b+sw, ... (row length Wq). Tap (i, j) reads
+# x_padded[oy*sh + i*dh, ox*sw + j*dw] = phase (i*dh % sh, j*dw % sw) at
+# [oy + i*dh // sh, ox + j*dw // sw]: with the output laid out with row length Wq
+# too ("wide" rows, oh*Wq values, the Wq - ow extra columns dropped at the end),
+# that is wide[k] += w_ij * phase[k + offset_ij] for k = 0 .. L-1. Stride 1 has one
+# phase, the padded plane itself. The phases are built per plane in the thread's
+# cache, with the padding; nothing is padded or copied for the whole batch.
+@_serial
+def _phase_geometry(oh, ow, kh, kw, sh, sw, dh, dw):
+    """(Hq, Wq, L): the phase planes' rows and row length, and the wide output's length."""
+    Hq = oh + ((kh - 1) * dh) // sh + 1
+    Wq = ow + ((kw - 1) * dw) // sw
+    return Hq, Wq, (oh - 1) * Wq + ow
+
+
+@_serial
+def _phase_range(start, size, stride, count):
+    """The indices k in [0, count) with 0 <= k*stride + start < size: (first, stop)."""
+    first = max(0, -((start) // stride))            # ceil(-start / stride)
+    stop = min(count, (size - 1 - start) // stride + 1) if size - 1 - start >= 0 else 0
+    return first, max(first, stop)
+
+
+@_serial
+def _split_phases(plane, phases, ph, pw, sh, sw):
+    """phases[a*sw + b, r, q] = x_padded[r*sh + a, q*sw + b] (zero outside the plane)."""
+    H, W = plane.shape
+    Hq, Wq = phases.shape[1], phases.shape[2]
+    phases[:] = 0
+    for a in range(sh):
+        r0, r1 = _phase_range(a - ph, H, sh, Hq)
+        for b in range(sw):
+            q0, q1 = _phase_range(b - pw, W, sw, Wq)
+            target = phases[a * sw + b]
+            for r in range(r0, r1):
+                source = plane[r * sh + a - ph, q0 * sw + b - pw:]
+                line = target[r]
+                if sw == 1:
+                    for q in range(q1 - q0):
+                        line[q0 + q] = source[q]
+                else:
+                    for q in range(q1 - q0):
+                        line[q0 + q] = source[q * sw]
+
+
+@_serial
+def _merge_phases(phases, plane, ph, pw, sh, sw):
+    """The adjoint of _split_phases: plane[row, column] = its phase entry (padding dropped;
+    a pixel no phase row holds — no tap ever read it — gets 0)."""
+    H, W = plane.shape
+    Hq, Wq = phases.shape[1], phases.shape[2]
+    plane[:] = 0
+    for a in range(sh):
+        r0, r1 = _phase_range(a - ph, H, sh, Hq)
+        for b in range(sw):
+            q0, q1 = _phase_range(b - pw, W, sw, Wq)
+            source = phases[a * sw + b]
+            for r in range(r0, r1):
+                target = plane[r * sh + a - ph, q0 * sw + b - pw:]
+                line = source[r]
+                if sw == 1:
+                    for q in range(q1 - q0):
+                        target[q] = line[q0 + q]
+                else:
+                    for q in range(q1 - q0):
+                        target[q * sw] = line[q0 + q]
+
+
+@_jit
+def _depthwise_forward_kernel(x, w, y, sh, sw, ph, pw, dh, dw):
+    """y[n, c] = sum over taps of w[c, 0, i, j] * the tap's slice of x_padded[n, c]; one task
+    per image (its channels one after the other, the buffers reused), the taps added in
+    numpy_ref's order (see above)."""
+    N, C, oh, ow = y.shape
+    kh, kw = w.shape[2], w.shape[3]
+    Hq, Wq, L = _phase_geometry(oh, ow, kh, kw, sh, sw, dh, dw)
+    for n in prange(N):
+        phases = np.empty((sh * sw, Hq, Wq), dtype=y.dtype)
+        wide = np.empty(L, dtype=y.dtype)
+        for c in range(C):
+            _split_phases(x[n, c], phases, ph, pw, sh, sw)
+            wide[:] = 0
+            for i in range(kh):
+                for j in range(kw):
+                    wij = w[c, 0, i, j]
+                    phase = phases[(i * dh) % sh * sw + (j * dw) % sw].reshape(-1)
+                    offset = (i * dh) // sh * Wq + (j * dw) // sw
+                    tap = phase[offset:offset + L]      # a slice: the loop vectorises
+                    for k in range(L):
+                        wide[k] += wij * tap[k]
+            out = y[n, c]
+            for oy in range(oh):
+                out[oy, :] = wide[oy * Wq:oy * Wq + ow]
+
+
+def depthwise_conv2d_forward(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """numpy_ref.depthwise_conv2d_forward, one thread per (image, channel) plane."""
+    x = _float_array(x, "depthwise_conv2d_forward: x", 4)
+    w = np.ascontiguousarray(w, dtype=x.dtype)
+    stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
+    N, C, H, W = x.shape
+    if w.shape[:2] != (C, 1):
+        raise ValueError(f"depthwise_conv2d_forward: w must be ({C}, 1, kh, kw) for {C} channels, got {w.shape}")
+    oh, ow = conv_output_shape((H, W), w.shape[2:], stride, padding, dilation)
+    y = np.empty((N, C, oh, ow), dtype=x.dtype)
+    if stride == (1, 1):
+        _depthwise_padded_forward_kernel(pad_planes(x, padding), w, y, *stride, *dilation)
+    else:
+        _depthwise_forward_kernel(x, w, y, *stride, *padding, *dilation)
+    return y
+
+
+@_reductions
+def _depthwise_backward_kernel(gy, x, w, dw_out, dx, need_dx, sh, sw, ph, pw, dh, dw):
+    """Per channel (one thread each), image by image, in the phase layout of the forward:
+    dw[c, 0, i, j] += the dot product of gy's wide rows with tap (i, j)'s phase slice (float64
+    sums), and tap (i, j)'s slice of dx's phases += w_ij * gy's wide rows; dx[n, c] is then
+    merged back from its phases (the channel is this thread's alone)."""
+    N, C, oh, ow = gy.shape
+    kh, kw = w.shape[2], w.shape[3]
+    Hq, Wq, L = _phase_geometry(oh, ow, kh, kw, sh, sw, dh, dw)
+    for c in prange(C):
+        phases = np.empty((sh * sw, Hq, Wq), dtype=gy.dtype)
+        dphases = np.empty((sh * sw, Hq, Wq), dtype=gy.dtype)
+        wide = np.zeros(L, dtype=gy.dtype)              # gy's rows at stride Wq, zeros between
+        totals = np.zeros((kh, kw))
+        for n in range(N):
+            for oy in range(oh):
+                wide[oy * Wq:oy * Wq + ow] = gy[n, c, oy]
+            _split_phases(x[n, c], phases, ph, pw, sh, sw)
+            if need_dx:
+                dphases[:] = 0
+            for i in range(kh):
+                for j in range(kw):
+                    which = (i * dh) % sh * sw + (j * dw) % sw
+                    offset = (i * dh) // sh * Wq + (j * dw) // sw
+                    tap = phases[which].reshape(-1)[offset:offset + L]
+                    partial = 0.0
+                    for k in range(L):
+                        partial += wide[k] * tap[k]
+                    totals[i, j] += partial
+                    if need_dx:
+                        wij = w[c, 0, i, j]
+                        target = dphases[which].reshape(-1)[offset:offset + L]
+                        for k in range(L):
+                            target[k] += wij * wide[k]
+            if need_dx:
+                _merge_phases(dphases, dx[n, c], ph, pw, sh, sw)
+        for i in range(kh):
+            for j in range(kw):
+                dw_out[c, 0, i, j] = totals[i, j]
+
+
 def depthwise_conv2d_backward(gy, x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), need_dx=True):
     """numpy_ref.depthwise_conv2d_backward, one thread per channel."""
     gy = _float_array(gy, "depthwise_conv2d_backward: gy", 4)
@@ -1028,13 +1194,16 @@ def depthwise_conv2d_backward(gy, x, w, stride=(1, 1), padding=(0, 0), dilation=
     w = np.ascontiguousarray(w, dtype=gy.dtype)
     stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     N, C, H, W = x.shape
-    (ph, pw) = padding
-    xp = pad_planes(x, padding)
     dw = np.empty(w.shape, dtype=gy.dtype)
-    dxp = np.zeros(xp.shape, dtype=gy.dtype) if need_dx else np.zeros((0, C, 0, 0), gy.dtype)
-    _depthwise_backward_kernel(gy, xp, w, dw, dxp, bool(need_dx), *stride, *dilation)
-    dx = dxp[:, :, ph:ph + H, pw:pw + W] if need_dx else None
-    return dx, dw
+    if stride == (1, 1):
+        (ph, pw) = padding
+        xp = pad_planes(x, padding)
+        dxp = np.zeros(xp.shape, dtype=gy.dtype) if need_dx else np.zeros((0, C, 0, 0), gy.dtype)
+        _depthwise_padded_backward_kernel(gy, xp, w, dw, dxp, bool(need_dx), *stride, *dilation)
+        return (np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W]) if need_dx else None), dw
+    dx = np.empty(x.shape if need_dx else (0, C, 0, 0), dtype=gy.dtype)
+    _depthwise_backward_kernel(gy, x, w, dw, dx, bool(need_dx), *stride, *padding, *dilation)
+    return (dx if need_dx else None), dw
 
 
 # -----------------------------------------------------------------------------
