@@ -800,6 +800,17 @@ def conv2d_bias_relu_max_pool2d_backward(gout, argmax, x, w, stride, padding, di
     if gout.shape != (N, Cout, ph, pw) or argmax.shape != gout.shape:
         raise ValueError(f"conv2d_bias_relu_max_pool2d_backward: expected gout and argmax of shape "
                          f"{(N, Cout, ph, pw)}, got {gout.shape} and {argmax.shape}")
+    if C == 1 and stride == (1, 1) and per_chunk is None:          # a first layer: directly
+        xp = pad_planes(x, padding)
+        dw, db = np.empty(w.shape, dtype=x.dtype), np.empty(Cout, dtype=x.dtype)
+        dxp = np.empty(xp.shape if need_dx else (1, 1, 1, 1), dtype=x.dtype)
+        _single_channel_backward_kernel(gy.astype(x.dtype, copy=False), xp,
+                                        np.ascontiguousarray(w, dtype=x.dtype), dw, db, dxp,
+                                        bool(need_dx), *dilation)
+        if not need_dx:
+            return None, dw, db
+        (ph, pw), (H, W) = padding, x.shape[2:]
+        return np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W]), dw, db
     K = C * kh * kw
     w2 = w.astype(x.dtype, copy=False).reshape(Cout, K)
     chunks = chunk_count(N, (2 * K + Cout) * oh * ow, x.itemsize, per_chunk)
@@ -820,6 +831,85 @@ def conv2d_bias_relu_max_pool2d_backward(gout, argmax, x, w, stride, padding, di
     return dx, dw, db
 
 
+# One input channel (a network's first layer on grey images), stride 1: im2col would copy
+# every pixel kh*kw times for a product of only Cout rows. Directly instead, as the
+# depthwise kernels do: each output plane is a sum of the padded input plane's taps, laid
+# out with the padded row length Wp so that each tap is one long multiply-add.
+@_jit
+def _single_channel_forward_kernel(xp, w, bias, y, dh, dw):
+    """y[n, co] = bias[co] + sum over taps (i, j) of w[co, 0, i, j] * x_padded[n, 0] shifted by
+    (i*dh, j*dw); one task per image."""
+    N, Cout, oh, ow = y.shape
+    kh, kw = w.shape[2], w.shape[3]
+    Wp = xp.shape[3]
+    L = (oh - 1) * Wp + ow
+    for n in prange(N):
+        plane = xp[n, 0].reshape(-1)
+        wide = np.empty(L, dtype=y.dtype)
+        for co in range(Cout):
+            wide[:] = 0
+            for i in range(kh):
+                for j in range(kw):
+                    wij, offset = w[co, 0, i, j], i * dh * Wp + j * dw
+                    tap = plane[offset:offset + L]
+                    for k in range(L):
+                        wide[k] += wij * tap[k]
+            out, b = y[n, co], bias[co]
+            for oy in range(oh):
+                row = wide[oy * Wp:oy * Wp + ow]
+                target = out[oy]
+                for ox in range(ow):
+                    target[ox] = row[ox] + b
+
+
+@_reductions
+def _single_channel_backward_kernel(gy, xp, w, dw_out, db_out, dxp, need_dx, dh, dw):
+    """dw[co, 0, i, j] = sum over n of gy[n, co]'s wide rows . tap (i, j) of x_padded[n, 0]
+    (float64 sums, one thread per output channel), db[co] = sum of gy[:, co]; then, if
+    asked, dx_padded[n, 0] = sum over co and taps of w * gy's wide rows, one thread per image."""
+    N, Cout, oh, ow = gy.shape
+    kh, kw = w.shape[2], w.shape[3]
+    Wp = xp.shape[3]
+    L = (oh - 1) * Wp + ow
+    for co in prange(Cout):
+        wide = np.zeros(L, dtype=gy.dtype)
+        totals = np.zeros((kh, kw))
+        bias_total = 0.0
+        for n in range(N):
+            for oy in range(oh):
+                row = gy[n, co, oy]
+                wide[oy * Wp:oy * Wp + ow] = row
+                for ox in range(ow):
+                    bias_total += row[ox]
+            plane = xp[n, 0].reshape(-1)
+            for i in range(kh):
+                for j in range(kw):
+                    offset = i * dh * Wp + j * dw
+                    tap = plane[offset:offset + L]
+                    partial = 0.0
+                    for k in range(L):
+                        partial += wide[k] * tap[k]
+                    totals[i, j] += partial
+        for i in range(kh):
+            for j in range(kw):
+                dw_out[co, 0, i, j] = totals[i, j]
+        db_out[co] = bias_total
+    if need_dx:
+        for n in prange(N):
+            wide = np.zeros(L, dtype=gy.dtype)
+            plane = dxp[n, 0].reshape(-1)
+            plane[:] = 0
+            for co in range(Cout):
+                for oy in range(oh):
+                    wide[oy * Wp:oy * Wp + ow] = gy[n, co, oy]
+                for i in range(kh):
+                    for j in range(kw):
+                        wij, offset = w[co, 0, i, j], i * dh * Wp + j * dw
+                        target = plane[offset:offset + L]
+                        for k in range(L):
+                            target[k] += wij * wide[k]
+
+
 def _conv_geometry(x, w, stride, padding, dilation, op):
     stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     N, C, H, W = x.shape
@@ -837,6 +927,11 @@ def conv2d_forward(x, w, bias, stride, padding, dilation, per_chunk=None):
     x, w = _float_array(x, "conv2d_forward: x", 4), _float_array(w, "weight", 4)
     stride, padding, dilation, (N, C, Cout, kh, kw, oh, ow) = _conv_geometry(
         x, w, stride, padding, dilation, "conv2d_forward")
+    if C == 1 and stride == (1, 1) and per_chunk is None:          # a first layer: directly
+        y = np.empty((N, Cout, oh, ow), dtype=x.dtype)
+        _single_channel_forward_kernel(pad_planes(x, padding), np.ascontiguousarray(w, dtype=x.dtype),
+                                       _bias_or_zeros(bias, Cout, x.dtype), y, *dilation)
+        return y
     w2 = w.astype(x.dtype, copy=False).reshape(Cout, C * kh * kw)
     chunks = chunk_count(N, (C * kh * kw + Cout) * oh * ow, x.itemsize, per_chunk)
     y = np.empty((N, Cout, oh, ow), dtype=x.dtype)
@@ -855,6 +950,17 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, need_dx=True, per_chunk
         x, w, stride, padding, dilation, "conv2d_backward")
     if gy.shape != (N, Cout, oh, ow):
         raise ValueError(f"conv2d_backward: expected gy of shape {(N, Cout, oh, ow)}, got {gy.shape}")
+    if C == 1 and stride == (1, 1) and per_chunk is None:          # a first layer: directly
+        xp = pad_planes(x, padding)
+        dw, db = np.empty(w.shape, dtype=x.dtype), np.empty(Cout, dtype=x.dtype)
+        dxp = np.empty(xp.shape if need_dx else (1, 1, 1, 1), dtype=x.dtype)
+        _single_channel_backward_kernel(gy.astype(x.dtype, copy=False), xp,
+                                        np.ascontiguousarray(w, dtype=x.dtype), dw, db, dxp,
+                                        bool(need_dx), *dilation)
+        if not need_dx:
+            return None, dw, db
+        (ph, pw), (H, W) = padding, x.shape[2:]
+        return np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W]), dw, db
     K = C * kh * kw
     w2 = w.astype(x.dtype, copy=False).reshape(Cout, K)
     chunks = chunk_count(N, (2 * K + Cout) * oh * ow, x.itemsize, per_chunk)

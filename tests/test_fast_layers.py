@@ -367,6 +367,43 @@ def test_chunked_conv_gives_the_same_bits_on_any_number_of_threads():
         np.testing.assert_array_equal(one, many)
 
 
+@settings(max_examples=30, deadline=None)
+@given(case=depthwise_cases(), cout=st.integers(1, 5), need_dx=st.booleans())
+def test_numba_single_channel_conv_matches_the_reference(case, cout, need_dx):
+    """A conv reading one channel at stride 1 (a first layer) is computed directly, without im2col."""
+    x, _, _, padding, dilation = case
+    x = np.ascontiguousarray(x[:, :1])
+    rng = np.random.default_rng(12)
+    kh, kw = rng.integers(1, 6), rng.integers(1, 6)
+    assume(dilation[0] * (kh - 1) + 1 <= x.shape[2] + 2 * padding[0])
+    assume(dilation[1] * (kw - 1) + 1 <= x.shape[3] + 2 * padding[1])
+    w = rng.standard_normal((cout, 1, kh, kw)).astype(x.dtype)
+    b = rng.standard_normal(cout).astype(x.dtype)
+    y = numba_cpu.conv2d_forward(x, w, b, (1, 1), padding, dilation)
+    np.testing.assert_allclose(y, ref.conv2d_forward(x, w, b, (1, 1), padding, dilation), **tol(x.dtype, w[0].size))
+    gy = rng.standard_normal(y.shape).astype(x.dtype)
+    got = numba_cpu.conv2d_backward(gy, x, w, (1, 1), padding, dilation, need_dx=need_dx)
+    want = ref.conv2d_backward(gy, x, w, (1, 1), padding, dilation, need_dx=need_dx)
+    assert (got[0] is None) == (not need_dx)
+    for g, r in zip(got, want):
+        if r is not None:
+            assert g.flags.c_contiguous
+            np.testing.assert_allclose(g, r, **tol(x.dtype, gy.size))
+
+
+def test_single_channel_conv_gives_the_same_bits_on_any_number_of_threads():
+    import numba
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((37, 1, 12, 11)).astype(np.float32)
+    w = rng.standard_normal((6, 1, 5, 5)).astype(np.float32)
+
+    def run():
+        y = numba_cpu.conv2d_forward(x, w, None, (1, 1), (2, 2), (1, 1))
+        return [y, *numba_cpu.conv2d_backward(y, x, w, (1, 1), (2, 2), (1, 1))]
+    for one, many in zip(_on_threads(1, run), _on_threads(numba.config.NUMBA_NUM_THREADS, run)):
+        np.testing.assert_array_equal(one, many)
+
+
 def test_chunked_conv_equals_conv2d_and_passes_gradcheck(cpu_backend):
     rng = np.random.default_rng(11)
     x0, w0, b0 = rng.standard_normal((3, 2, 7, 6)), rng.standard_normal((4, 2, 3, 2)), rng.standard_normal(4)
