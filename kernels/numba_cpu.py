@@ -73,6 +73,9 @@ from numba import njit, prange
 
 from .geometry import conv_output_shape, first_real_taps, pair
 from .geometry import pad_planes as _pad_planes_numpy
+from . import numba_blas
+from .numba_blas import FAST as _FAST_BLAS
+from .numba_blas import gemm
 
 NAME = "numba"
 
@@ -549,7 +552,7 @@ def chunk_count(N, floats_per_image, itemsize, per_chunk=None):
 
 @_jit
 def _conv_relu_pool_forward_kernel(xp, w2, bias, out, argmax, kh, kw, sh, sw, dh, dw, oh, ow,
-                                   pkh, pkw, psh, psw, chunks, minus_infinity):
+                                   pkh, pkw, psh, psw, chunks, minus_infinity, fast):
     """out[n, co] = relu(max pool(conv(x, w)[n, co] + bias[co])), per chunk of images.
 
     Shapes: xp (N, C, Hp, Wp) the padded input, w2 (Cout, K = C*kh*kw), out and
@@ -571,7 +574,7 @@ def _conv_relu_pool_forward_kernel(xp, w2, bias, out, argmax, kh, kw, sh, sw, dh
         for row in range(K):
             _im2col_row(images, cols[row], row, kh, kw, sh, sw, dh, dw)
         y = np.empty((Cout, m, oh, ow), dtype=xp.dtype)
-        np.dot(w2, cols.reshape((K, m * oh * ow)), y.reshape((Cout, m * oh * ow)))
+        gemm(False, False, w2, cols.reshape((K, m * oh * ow)), y.reshape((Cout, m * oh * ow)), fast)
         for co in range(Cout):
             for n in range(m):
                 _pool_one(y[co, n], bias[co], out[n0 + n, co], argmax[n0 + n, co],
@@ -580,7 +583,7 @@ def _conv_relu_pool_forward_kernel(xp, w2, bias, out, argmax, kh, kw, sh, sw, dh
 
 @_jit
 def _conv_relu_pool_backward_kernel(gout, argmax, xp, w2, dxp, dw_parts, db_parts, need_dx,
-                                    kh, kw, sh, sw, dh, dw, oh, ow, pkh, pkw, psh, psw, chunks):
+                                    kh, kw, sh, sw, dh, dw, oh, ow, pkh, pkw, psh, psw, chunks, fast):
     """The adjoint of the forward kernel, per chunk of images (L = m*oh*ow)::
 
         dy   = the pooled gradient routed to each window's winner   (Cout, m, oh, ow)
@@ -608,9 +611,10 @@ def _conv_relu_pool_backward_kernel(gout, argmax, xp, w2, dxp, dw_parts, db_part
         cols = np.empty((K, m, oh, ow), dtype=xp.dtype)
         for row in range(K):
             _im2col_row(images, cols[row], row, kh, kw, sh, sw, dh, dw)
-        np.dot(dy2, cols.reshape((K, L)).T, dw_parts[chunk])
+        gemm(False, True, dy2, cols.reshape((K, L)), dw_parts[chunk], fast)
         if need_dx:
-            dcols = np.dot(w2.T, dy2).reshape((K, m, oh, ow))
+            dcols = np.empty((K, m, oh, ow), dtype=xp.dtype)
+            gemm(True, False, w2, dy2, dcols.reshape((K, L)), fast)
             dimages = dxp[n0:n0 + m]
             dimages[:] = 0
             for c in range(C):
@@ -636,7 +640,7 @@ def _padded_chunk(x, n0, m, ph, pw):
 
 
 @_jit
-def _conv_forward_kernel(x, w2, bias, y, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, chunks):
+def _conv_forward_kernel(x, w2, bias, y, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, chunks, fast):
     """y[n, co] = conv(x, w)[n, co] + bias[co], per chunk of m images: the chunk padded in
     cache, its im2col columns (K, m, oh, ow), one BLAS product with w2 (Cout, K), and the
     product (Cout, m, oh, ow) copied out to y's (n, co) planes with the bias."""
@@ -649,22 +653,16 @@ def _conv_forward_kernel(x, w2, bias, y, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
         cols = np.empty((K, m, oh, ow), dtype=x.dtype)
         for row in range(K):
             _im2col_row(images, cols[row], row, kh, kw, sh, sw, dh, dw)
-        # the product as y^T = cols^T @ w2^T, (m*oh*ow, Cout): the BLAS that Numba calls runs
-        # this orientation 10-20 % faster than w2 @ cols when Cout is small (measured)
-        P = oh * ow
-        yt = np.empty((m * P, Cout), dtype=x.dtype)
-        np.dot(cols.reshape((K, m * P)).T, w2.T, yt)
+        yc = np.empty((Cout, m, oh, ow), dtype=x.dtype)
+        gemm(False, False, w2, cols.reshape((K, m * oh * ow)), yc.reshape((Cout, m * oh * ow)), fast)
         for n in range(m):
             for co in range(Cout):
-                b = bias[co]
-                plane = y[n0 + n, co].reshape(-1)
-                for p in range(P):
-                    plane[p] = yt[n * P + p, co] + b
+                y[n0 + n, co] = yc[co, n] + bias[co]
 
 
 @_jit
 def _conv_backward_kernel(gy, x, w2, dx, dw_parts, db_parts, need_dx, kh, kw, sh, sw, ph, pw,
-                          dh, dw, oh, ow, chunks):
+                          dh, dw, oh, ow, chunks, fast):
     """The adjoint, per chunk (the fused backward above without the unpooling)::
 
         dy = gy[chunk] in (Cout, m, oh, ow) order;  db_parts[chunk] = dy @ ones
@@ -687,10 +685,10 @@ def _conv_backward_kernel(gy, x, w2, dx, dw_parts, db_parts, need_dx, kh, kw, sh
         cols = np.empty((K, m, oh, ow), dtype=x.dtype)
         for row in range(K):
             _im2col_row(images, cols[row], row, kh, kw, sh, sw, dh, dw)
-        dwt = np.dot(cols.reshape((K, L)), dy2.T)      # dW^T (K, Cout): the faster orientation
-        dw_parts[chunk] = dwt.T
+        gemm(False, True, dy2, cols.reshape((K, L)), dw_parts[chunk], fast)
         if need_dx:
-            dcols = np.dot(w2.T, dy2).reshape((K, m, oh, ow))
+            dcols = np.empty((K, m, oh, ow), dtype=x.dtype)
+            gemm(True, False, w2, dy2, dcols.reshape((K, L)), fast)
             dimages = np.zeros((m, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
             for c in range(C):
                 _col2im_channel(dcols, dimages, c, kh, kw, sh, sw, dh, dw)
@@ -725,9 +723,11 @@ class _OneBlasThread:
         self.before = [lib.get_num_threads() for lib in self._shared]
         for lib in self._shared:
             lib.set_num_threads(1)
+        self.numpy_before = numba_blas.one_thread()      # NumPy's own, when the kernels call it
         return self
 
     def __exit__(self, *exc):
+        numba_blas.restore_threads(self.numpy_before)
         for lib, n in zip(self._shared, self.before):
             lib.set_num_threads(n)
 
@@ -790,7 +790,7 @@ def conv2d_bias_relu_max_pool2d_forward(x, w, bias, stride, padding, dilation, p
     with _OneBlasThread():
         _conv_relu_pool_forward_kernel(pad_planes(x, padding), w2, _bias_or_zeros(bias, Cout, x.dtype),
                                        out, argmax, kh, kw, *stride, *dilation, oh, ow,
-                                       pkh, pkw, *pstride, chunks, x.dtype.type(-np.inf))
+                                       pkh, pkw, *pstride, chunks, x.dtype.type(-np.inf), _FAST_BLAS)
     return out, argmax
 
 
@@ -807,17 +807,6 @@ def conv2d_bias_relu_max_pool2d_backward(gout, argmax, x, w, stride, padding, di
     if gout.shape != (N, Cout, ph, pw) or argmax.shape != gout.shape:
         raise ValueError(f"conv2d_bias_relu_max_pool2d_backward: expected gout and argmax of shape "
                          f"{(N, Cout, ph, pw)}, got {gout.shape} and {argmax.shape}")
-    if C == 1 and stride == (1, 1) and per_chunk is None:          # a first layer: directly
-        xp = pad_planes(x, padding)
-        dw, db = np.empty(w.shape, dtype=x.dtype), np.empty(Cout, dtype=x.dtype)
-        dxp = np.empty(xp.shape if need_dx else (1, 1, 1, 1), dtype=x.dtype)
-        _single_channel_backward_kernel(gy.astype(x.dtype, copy=False), xp,
-                                        np.ascontiguousarray(w, dtype=x.dtype), dw, db, dxp,
-                                        bool(need_dx), *dilation)
-        if not need_dx:
-            return None, dw, db
-        (ph, pw), (H, W) = padding, x.shape[2:]
-        return np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W]), dw, db
     K = C * kh * kw
     w2 = w.astype(x.dtype, copy=False).reshape(Cout, K)
     chunks = chunk_count(N, (2 * K + Cout) * oh * ow, x.itemsize, per_chunk)
@@ -828,7 +817,7 @@ def conv2d_bias_relu_max_pool2d_backward(gout, argmax, x, w, stride, padding, di
     with _OneBlasThread():
         _conv_relu_pool_backward_kernel(gout.astype(x.dtype, copy=False), argmax, xp, w2, dxp,
                                         dw_parts, db_parts, bool(need_dx), kh, kw, *stride,
-                                        *dilation, oh, ow, pkh, pkw, *pstride, chunks)
+                                        *dilation, oh, ow, pkh, pkw, *pstride, chunks, _FAST_BLAS)
     dw = dw_parts.sum(axis=0).reshape(w.shape)        # in chunk order: the same for any thread count
     db = db_parts.sum(axis=0)
     dx = None
@@ -944,7 +933,7 @@ def conv2d_forward(x, w, bias, stride, padding, dilation, per_chunk=None):
     y = np.empty((N, Cout, oh, ow), dtype=x.dtype)
     with _OneBlasThread():
         _conv_forward_kernel(x, w2, _bias_or_zeros(bias, Cout, x.dtype), y,
-                             kh, kw, *stride, *padding, *dilation, oh, ow, chunks)
+                             kh, kw, *stride, *padding, *dilation, oh, ow, chunks, _FAST_BLAS)
     return y
 
 
@@ -976,7 +965,8 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, need_dx=True, per_chunk
     dx = np.empty(x.shape if need_dx else (1, 1, 1, 1), dtype=x.dtype)
     with _OneBlasThread():
         _conv_backward_kernel(gy.astype(x.dtype, copy=False), x, w2, dx, dw_parts, db_parts,
-                              bool(need_dx), kh, kw, *stride, *padding, *dilation, oh, ow, chunks)
+                              bool(need_dx), kh, kw, *stride, *padding, *dilation, oh, ow, chunks,
+                              _FAST_BLAS)
     dw = dw_parts.sum(axis=0).reshape(w.shape)
     db = db_parts.sum(axis=0)
     return (dx if need_dx else None), dw, db

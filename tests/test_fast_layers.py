@@ -452,3 +452,43 @@ def test_swapped_convs_are_still_conv2ds_and_quant_layers_are_left_whole():
     fused = mc.fuse(qat)
     for original, kept in zip(qat.quant_layers(), fused.quant_layers()):
         assert kept is original and type(kept.layer) in (nn.Conv2d, nn.Linear)
+
+
+# -----------------------------------------------------------------------------
+# The kernels' matrix products (kernels/numba_blas.py)
+# -----------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_kernel_gemm_equals_numpy_on_both_paths(dtype, trans_a, trans_b):
+    """numba_blas.gemm: NumPy's OpenBLAS called directly (when this NumPy has one) and the
+    np.dot fallback give op(a) @ op(b)."""
+    from minicnn.kernels import numba_blas
+    rng = np.random.default_rng(14)
+    a = rng.standard_normal((9, 7) if trans_a else (7, 9)).astype(dtype)
+    b = rng.standard_normal((11, 9) if trans_b else (9, 11)).astype(dtype)
+    want = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    for fast in {False, numba_blas.FAST}:
+        out = np.full((7, 11), np.nan, dtype)
+        numba_blas.gemm(trans_a, trans_b, a, b, out, fast)
+        np.testing.assert_allclose(out, want, **tol(dtype, 9))
+
+
+def test_kernels_give_numpy_its_blas_threads_back():
+    """While a kernel runs, NumPy's OpenBLAS is set to one thread (each of Numba's threads calls
+    it); afterwards NumPy's own products have their threads again."""
+    from threadpoolctl import threadpool_info
+    from minicnn.kernels import numba_blas
+
+    def counts():
+        return sorted((i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas")
+    before = counts()
+    x = np.random.default_rng(15).standard_normal((8, 4, 9, 9)).astype(np.float32)
+    w = np.ones((6, 4, 3, 3), np.float32)
+    y = numba_cpu.conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1))
+    numba_cpu.conv2d_backward(y, x, w, (1, 1), (1, 1), (1, 1))
+    assert counts() == before
+    if numba_blas.FAST:                            # the switch itself, both ways
+        previous = numba_blas.one_thread()
+        assert numba_blas._threads[1]() == 1
+        numba_blas.restore_threads(previous)
+        assert counts() == before
