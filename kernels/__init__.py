@@ -10,6 +10,8 @@
 * ``simulated_device`` — numpy_ref behind a pretend device boundary: the
   test-only ``simulator`` backend, which finds host/device mix-ups on a CPU.
 * ``geometry``         — window sizes and padding, shared by all of them.
+* ``numba_blas``       — the matrix products inside numba_cpu's kernels (NumPy's own
+  OpenBLAS called directly where it can be, else ``np.dot``).
 
 ``minicnn/backend.py`` checks a module against the contract when it is chosen
 and hands the layers its kernel table, ``current.kernels``. Arrays in and out

@@ -80,11 +80,10 @@ _threads = None                # (set_num_threads, get_num_threads) of NumPy's O
 
 
 def _register():
-    """Bind the two symbol names (to NumPy's OpenBLAS, or to stubs); True if the real ones.
-    ``MINICNN_NUMBA_BLAS=scipy`` keeps ``np.dot`` (SciPy's BLAS), for comparisons."""
+    """Bind the two symbol names (to NumPy's OpenBLAS, or to stubs); True if the real ones."""
     global _threads
     import llvmlite.binding as llvm
-    found = None if os.environ.get("MINICNN_NUMBA_BLAS") == "scipy" else _numpy_openblas()
+    found = _numpy_openblas()
     if found is not None:
         handle, sgemm, dgemm, set_threads, get_threads = found
         _keep.append(handle)

@@ -17,8 +17,9 @@ below says which axis it splits and why that is safe.
 Each public function is a thin Python wrapper: it checks and normalises the
 arguments, allocates the output, and calls its ``_kernel``. Matrix products
 are BLAS's, which is faster than any loop we would write — but this module
-calls BLAS itself, from inside its compiled loops (``np.dot`` in Numba code),
-one single-threaded call per thread: ``matmul`` (the layers' products), and
+calls BLAS itself, from inside its compiled loops (``numba_blas.gemm``: NumPy's
+own OpenBLAS where it can reach it, else ``np.dot``), one single-threaded call
+per thread: ``matmul`` (the layers' products), and
 the whole convolution + ReLU + max-pooling layer done a chunk of images at a
 time, so that the chunk's arrays stay in the core's cache (their sections
 below say why both pay).
