@@ -457,7 +457,9 @@ def relu_backward(gy, passes):
 
 
 def conv2d_forward(x, w, bias, stride, padding, dilation):
-    """``y = conv2d(x, w) + bias`` (N, Cout, oh, ow), no groups: Conv2dFn's forward::
+    """``y = conv2d(x, w) + bias`` (N, Cout, oh, ow), no groups.
+
+    What Conv2dFn's forward computes::
 
         cols = im2col(x)                          (C*kh*kw, N*oh*ow)
         y    = w.reshape(Cout, C*kh*kw) @ cols    (Cout, N, oh, ow) -> (N, Cout, oh, ow)
@@ -474,7 +476,9 @@ def conv2d_forward(x, w, bias, stride, padding, dilation):
 
 
 def conv2d_backward(gy, x, w, stride, padding, dilation, need_dx=True):
-    """``(dx or None, dw, db)`` of :func:`conv2d_forward`: Conv2dFn's backward::
+    """``(dx or None, dw, db)`` of :func:`conv2d_forward`.
+
+    What Conv2dFn's backward computes::
 
         dy = gy in (Cout, N*oh*ow) order;  dw = dy @ im2col(x)^T;  db = dy summed
         dx = col2im(w^T @ dy)   (only if need_dx)
