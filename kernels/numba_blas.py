@@ -116,6 +116,11 @@ def one_thread():
     return before
 
 
+def blas_threads():
+    """NumPy's OpenBLAS's thread count now, or None without it (FAST is False)."""
+    return None if _threads is None else _threads[1]()
+
+
 def restore_threads(before):
     """Give NumPy's OpenBLAS back the thread count :func:`one_thread` found."""
     if before is not None:

@@ -375,6 +375,16 @@ def adam_step_(w, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, betas, eps, wei
     return True
 
 
+def _scale_shift(xhat, weight, bias, shape):
+    """y = weight * xhat + bias per channel (``shape`` broadcasts a (C,) vector); None skips a term."""
+    y = xhat
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
 def batch_norm_train_forward(x, weight, bias, eps):
     """Training-mode batch norm: ``(y, xhat, mean, var, inv_std)``.
 
@@ -393,11 +403,7 @@ def batch_norm_train_forward(x, weight, bias, eps):
     var = x.var(axis=axes)
     inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
     xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
-    y = xhat
-    if weight is not None:
-        y = y * weight.reshape(shape)
-    if bias is not None:
-        y = y + bias.reshape(shape)
+    y = _scale_shift(xhat, weight, bias, shape)
     return y, xhat, mean, var, inv_std
 
 
@@ -433,11 +439,7 @@ def batch_norm_eval_forward(x, weight, bias, running_mean, running_var, eps, nee
     shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)                 # broadcast per channel
     inv_std = (1.0 / np.sqrt(running_var + eps)).astype(x.dtype)
     xhat = (x - running_mean.reshape(shape)) * inv_std.reshape(shape)
-    y = xhat
-    if weight is not None:
-        y = y * weight.reshape(shape)
-    if bias is not None:
-        y = y + bias.reshape(shape)
+    y = _scale_shift(xhat, weight, bias, shape)
     return y, (xhat if need_xhat else None), inv_std
 
 

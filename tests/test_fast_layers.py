@@ -491,6 +491,6 @@ def test_kernels_give_numpy_its_blas_threads_back():
     assert counts() == before
     if numba_blas.FAST:                            # the switch itself, both ways
         previous = numba_blas.one_thread()
-        assert numba_blas._threads[1]() == 1
+        assert numba_blas.blas_threads() == 1
         numba_blas.restore_threads(previous)
         assert counts() == before

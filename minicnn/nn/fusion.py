@@ -128,6 +128,16 @@ def conv_relu_max_pool(conv, relu, pool):
     return ConvReLUMaxPool2d(conv, relu, pool)
 
 
+def _take_conv(module, conv):
+    """Give ``module`` (a Conv2d subclass built from ``conv``) conv's settings and its own
+    ``weight`` / ``bias`` Parameter objects (shared: training one trains the other)."""
+    module.in_channels, module.out_channels = conv.in_channels, conv.out_channels
+    module.kernel_size, module.stride, module.padding = conv.kernel_size, conv.stride, conv.padding
+    module.dilation, module.groups = conv.dilation, conv.groups
+    module.weight = conv.weight
+    module.bias = conv.bias
+
+
 class DepthwiseConv2d(Conv2d):
     """A depthwise ``Conv2d`` (``groups = in_channels = out_channels``) computed directly:
     :func:`minicnn.functional.depthwise_conv2d`, no im2col (``functional/depthwise.py``).
@@ -143,11 +153,7 @@ class DepthwiseConv2d(Conv2d):
         if type(conv) is not Conv2d or not is_depthwise(conv):
             raise TypeError("DepthwiseConv2d(conv): expected an nn.Conv2d with groups == in_channels == "
                             f"out_channels, got {conv!r}")
-        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
-        self.dilation, self.groups = conv.dilation, conv.groups
-        self.weight = conv.weight
-        self.bias = conv.bias
+        _take_conv(self, conv)
 
     def forward(self, x):
         return F.depthwise_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
@@ -169,11 +175,7 @@ class ChunkedConv2d(Conv2d):
         Module.__init__(self)       # a Conv2d, as DepthwiseConv2d
         if type(conv) is not Conv2d or conv.groups != 1:
             raise TypeError(f"ChunkedConv2d(conv): expected an nn.Conv2d with groups=1, got {conv!r}")
-        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
-        self.dilation, self.groups = conv.dilation, conv.groups
-        self.weight = conv.weight
-        self.bias = conv.bias
+        _take_conv(self, conv)
 
     def forward(self, x):
         return F.chunked_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
