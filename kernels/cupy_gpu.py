@@ -461,8 +461,71 @@ void depthwise_backward_weight(const T* gy, const T* img, T* dweight,
 }
 """
 
+NORM_SOURCE = r"""
+extern "C" __global__
+void batch_norm_normalize(const T* x, const T* mean, const T* inv_std, const T* weight,
+                          const T* bias, T* y, T* xhat, int N, int C, int L, int keep_xhat)
+{
+    // xhat[n, c, k] = (x[n, c, k] - mean[c]) * inv_std[c];  y[n, c, k] = xhat * weight[c] + bias[c]
+    // (x seen as (N, C, L): L = H*W, or 1 for an (N, C) input). One thread per element: the
+    // normalisation and the affine map in one pass, where the composition makes four. xhat is
+    // written only if keep_xhat (evaluation without a backward does not need it).
+    const long long total = (long long)N * C * L;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)blockDim.x * gridDim.x) {
+        const int c = k / L % C;                                // k = (n*C + c)*L + l
+        const T h = (x[k] - mean[c]) * inv_std[c];
+        if (keep_xhat) xhat[k] = h;
+        y[k] = h * weight[c] + bias[c];
+    }
+}
+
+extern "C" __global__
+void batch_norm_backward_input(const T* gy, const T* xhat, const T* inv_std, const T* weight,
+                               const T* mean_g, const T* mean_g_xhat, T* dx, int N, int C, int L)
+{
+    // dx[n, c, k] = inv_std[c] * (weight[c] * gy - mean_g[c] - xhat * mean_g_xhat[c]), with
+    // mean_g = mean of g = gy * weight over the channel and mean_g_xhat = mean of g * xhat
+    // (the reductions, computed before). One thread per element.
+    const long long total = (long long)N * C * L;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)blockDim.x * gridDim.x) {
+        const int c = k / L % C;
+        dx[k] = inv_std[c] * (weight[c] * gy[k] - mean_g[c] - xhat[k] * mean_g_xhat[c]);
+    }
+}
+
+extern "C" __global__
+void relu_forward(const T* x, T* y, bool* passes, int rows, int columns, int keep_mask)
+{
+    // y = max(x, 0), a NaN staying NaN; passes = !(x <= 0) — true at a NaN too, so the
+    // backward keeps its trace (numpy_ref.relu_forward). x seen as (rows, columns).
+    const long long total = (long long)rows * columns;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)blockDim.x * gridDim.x) {
+        const T v = x[k];
+        const bool blocked = v <= (T)0;                         // false for NaN
+        y[k] = blocked ? (T)0 : v;
+        if (keep_mask) passes[k] = !blocked;
+    }
+}
+
+extern "C" __global__
+void relu_backward(const T* gy, const bool* passes, T* dx, int rows, int columns)
+{
+    // dx = gy * passes: where blocked, gy * 0 — a NaN or an infinite gradient gives NaN there,
+    // as numpy_ref's product does (not a silent 0).
+    const long long total = (long long)rows * columns;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < total;
+         k += (long long)blockDim.x * gridDim.x) {
+        dx[k] = gy[k] * (T)(passes[k] ? 1 : 0);
+    }
+}
+"""
+
 _SOURCES = {"UNFOLD": UNFOLD_SOURCE, "MAX_POOL": MAX_POOL_SOURCE, "FUSED_POOL": FUSED_POOL_SOURCE,
-            "AVG_POOL": AVG_POOL_SOURCE, "DEPTHWISE": DEPTHWISE_SOURCE}
+            "AVG_POOL": AVG_POOL_SOURCE, "DEPTHWISE": DEPTHWISE_SOURCE,
+            "NORM": NORM_SOURCE}
 _FLOAT_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _INDEX_TYPES = {np.dtype(np.int8): "signed char", np.dtype(np.int32): "int"}
 
@@ -710,6 +773,120 @@ def depthwise_conv2d_backward(gy, x, w, stride=(1, 1), padding=(0, 0), dilation=
         dx = cupy.empty(x.shape, dtype=gy.dtype)
         _launch("DEPTHWISE", "depthwise_backward_input", dx.size, gy.dtype, gy=gy, w=w, dx=dx, **g)
     return dx, dweight
+
+
+# -----------------------------------------------------------------------------
+# Batch norm and ReLU: the optional one-pass kernels (kernels/contract.py)
+# -----------------------------------------------------------------------------
+# numpy_ref composes batch norm from array operations: on a GPU each is a kernel launch
+# and a trip through memory. Here the per-channel sums are CuPy's reductions (its own
+# tuned, deterministic kernels) and everything elementwise is one launch of the CUDA C
+# above. The numbers are numpy_ref's expressions; the last bits may differ (the GPU's
+# reductions add in another order, and nvcc may fuse a multiply and an add).
+def _channels(a, name):
+    """(N, C) or (N, C, H, W) -> a contiguous (N, C, L) view (L = H*W, or 1)."""
+    if not isinstance(a, cupy.ndarray):
+        raise TypeError(f"{name} must be a cupy.ndarray in GPU memory, got "
+                        f"{type(a).__module__}.{type(a).__name__}; move host data with "
+                        "minicnn.backend.to_device first")
+    if a.ndim not in (2, 4) or a.dtype not in _FLOAT_TYPES:
+        raise ValueError(f"{name} must be a float32/float64 (N, C) or (N, C, H, W) array, "
+                         f"got {a.dtype} {a.shape}")
+    a = cupy.ascontiguousarray(a)
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def _per_channel_vector(v, C, dtype, default):
+    """weight or bias (C,) on the device in ``dtype`` — or ``default`` everywhere for None."""
+    if v is None:
+        return cupy.full(C, default, dtype=dtype)
+    return cupy.ascontiguousarray(v).astype(dtype, copy=False).reshape(C)
+
+
+def _normalize(x3, mean, inv_std, weight, bias, keep_xhat):
+    N, C, L = x3.shape
+    y = cupy.empty(x3.shape, dtype=x3.dtype)
+    xhat = cupy.empty(x3.shape if keep_xhat else (1,), dtype=x3.dtype)
+    _launch("NORM", "batch_norm_normalize", y.size, x3.dtype, x=x3,
+            mean=cupy.ascontiguousarray(mean).astype(x3.dtype, copy=False),
+            inv_std=inv_std, weight=_per_channel_vector(weight, C, x3.dtype, 1),
+            bias=_per_channel_vector(bias, C, x3.dtype, 0), y=y, xhat=xhat,
+            N=N, C=C, L=L, keep_xhat=int(bool(keep_xhat)))
+    return y, (xhat if keep_xhat else None)
+
+
+def batch_norm_train_forward(x, weight, bias, eps):
+    """numpy_ref.batch_norm_train_forward: CuPy's reductions for the statistics, then one
+    launch for xhat and y."""
+    x3 = _channels(x, "batch_norm_train_forward: x")
+    mean, var = x3.mean(axis=(0, 2)), x3.var(axis=(0, 2))          # numpy_ref's mean and biased var
+    inv_std = (1.0 / cupy.sqrt(var + eps)).astype(x3.dtype)
+    y, xhat = _normalize(x3, mean, inv_std, weight, bias, True)
+    return y.reshape(x.shape), xhat.reshape(x.shape), mean, var, inv_std
+
+
+def batch_norm_train_backward(gy, xhat, inv_std, weight, need_dx=True):
+    """numpy_ref.batch_norm_train_backward: the two sums by CuPy, dx in one launch."""
+    gy3 = _channels(gy, "batch_norm_train_backward: gy")
+    xhat3 = _channels(xhat, "batch_norm_train_backward: xhat").astype(gy3.dtype, copy=False)
+    if xhat3.shape != gy3.shape:
+        raise ValueError(f"batch_norm_train_backward: gy {gy.shape} and xhat {xhat.shape} differ")
+    N, C, L = gy3.shape
+    dbias, dweight = gy3.sum(axis=(0, 2)), (gy3 * xhat3).sum(axis=(0, 2))
+    dx = None
+    if need_dx:
+        w = _per_channel_vector(weight, C, gy3.dtype, 1)
+        m = N * L
+        dx = cupy.empty(gy3.shape, dtype=gy3.dtype)
+        _launch("NORM", "batch_norm_backward_input", dx.size, gy3.dtype, gy=gy3, xhat=xhat3,
+                inv_std=cupy.ascontiguousarray(inv_std).astype(gy3.dtype, copy=False), weight=w,
+                mean_g=w * dbias / m, mean_g_xhat=w * dweight / m, dx=dx, N=N, C=C, L=L)
+        dx = dx.reshape(gy.shape)
+    return dx, dweight, dbias
+
+
+def batch_norm_eval_forward(x, weight, bias, running_mean, running_var, eps, need_xhat=True):
+    """numpy_ref.batch_norm_eval_forward in one launch."""
+    x3 = _channels(x, "batch_norm_eval_forward: x")
+    inv_std = (1.0 / cupy.sqrt(running_var + eps)).astype(x3.dtype)   # numpy_ref's expression
+    y, xhat = _normalize(x3, running_mean, inv_std, weight, bias, need_xhat)
+    return y.reshape(x.shape), (xhat.reshape(x.shape) if need_xhat else None), inv_std
+
+
+def _rows_columns(a):
+    """Any shape as (rows, columns) for the elementwise kernels (int32 sizes each)."""
+    rows = a.shape[0] if a.ndim and a.shape[0] else 1
+    return rows, a.size // rows
+
+
+def relu_forward(x, need_mask=True):
+    """numpy_ref.relu_forward in one launch: y, and the bool mask if a backward wants it."""
+    if not isinstance(x, cupy.ndarray):
+        raise TypeError(f"relu_forward: x must be a cupy.ndarray in GPU memory, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_TYPES:
+        raise TypeError(f"relu_forward: x must be float32 or float64, got {x.dtype}")
+    x = cupy.ascontiguousarray(x)
+    y = cupy.empty(x.shape, dtype=x.dtype)
+    passes = cupy.empty(x.shape if need_mask else (1,), dtype=np.bool_)
+    rows, columns = _rows_columns(x)
+    _launch("NORM", "relu_forward", x.size, x.dtype, x=x, y=y, passes=passes, rows=rows,
+            columns=columns, keep_mask=int(bool(need_mask)))
+    return y, (passes if need_mask else None)
+
+
+def relu_backward(gy, passes):
+    """numpy_ref.relu_backward (dx = gy * passes) in one launch."""
+    if not isinstance(gy, cupy.ndarray) or not isinstance(passes, cupy.ndarray):
+        raise TypeError("relu_backward: gy and passes must be cupy.ndarray arrays in GPU memory")
+    if gy.dtype not in _FLOAT_TYPES or passes.dtype != np.bool_ or gy.shape != passes.shape:
+        raise ValueError(f"relu_backward: expected a float gy and a bool mask of one shape, got "
+                         f"{gy.dtype} {gy.shape} and {passes.dtype} {passes.shape}")
+    gy, passes = cupy.ascontiguousarray(gy), cupy.ascontiguousarray(passes)
+    dx = cupy.empty(gy.shape, dtype=gy.dtype)
+    rows, columns = _rows_columns(gy)
+    _launch("NORM", "relu_backward", gy.size, gy.dtype, gy=gy, passes=passes, dx=dx, rows=rows,
+            columns=columns)
+    return dx
 
 
 # -----------------------------------------------------------------------------

@@ -412,6 +412,12 @@ avg_pool2d_backward = _device_kernel(numpy_ref.avg_pool2d_backward)
 depthwise_conv2d_forward = _device_kernel(numpy_ref.depthwise_conv2d_forward)
 depthwise_conv2d_backward = _device_kernel(numpy_ref.depthwise_conv2d_backward)
 erf = _device_kernel(numpy_ref.erf)
+# the optional one-pass kernels kernels/cupy_gpu.py has, so that the layers take the same path
+batch_norm_train_forward = _device_kernel(numpy_ref.batch_norm_train_forward)
+batch_norm_train_backward = _device_kernel(numpy_ref.batch_norm_train_backward)
+batch_norm_eval_forward = _device_kernel(numpy_ref.batch_norm_eval_forward)
+relu_forward = _device_kernel(numpy_ref.relu_forward)
+relu_backward = _device_kernel(numpy_ref.relu_backward)
 qgemm_u8s8 = _device_kernel(numpy_ref.qgemm_u8s8)
 
 

@@ -203,3 +203,71 @@ def check_depthwise(kernels, dev, host, dtype, case):
                                                   need_dx=False)
     assert none is None
     np.testing.assert_allclose(host(dw2), host(dw))
+
+
+# Batch norm and ReLU, the optional one-pass kernels: shapes (N, C, H, W) and (N, C), channels
+# centred away from 0 (the mean matters), and the values that catch an elementwise kernel out
+NORM_SHAPES = [(4, 3, 5, 6), (7, 5), (2, 3, 1, 1)]
+
+
+def awkward(rs, shape, dtype):
+    """Normal draws with NaN, +-inf, +-0 and a tiny value planted first (when there is room)."""
+    x = (rs.standard_normal(shape) * 3 + 1).astype(dtype)
+    flat = x.reshape(-1)
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30][:flat.size]
+    flat[:len(special)] = special
+    return x
+
+
+def check_batch_norm(kernels, dev, host, dtype, shape, affine):
+    rs = np.random.default_rng(12)
+    C = shape[1]
+    x = (rs.standard_normal(shape) * 3 + 2).astype(dtype)
+    w = rs.standard_normal(C).astype(dtype) if affine else None
+    b = rs.standard_normal(C).astype(dtype) if affine else None
+    on = (lambda a: None if a is None else dev(a))
+    m = x.size // C
+    tol = dict(rtol=TOL[dtype]["rtol"] * 16, atol=TOL[dtype]["atol"] * 16)
+    sums = dict(rtol=TOL[dtype]["rtol"] * m, atol=TOL[dtype]["atol"] * m)
+    want = numpy_ref.batch_norm_train_forward(x, w, b, 1e-5)
+    got = kernels.batch_norm_train_forward(dev(x), on(w), on(b), 1e-5)
+    for g, r in zip(got, want):
+        assert g.shape == r.shape and g.dtype == r.dtype
+        np.testing.assert_allclose(host(g), r, **tol)
+    xhat, inv_std = want[1], want[4]
+    gy = rs.standard_normal(shape).astype(dtype)
+    for need_dx in (True, False):
+        want = numpy_ref.batch_norm_train_backward(gy, xhat, inv_std, w, need_dx=need_dx)
+        got = kernels.batch_norm_train_backward(dev(gy), dev(xhat), dev(inv_std), on(w), need_dx=need_dx)
+        if need_dx:
+            np.testing.assert_allclose(host(got[0]), want[0], **tol)
+        else:
+            assert got[0] is None
+        for g, r in zip(got[1:], want[1:]):
+            np.testing.assert_allclose(host(g), r, **sums)
+    mean, var = rs.standard_normal(C).astype(dtype), rs.uniform(0.1, 3, C).astype(dtype)
+    x = awkward(rs, shape, dtype)
+    for need_xhat in (True, False):
+        want = numpy_ref.batch_norm_eval_forward(x, w, b, mean, var, 1e-5, need_xhat)
+        got = kernels.batch_norm_eval_forward(dev(x), on(w), on(b), dev(mean), dev(var), 1e-5,
+                                              need_xhat=need_xhat)
+        np.testing.assert_allclose(host(got[0]), want[0], **tol)      # NaN and inf where the reference has them
+        assert (got[1] is None) == (not need_xhat)
+        if need_xhat:
+            np.testing.assert_allclose(host(got[1]), want[1], **tol)
+        np.testing.assert_allclose(host(got[2]), want[2], **tol)
+
+
+def check_relu(kernels, dev, host, dtype, shape):
+    rs = np.random.default_rng(13)
+    x = awkward(rs, shape, dtype)
+    y, passes = kernels.relu_forward(dev(x), need_mask=True)
+    y_ref, passes_ref = numpy_ref.relu_forward(x)
+    assert host(y).dtype == dtype and host(passes).dtype == np.bool_
+    np.testing.assert_array_equal(host(y), y_ref)                  # max(x, 0) is exact: the same bits
+    np.testing.assert_array_equal(host(passes), passes_ref)
+    assert kernels.relu_forward(dev(x), need_mask=False)[1] is None
+    gy = awkward(rs, shape, dtype)
+    with np.errstate(invalid="ignore"):                            # inf * 0 where blocked: NaN
+        want = numpy_ref.relu_backward(gy, passes_ref)
+    np.testing.assert_array_equal(host(kernels.relu_backward(dev(gy), passes)), want)

@@ -61,12 +61,13 @@ def kernel_names(source):
 def test_the_sources_are_found_and_define_every_gpu_kernel():
     sources = cuda_sources()
     assert set(sources) == {"UNFOLD_SOURCE", "MAX_POOL_SOURCE", "FUSED_POOL_SOURCE", "AVG_POOL_SOURCE",
-                            "DEPTHWISE_SOURCE"}
+                            "DEPTHWISE_SOURCE", "NORM_SOURCE"}
     names = {n for s in sources.values() for n in kernel_names(s)}
     assert names == {"im2col", "col2im", "max_pool_forward", "max_pool_backward",
                      "bias_relu_max_pool_forward", "bias_relu_max_pool_backward",
                      "avg_pool_forward", "avg_pool_backward",
-                     "depthwise_forward", "depthwise_backward_input", "depthwise_backward_weight"}
+                     "depthwise_forward", "depthwise_backward_input", "depthwise_backward_weight",
+                     "batch_norm_normalize", "batch_norm_backward_input", "relu_forward", "relu_backward"}
 
 
 # -- 1. nvcc ------------------------------------------------------------------------------------
@@ -124,7 +125,7 @@ class _EmulatedKernel:
                 c_args.append(ctypes.c_int(int(value)))
             else:                         # T*, const T*, I*, const I*: the array's dtype must match
                 element = c_type.replace("const", "").replace("*", "").strip()
-                wanted = {**FLOAT_TYPES, **INDEX_TYPES}[self.types[element]]
+                wanted = {**FLOAT_TYPES, **INDEX_TYPES, "bool": np.bool_}[self.types.get(element, element)]
                 assert isinstance(value, np.ndarray) and value.dtype == wanted and value.flags.c_contiguous, \
                     f"{self.name}: {pname} must be a C-contiguous {np.dtype(wanted)} array"
                 c_args.append(ctypes.c_void_p(value.ctypes.data))
@@ -161,7 +162,7 @@ def emulated_cupy_gpu(tmp_path_factory):
     build_dir = tmp_path_factory.mktemp("cuda_on_cpu")
     cupy = types.ModuleType("cupy")
     cupy.ndarray, cupy.empty, cupy.ascontiguousarray = np.ndarray, np.empty, np.ascontiguousarray
-    cupy.zeros = np.zeros
+    cupy.zeros, cupy.full, cupy.sqrt = np.zeros, np.full, np.sqrt
     cupy.RawModule = lambda code: _EmulatedRawModule(code, build_dir)
     cupyx = types.ModuleType("cupyx")
     cupyx.scatter_add = np.add.at
@@ -219,6 +220,14 @@ def test_cuda_fused_bias_relu_max_pool_on_the_cpu(emulated_cupy_gpu, dtype, case
         for bias in (True, False):
             checks.check_bias_relu_max_pool(emulated_cupy_gpu, _same, _same, dtype, case, ties, bias)
     checks.check_bias_relu_max_pool(emulated_cupy_gpu, _same, _same, dtype, case, nans=True)
+
+
+@pytest.mark.parametrize("dtype", checks.FLOATS, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", checks.NORM_SHAPES, ids=checks.ids(checks.NORM_SHAPES))
+def test_cuda_batch_norm_and_relu_on_the_cpu(emulated_cupy_gpu, dtype, shape):
+    for affine in (True, False):
+        checks.check_batch_norm(emulated_cupy_gpu, _same, _same, dtype, shape, affine)
+    checks.check_relu(emulated_cupy_gpu, _same, _same, dtype, shape)
 
 
 @pytest.mark.parametrize("dtype", checks.FLOATS, ids=["f32", "f64"])
@@ -329,6 +338,14 @@ def test_device_backend_fused_kernels_match_the_reference(device_backend, dtype)
                 checks.check_bias_relu_max_pool(device_backend, to_device, to_host, dtype, case,
                                                 ties, bias)
         checks.check_bias_relu_max_pool(device_backend, to_device, to_host, dtype, case, nans=True)
+
+
+@pytest.mark.parametrize("dtype", checks.FLOATS, ids=["f32", "f64"])
+def test_device_backend_batch_norm_and_relu_match_the_reference(device_backend, dtype):
+    for shape in checks.NORM_SHAPES:
+        for affine in (True, False):
+            checks.check_batch_norm(device_backend, to_device, to_host, dtype, shape, affine)
+        checks.check_relu(device_backend, to_device, to_host, dtype, shape)
 
 
 def test_device_backend_kernels_refuse_host_arrays(device_backend):
