@@ -404,6 +404,52 @@ def test_single_channel_conv_gives_the_same_bits_on_any_number_of_threads():
         np.testing.assert_array_equal(one, many)
 
 
+@settings(max_examples=40, deadline=None)
+@given(case=depthwise_cases(), cout=st.integers(1, 9), stride=st.sampled_from([(1, 1), (2, 2), (1, 3), (3, 2)]),
+       need_dx=st.booleans(), bias=st.booleans())
+def test_numba_pointwise_conv_matches_the_reference(case, cout, stride, need_dx, bias):
+    """A 1x1 conv without padding is a matrix product per image (no im2col), at any stride."""
+    x = case[0]
+    rng = np.random.default_rng(14)
+    w = rng.standard_normal((cout, x.shape[1], 1, 1)).astype(x.dtype)
+    b = rng.standard_normal(cout).astype(x.dtype) if bias else None
+    y = numba_cpu.conv2d_forward(x, w, b, stride, (0, 0), (1, 1))
+    np.testing.assert_allclose(y, ref.conv2d_forward(x, w, b, stride, (0, 0), (1, 1)), **tol(x.dtype, x.shape[1]))
+    gy = rng.standard_normal(y.shape).astype(x.dtype)
+    got = numba_cpu.conv2d_backward(gy, x, w, stride, (0, 0), (1, 1), need_dx=need_dx)
+    want = ref.conv2d_backward(gy, x, w, stride, (0, 0), (1, 1), need_dx=need_dx)
+    assert (got[0] is None) == (not need_dx)
+    for g, r in zip(got, want):
+        if r is not None:
+            assert g.shape == r.shape and g.dtype == r.dtype and g.flags.c_contiguous
+            np.testing.assert_allclose(g, r, **tol(x.dtype, gy.size))
+
+
+def test_pointwise_conv_gives_the_same_bits_on_any_number_of_threads():
+    import numba
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((37, 12, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((20, 12, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+
+    def run():
+        out = []
+        for stride in ((1, 1), (2, 2)):
+            y = numba_cpu.conv2d_forward(x, w, b, stride, (0, 0), (1, 1))
+            out += [y, *numba_cpu.conv2d_backward(y, x, w, stride, (0, 0), (1, 1))]
+        return out
+    for one, many in zip(_on_threads(1, run), _on_threads(numba.config.NUMBA_NUM_THREADS, run)):
+        np.testing.assert_array_equal(one, many)
+
+
+def test_pointwise_chunked_conv_passes_gradcheck(cpu_backend):
+    rng = np.random.default_rng(16)
+    x, w, b = (mc.tensor(a, dtype="float64", requires_grad=True)
+               for a in (rng.standard_normal((3, 4, 5, 6)), rng.standard_normal((5, 4, 1, 1)), rng.standard_normal(5)))
+    for stride in (1, 2):
+        assert gradcheck(lambda x, w, b: F.chunked_conv2d(x, w, b, stride, 0), (x, w, b))
+
+
 def test_chunked_conv_equals_conv2d_and_passes_gradcheck(cpu_backend):
     rng = np.random.default_rng(11)
     x0, w0, b0 = rng.standard_normal((3, 2, 7, 6)), rng.standard_normal((4, 2, 3, 2)), rng.standard_normal(4)
