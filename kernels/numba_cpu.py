@@ -1142,11 +1142,11 @@ def matmul(a, b):
 # -----------------------------------------------------------------------------
 # Depthwise convolution, directly (numpy_ref.depthwise_conv2d_forward's loops)
 # -----------------------------------------------------------------------------
-# Two ways, by stride. Stride 1: the whole batch padded once (pad_planes), then the
-# two kernels below, one thread per plane (forward) or channel (backward), each tap one
-# long multiply-add over the padded plane's rows. (They compute any stride, but a stride
-# > 1 makes each tap a strided loop of short rows, 2x slower than the phase planes
-# further down, which the wrappers use for it instead.)
+# Two ways, by stride. Stride 1: the two kernels below, one task per image (forward) or
+# channel (backward), each plane padded into a buffer of the thread's own (it stays in
+# cache; the whole batch is never padded or copied), and each tap one long multiply-add
+# over the padded plane's rows ("wide" rows, see the forward). Stride > 1: the phase
+# planes further down.
 # The weight gradient of a tap is a dot product: sum over images n and positions k of
 # gy_wide[n, k] * tap[n, k]. Summed as one running scalar, the compiler may not vectorise
 # it (that would reorder a floating-point sum), and it ran at ~7 GFLOP/s. So the products
@@ -1166,109 +1166,85 @@ def _sum_tap_products(products, dw_taps):
             dw_taps[i, j] = total
 
 
+@_serial
+def _pad_plane_into(plane, padded, ph, pw):
+    """padded[ph:ph+H, pw:pw+W] = plane (H, W); the border of padded is left as it is (0)."""
+    H, W = plane.shape
+    for r in range(H):
+        source, target = plane[r], padded[ph + r]
+        for q in range(W):
+            target[pw + q] = source[q]
+
+
 @_jit
-def _depthwise_padded_forward_kernel(xp, w, y, sh, sw, dh, dw):
-    """y[n, c] = sum over taps of w[c, 0, i, j] * the tap's strided slice of xp[n, c]; one
-    task per (image, channel) plane, the taps added in numpy_ref's order."""
-    N, C, oh, ow = y.shape
+def _depthwise_padded_forward_kernel(x, w, y, ph, pw, dh, dw):
+    """Stride 1: y[n, c] = sum over taps (i, j) of w[c, 0, i, j] * x_padded[n, c] shifted by
+    (i*dh, j*dw), the taps added in numpy_ref's order; one task per image.
+
+    The output is laid out with the padded row length Wp ("wide" rows: pixel (oy, ox) at
+    oy*Wp + ox), so that every tap is one long contiguous multiply-add,
+    wide[k] += w_ij * x_padded[k + offset_ij]; the Wp - ow extra columns are dropped."""
+    N, C, H, W = x.shape
+    oh, ow = y.shape[2], y.shape[3]
     kh, kw = w.shape[2], w.shape[3]
-    Wp = xp.shape[3]
-    L = (oh - 1) * Wp + ow                      # stride 1: output pixel (oy, ox) at oy*Wp + ox
-    for task in prange(N * C):
-        n, c = task // C, task % C
-        out = y[n, c]
-        if sh == 1 and sw == 1:
-            # Stride 1, the common case: lay the output out with the padded input's row
-            # length Wp, so that every tap is one long contiguous multiply-add
-            # (wide[k] += w_ij * x[k + offset]); the Wp - ow extra columns are dropped.
-            x = xp[n, c].reshape(-1)
-            wide = np.zeros(L, dtype=y.dtype)
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    L = (oh - 1) * Wp + ow
+    for n in prange(N):
+        padded = np.zeros((Hp, Wp), dtype=y.dtype)       # its border stays 0
+        wide = np.empty(L, dtype=y.dtype)
+        flat = padded.reshape(-1)
+        for c in range(C):
+            _pad_plane_into(x[n, c], padded, ph, pw)
+            wide[:] = 0
             for i in range(kh):
                 for j in range(kw):
                     wij, offset = w[c, 0, i, j], i * dh * Wp + j * dw
-                    tap = x[offset:offset + L]      # a slice, so k needs no index arithmetic
+                    tap = flat[offset:offset + L]      # a slice, so k needs no index arithmetic
                     for k in range(L):
                         wide[k] += wij * tap[k]
+            out = y[n, c]
             for oy in range(oh):
                 out[oy, :] = wide[oy * Wp:oy * Wp + ow]
-            continue
-        out[:, :] = 0
-        for i in range(kh):
-            for j in range(kw):
-                wij = w[c, 0, i, j]
-                for oy in range(oh):
-                    source = xp[n, c, oy * sh + i * dh, j * dw:]
-                    target = out[oy]
-                    if sw == 1:                  # contiguous: the loop vectorises
-                        for ox in range(ow):
-                            target[ox] += wij * source[ox]
-                    else:
-                        for ox in range(ow):
-                            target[ox] += wij * source[ox * sw]
 
 
 @_reductions
-def _depthwise_padded_backward_kernel(gy, xp, w, dw_out, dxp, need_dx, sh, sw, dh, dw):
-    """Per channel (one thread each): dw[c] = each tap's sum of gy * its slice of xp (see
-    _sum_tap_products), and the slices of dxp[:, c] += w_ij * gy (the channel is this thread's alone)."""
-    N, C, oh, ow = gy.shape
+def _depthwise_padded_backward_kernel(gy, x, w, dw_out, dx, need_dx, ph, pw, dh, dw):
+    """Stride 1, per channel (one thread each), image by image: dw[c] = each tap's sum of gy *
+    its slice of x_padded (see _sum_tap_products), and dx_padded += w_ij * gy's wide rows at
+    each tap's offset, whose interior is dx[n, c] (the channel is this thread's alone)."""
+    N, C, H, W = x.shape
+    oh, ow = gy.shape[2], gy.shape[3]
     kh, kw = w.shape[2], w.shape[3]
-    Wp = xp.shape[3]
+    Hp, Wp = H + 2 * ph, W + 2 * pw
     L = (oh - 1) * Wp + ow
     for c in prange(C):
-        if sh == 1 and sw == 1:
-            # Stride 1: gy laid out with row length Wp (zeros in the extra columns), so each
-            # tap's sums are long dot products / multiply-adds over k (see the forward)
-            wide = np.zeros(L, dtype=gy.dtype)
-            products = np.zeros((kh * kw, L), dtype=gy.dtype)     # see _sum_tap_products
-            for n in range(N):
-                for oy in range(oh):
-                    wide[oy * Wp:oy * Wp + ow] = gy[n, c, oy]
-                x = xp[n, c].reshape(-1)
+        padded = np.zeros((Hp, Wp), dtype=gy.dtype)      # x[n, c] padded; the border stays 0
+        dpadded = np.empty((Hp, Wp), dtype=gy.dtype)
+        flat, dflat = padded.reshape(-1), dpadded.reshape(-1)
+        wide = np.zeros(L, dtype=gy.dtype)               # gy's rows at stride Wp, zeros between
+        products = np.zeros((kh * kw, L), dtype=gy.dtype)     # see _sum_tap_products
+        for n in range(N):
+            for oy in range(oh):
+                wide[oy * Wp:oy * Wp + ow] = gy[n, c, oy]
+            _pad_plane_into(x[n, c], padded, ph, pw)
+            for i in range(kh):
+                for j in range(kw):
+                    offset = i * dh * Wp + j * dw
+                    tap, total = flat[offset:offset + L], products[i * kw + j]
+                    for k in range(L):
+                        total[k] += wide[k] * tap[k]
+            if need_dx:
+                dflat[:] = 0
                 for i in range(kh):
                     for j in range(kw):
-                        offset = i * dh * Wp + j * dw
-                        tap, total = x[offset:offset + L], products[i * kw + j]
+                        wij, offset = w[c, 0, i, j], i * dh * Wp + j * dw
+                        target = dflat[offset:offset + L]
                         for k in range(L):
-                            total[k] += wide[k] * tap[k]
-                if need_dx:
-                    dx_plane = dxp[n, c].reshape(-1)
-                    for i in range(kh):
-                        for j in range(kw):
-                            wij, offset = w[c, 0, i, j], i * dh * Wp + j * dw
-                            tap = dx_plane[offset:offset + L]
-                            for k in range(L):
-                                tap[k] += wij * wide[k]
-            _sum_tap_products(products, dw_out[c, 0])
-            continue
-        for i in range(kh):
-            for j in range(kw):
-                total = 0.0
-                for n in range(N):
-                    for oy in range(oh):
-                        source = xp[n, c, oy * sh + i * dh, j * dw:]
-                        grad = gy[n, c, oy]
-                        if sw == 1:
-                            for ox in range(ow):
-                                total += grad[ox] * source[ox]
-                        else:
-                            for ox in range(ow):
-                                total += grad[ox] * source[ox * sw]
-                dw_out[c, 0, i, j] = total
-        if need_dx:
-            for n in range(N):
-                for i in range(kh):
-                    for j in range(kw):
-                        wij = w[c, 0, i, j]
-                        for oy in range(oh):
-                            target = dxp[n, c, oy * sh + i * dh, j * dw:]
-                            grad = gy[n, c, oy]
-                            if sw == 1:
-                                for ox in range(ow):
-                                    target[ox] += wij * grad[ox]
-                            else:
-                                for ox in range(ow):
-                                    target[ox * sw] += wij * grad[ox]
+                            target[k] += wij * wide[k]
+                plane = dx[n, c]
+                for r in range(H):
+                    plane[r, :] = dpadded[ph + r, pw:pw + W]
+        _sum_tap_products(products, dw_out[c, 0])
 
 
 # Stride > 1: every tap as one long contiguous multiply-add all the same: the
@@ -1379,7 +1355,7 @@ def depthwise_conv2d_forward(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1
     oh, ow = conv_output_shape((H, W), w.shape[2:], stride, padding, dilation)
     y = np.empty((N, C, oh, ow), dtype=x.dtype)
     if stride == (1, 1):
-        _depthwise_padded_forward_kernel(pad_planes(x, padding), w, y, *stride, *dilation)
+        _depthwise_padded_forward_kernel(x, w, y, *padding, *dilation)
     else:
         _depthwise_forward_kernel(x, w, y, *stride, *padding, *dilation)
     return y
@@ -1430,13 +1406,10 @@ def depthwise_conv2d_backward(gy, x, w, stride=(1, 1), padding=(0, 0), dilation=
     stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     N, C, H, W = x.shape
     dw = np.empty(w.shape, dtype=gy.dtype)
-    if stride == (1, 1):
-        (ph, pw) = padding
-        xp = pad_planes(x, padding)
-        dxp = np.zeros(xp.shape, dtype=gy.dtype) if need_dx else np.zeros((0, C, 0, 0), gy.dtype)
-        _depthwise_padded_backward_kernel(gy, xp, w, dw, dxp, bool(need_dx), *stride, *dilation)
-        return (np.ascontiguousarray(dxp[:, :, ph:ph + H, pw:pw + W]) if need_dx else None), dw
     dx = np.empty(x.shape if need_dx else (0, C, 0, 0), dtype=gy.dtype)
+    if stride == (1, 1):
+        _depthwise_padded_backward_kernel(gy, x, w, dw, dx, bool(need_dx), *padding, *dilation)
+        return (dx if need_dx else None), dw
     _depthwise_backward_kernel(gy, x, w, dw, dx, bool(need_dx), *stride, *padding, *dilation)
     return (dx if need_dx else None), dw
 
