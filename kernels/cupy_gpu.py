@@ -776,6 +776,53 @@ def depthwise_conv2d_backward(gy, x, w, stride=(1, 1), padding=(0, 0), dilation=
 
 
 # -----------------------------------------------------------------------------
+# A plain convolution that keeps its input, not its columns (nn.ChunkedConv2d)
+# -----------------------------------------------------------------------------
+# On the CPU, numba's conv2d_forward / conv2d_backward take a few images at a time so that
+# the columns stay in cache. A GPU wants the opposite — the whole batch in one launch and
+# one cuBLAS product — but the other half of the idea pays here too: ChunkedConv2dFn with
+# these kernels keeps x (not the 9x larger columns) for the backward, which unfolds x again
+# with the CUDA im2col above; GPU memory, not time, is what that saves. The arithmetic is
+# numpy_ref.conv2d_forward / _backward's.
+def conv2d_forward(x, w, bias, stride, padding, dilation):
+    """numpy_ref.conv2d_forward: im2col (CUDA) and one product (cuBLAS) over the whole batch."""
+    x = _device_array(x, "conv2d_forward: x", 4)
+    w = _device_array(w, "conv2d_forward: weight", 4).astype(x.dtype, copy=False)
+    N, C = x.shape[:2]
+    Cout, Cw, kh, kw = w.shape
+    if Cw != C:
+        raise ValueError(f"conv2d_forward: x has {C} channels but the weight {tuple(w.shape)} "
+                         f"expects {Cw} (this kernel has no groups)")
+    cols = im2col(x, kh, kw, stride, padding, dilation)                  # (C*kh*kw, N*oh*ow)
+    oh, ow = conv_output_shape(x.shape[2:], (kh, kw), pair(stride, "stride"),
+                               pair(padding, "padding"), pair(dilation, "dilation"))
+    y = (w.reshape(Cout, -1) @ cols).reshape(Cout, N, oh, ow)
+    if bias is not None:
+        y += cupy.ascontiguousarray(bias).astype(x.dtype, copy=False).reshape(Cout, 1, 1, 1)
+    return cupy.ascontiguousarray(y.transpose(1, 0, 2, 3))              # (N, Cout, oh, ow)
+
+
+def conv2d_backward(gy, x, w, stride, padding, dilation, need_dx=True):
+    """numpy_ref.conv2d_backward: the columns made again from x, dW and dX by cuBLAS, col2im (CUDA)."""
+    x = _device_array(x, "conv2d_backward: x", 4)
+    gy = _device_array(gy, "conv2d_backward: gy", 4).astype(x.dtype, copy=False)
+    w = _device_array(w, "conv2d_backward: weight", 4).astype(x.dtype, copy=False)
+    Cout, _, kh, kw = w.shape
+    cols = im2col(x, kh, kw, stride, padding, dilation)
+    if gy.shape[:2] != (x.shape[0], Cout) or gy.shape[0] * gy.shape[2] * gy.shape[3] != cols.shape[1]:
+        raise ValueError(f"conv2d_backward: gy {gy.shape} does not match the output of x "
+                         f"{x.shape} and the weight {w.shape}")
+    dy = cupy.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(Cout, -1)   # (Cout, N*oh*ow)
+    dw = (dy @ cols.T).reshape(w.shape)
+    db = dy.sum(axis=1)
+    dx = None
+    if need_dx:
+        dx = col2im(cupy.ascontiguousarray(w.reshape(Cout, -1).T @ dy), x.shape, kh, kw,
+                    stride, padding, dilation)
+    return dx, dw, db
+
+
+# -----------------------------------------------------------------------------
 # Batch norm and ReLU: the optional one-pass kernels (kernels/contract.py)
 # -----------------------------------------------------------------------------
 # numpy_ref composes batch norm from array operations: on a GPU each is a kernel launch

@@ -1265,6 +1265,19 @@ def _phase_geometry(oh, ow, kh, kw, sh, sw, dh, dw):
 
 
 @_serial
+def _tap_starts(kh, kw, sh, sw, dh, dw, Hq, Wq):
+    """Where tap (i, j)'s slice begins in the phase planes laid end to end (one flat array):
+    phase (i*dh % sh, j*dw % sw), row i*dh // sh, column j*dw // sw. (Computed once: a
+    reshape and a slice per tap inside the loop cost 2.6x the whole forward at 14x14.)"""
+    starts = np.empty(kh * kw, dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            phase = (i * dh) % sh * sw + (j * dw) % sw
+            starts[i * kw + j] = phase * Hq * Wq + (i * dh) // sh * Wq + (j * dw) // sw
+    return starts
+
+
+@_serial
 def _phase_range(start, size, stride, count):
     """The indices k in [0, count) with 0 <= k*stride + start < size: (first, stop)."""
     first = max(0, -((start) // stride))            # ceil(-start / stride)
@@ -1325,18 +1338,18 @@ def _depthwise_forward_kernel(x, w, y, sh, sw, ph, pw, dh, dw):
     N, C, oh, ow = y.shape
     kh, kw = w.shape[2], w.shape[3]
     Hq, Wq, L = _phase_geometry(oh, ow, kh, kw, sh, sw, dh, dw)
+    starts = _tap_starts(kh, kw, sh, sw, dh, dw, Hq, Wq)
     for n in prange(N):
         phases = np.empty((sh * sw, Hq, Wq), dtype=y.dtype)
+        flat = phases.reshape(-1)
         wide = np.empty(L, dtype=y.dtype)
         for c in range(C):
             _split_phases(x[n, c], phases, ph, pw, sh, sw)
             wide[:] = 0
             for i in range(kh):
                 for j in range(kw):
-                    wij = w[c, 0, i, j]
-                    phase = phases[(i * dh) % sh * sw + (j * dw) % sw].reshape(-1)
-                    offset = (i * dh) // sh * Wq + (j * dw) // sw
-                    tap = phase[offset:offset + L]      # a slice: the loop vectorises
+                    wij, start = w[c, 0, i, j], starts[i * kw + j]
+                    tap = flat[start:start + L]        # a slice: the loop vectorises
                     for k in range(L):
                         wide[k] += wij * tap[k]
             out = y[n, c]
@@ -1370,9 +1383,11 @@ def _depthwise_backward_kernel(gy, x, w, dw_out, dx, need_dx, sh, sw, ph, pw, dh
     N, C, oh, ow = gy.shape
     kh, kw = w.shape[2], w.shape[3]
     Hq, Wq, L = _phase_geometry(oh, ow, kh, kw, sh, sw, dh, dw)
+    starts = _tap_starts(kh, kw, sh, sw, dh, dw, Hq, Wq)
     for c in prange(C):
         phases = np.empty((sh * sw, Hq, Wq), dtype=gy.dtype)
         dphases = np.empty((sh * sw, Hq, Wq), dtype=gy.dtype)
+        flat, dflat = phases.reshape(-1), dphases.reshape(-1)
         wide = np.zeros(L, dtype=gy.dtype)              # gy's rows at stride Wq, zeros between
         products = np.zeros((kh * kw, L), dtype=gy.dtype)     # see _sum_tap_products
         for n in range(N):
@@ -1383,14 +1398,13 @@ def _depthwise_backward_kernel(gy, x, w, dw_out, dx, need_dx, sh, sw, ph, pw, dh
                 dphases[:] = 0
             for i in range(kh):
                 for j in range(kw):
-                    which = (i * dh) % sh * sw + (j * dw) % sw
-                    offset = (i * dh) // sh * Wq + (j * dw) // sw
-                    tap, total = phases[which].reshape(-1)[offset:offset + L], products[i * kw + j]
+                    start = starts[i * kw + j]
+                    tap, total = flat[start:start + L], products[i * kw + j]
                     for k in range(L):
                         total[k] += wide[k] * tap[k]
                     if need_dx:
                         wij = w[c, 0, i, j]
-                        target = dphases[which].reshape(-1)[offset:offset + L]
+                        target = dflat[start:start + L]
                         for k in range(L):
                             target[k] += wij * wide[k]
             if need_dx:

@@ -418,6 +418,8 @@ batch_norm_train_backward = _device_kernel(numpy_ref.batch_norm_train_backward)
 batch_norm_eval_forward = _device_kernel(numpy_ref.batch_norm_eval_forward)
 relu_forward = _device_kernel(numpy_ref.relu_forward)
 relu_backward = _device_kernel(numpy_ref.relu_backward)
+conv2d_forward = _device_kernel(numpy_ref.conv2d_forward)
+conv2d_backward = _device_kernel(numpy_ref.conv2d_backward)
 qgemm_u8s8 = _device_kernel(numpy_ref.qgemm_u8s8)
 
 

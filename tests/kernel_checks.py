@@ -271,3 +271,35 @@ def check_relu(kernels, dev, host, dtype, shape):
     with np.errstate(invalid="ignore"):                            # inf * 0 where blocked: NaN
         want = numpy_ref.relu_backward(gy, passes_ref)
     np.testing.assert_array_equal(host(kernels.relu_backward(dev(gy), passes)), want)
+
+
+# The plain convolution that keeps its input (numba's and CUDA's conv2d_forward / _backward):
+# (x_shape, Cout, kh, kw, stride, padding, dilation), 1x1 and strided ones included
+CONV_CASES = [
+    ((2, 3, 7, 6), 4, 3, 3, (1, 1), (1, 1), (1, 1)),
+    ((3, 2, 9, 8), 5, 3, 2, (2, 1), (1, 0), (1, 2)),
+    ((2, 4, 6, 6), 3, 1, 1, (1, 1), (0, 0), (1, 1)),
+    ((2, 4, 7, 5), 6, 1, 1, (2, 2), (0, 0), (1, 1)),
+]
+
+
+def check_conv(kernels, dev, host, dtype, case):
+    x_shape, cout, kh, kw, stride, padding, dilation = case
+    rs = np.random.default_rng(14)
+    x = rs.standard_normal(x_shape).astype(dtype)
+    w = rs.standard_normal((cout, x_shape[1], kh, kw)).astype(dtype)
+    b = rs.standard_normal(cout).astype(dtype)
+    for bias in (b, None):
+        y_ref = numpy_ref.conv2d_forward(x, w, bias, stride, padding, dilation)
+        y = kernels.conv2d_forward(dev(x), dev(w), None if bias is None else dev(bias), stride, padding, dilation)
+        assert y.dtype == dtype and y.shape == y_ref.shape
+        np.testing.assert_allclose(host(y), y_ref, rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 10)
+    gy = rs.standard_normal(y_ref.shape).astype(dtype)
+    for need_dx in (True, False):
+        want = numpy_ref.conv2d_backward(gy, x, w, stride, padding, dilation, need_dx=need_dx)
+        got = kernels.conv2d_backward(dev(gy), dev(x), dev(w), stride, padding, dilation, need_dx=need_dx)
+        assert (got[0] is None) == (not need_dx)
+        for g, r in zip(got, want):
+            if r is not None:
+                assert g.shape == r.shape and g.dtype == r.dtype
+                np.testing.assert_allclose(host(g), r, rtol=TOL[dtype]["rtol"] * 100, atol=TOL[dtype]["atol"] * 100)

@@ -223,6 +223,12 @@ def test_cuda_fused_bias_relu_max_pool_on_the_cpu(emulated_cupy_gpu, dtype, case
 
 
 @pytest.mark.parametrize("dtype", checks.FLOATS, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", checks.CONV_CASES, ids=checks.ids(checks.CONV_CASES))
+def test_cuda_conv_keeping_its_input_on_the_cpu(emulated_cupy_gpu, dtype, case):
+    checks.check_conv(emulated_cupy_gpu, _same, _same, dtype, case)
+
+
+@pytest.mark.parametrize("dtype", checks.FLOATS, ids=["f32", "f64"])
 @pytest.mark.parametrize("shape", checks.NORM_SHAPES, ids=checks.ids(checks.NORM_SHAPES))
 def test_cuda_batch_norm_and_relu_on_the_cpu(emulated_cupy_gpu, dtype, shape):
     for affine in (True, False):
@@ -341,11 +347,13 @@ def test_device_backend_fused_kernels_match_the_reference(device_backend, dtype)
 
 
 @pytest.mark.parametrize("dtype", checks.FLOATS, ids=["f32", "f64"])
-def test_device_backend_batch_norm_and_relu_match_the_reference(device_backend, dtype):
+def test_device_backend_batch_norm_relu_and_conv_match_the_reference(device_backend, dtype):
     for shape in checks.NORM_SHAPES:
         for affine in (True, False):
             checks.check_batch_norm(device_backend, to_device, to_host, dtype, shape, affine)
         checks.check_relu(device_backend, to_device, to_host, dtype, shape)
+    for case in checks.CONV_CASES:
+        checks.check_conv(device_backend, to_device, to_host, dtype, case)
 
 
 def test_device_backend_kernels_refuse_host_arrays(device_backend):

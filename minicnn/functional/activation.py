@@ -30,7 +30,7 @@ class ReLUFn(Function):
     """
 
     def forward(self, x):
-        fast = current.kernels.relu_forward  # numba: one parallel pass (kernels/contract.py)
+        fast = current.kernels.relu_forward  # numba, CUDA: one pass (kernels/contract.py)
         if fast is not None:
             y, passes = fast(x, need_mask=bool(self.needs_input_grad))
             self.save_for_backward(passes)

@@ -73,12 +73,12 @@ class BatchNormFn(Function):
         axes = (0,) if x.ndim == 2 else (0, 2, 3)
         shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)          # broadcast per channel
         self.training, self.axes, self.shape = training, axes, shape
-        # numba: the same numbers in one pass per channel (kernels/contract.py; None elsewhere)
+        # numba, CUDA: the same numbers in one pass (kernels/contract.py; None on numpy)
         one_pass = current.kernels.batch_norm_train_forward if training else None
         eval_pass = None if training else current.kernels.batch_norm_eval_forward
         if one_pass is not None:
             y, xhat, mean, var, inv_std = one_pass(x, weight, bias, eps)
-        elif eval_pass is not None:           # numba: one pass; xhat kept only if a backward follows
+        elif eval_pass is not None:           # one pass; xhat kept only if a backward follows
             y, xhat, inv_std = eval_pass(x, weight, bias, running_mean, running_var, eps,
                                          need_xhat=bool(self.needs_input_grad))
         else:
