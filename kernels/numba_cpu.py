@@ -1142,11 +1142,10 @@ def matmul(a, b):
 # -----------------------------------------------------------------------------
 # Depthwise convolution, directly (numpy_ref.depthwise_conv2d_forward's loops)
 # -----------------------------------------------------------------------------
-# Two ways, by stride. Stride 1: the two kernels below, one task per image (forward) or
-# channel (backward), each plane padded into a buffer of the thread's own (it stays in
-# cache; the whole batch is never padded or copied), and each tap one long multiply-add
-# over the padded plane's rows ("wide" rows, see the forward). Stride > 1: the phase
-# planes further down.
+# One way for every stride, further down: the padded plane of each (image, channel) split
+# into phase planes in a buffer of the thread's own (at stride 1 there is one phase, the
+# padded plane itself), each tap then one long contiguous multiply-add.
+#
 # The weight gradient of a tap is a dot product: sum over images n and positions k of
 # gy_wide[n, k] * tap[n, k]. Summed as one running scalar, the compiler may not vectorise
 # it (that would reorder a floating-point sum), and it ran at ~7 GFLOP/s. So the products
@@ -1166,88 +1165,7 @@ def _sum_tap_products(products, dw_taps):
             dw_taps[i, j] = total
 
 
-@_serial
-def _pad_plane_into(plane, padded, ph, pw):
-    """padded[ph:ph+H, pw:pw+W] = plane (H, W); the border of padded is left as it is (0)."""
-    H, W = plane.shape
-    for r in range(H):
-        source, target = plane[r], padded[ph + r]
-        for q in range(W):
-            target[pw + q] = source[q]
-
-
-@_jit
-def _depthwise_padded_forward_kernel(x, w, y, ph, pw, dh, dw):
-    """Stride 1: y[n, c] = sum over taps (i, j) of w[c, 0, i, j] * x_padded[n, c] shifted by
-    (i*dh, j*dw), the taps added in numpy_ref's order; one task per image.
-
-    The output is laid out with the padded row length Wp ("wide" rows: pixel (oy, ox) at
-    oy*Wp + ox), so that every tap is one long contiguous multiply-add,
-    wide[k] += w_ij * x_padded[k + offset_ij]; the Wp - ow extra columns are dropped."""
-    N, C, H, W = x.shape
-    oh, ow = y.shape[2], y.shape[3]
-    kh, kw = w.shape[2], w.shape[3]
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    L = (oh - 1) * Wp + ow
-    for n in prange(N):
-        padded = np.zeros((Hp, Wp), dtype=y.dtype)       # its border stays 0
-        wide = np.empty(L, dtype=y.dtype)
-        flat = padded.reshape(-1)
-        for c in range(C):
-            _pad_plane_into(x[n, c], padded, ph, pw)
-            wide[:] = 0
-            for i in range(kh):
-                for j in range(kw):
-                    wij, offset = w[c, 0, i, j], i * dh * Wp + j * dw
-                    tap = flat[offset:offset + L]      # a slice, so k needs no index arithmetic
-                    for k in range(L):
-                        wide[k] += wij * tap[k]
-            out = y[n, c]
-            for oy in range(oh):
-                out[oy, :] = wide[oy * Wp:oy * Wp + ow]
-
-
-@_reductions
-def _depthwise_padded_backward_kernel(gy, x, w, dw_out, dx, need_dx, ph, pw, dh, dw):
-    """Stride 1, per channel (one thread each), image by image: dw[c] = each tap's sum of gy *
-    its slice of x_padded (see _sum_tap_products), and dx_padded += w_ij * gy's wide rows at
-    each tap's offset, whose interior is dx[n, c] (the channel is this thread's alone)."""
-    N, C, H, W = x.shape
-    oh, ow = gy.shape[2], gy.shape[3]
-    kh, kw = w.shape[2], w.shape[3]
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    L = (oh - 1) * Wp + ow
-    for c in prange(C):
-        padded = np.zeros((Hp, Wp), dtype=gy.dtype)      # x[n, c] padded; the border stays 0
-        dpadded = np.empty((Hp, Wp), dtype=gy.dtype)
-        flat, dflat = padded.reshape(-1), dpadded.reshape(-1)
-        wide = np.zeros(L, dtype=gy.dtype)               # gy's rows at stride Wp, zeros between
-        products = np.zeros((kh * kw, L), dtype=gy.dtype)     # see _sum_tap_products
-        for n in range(N):
-            for oy in range(oh):
-                wide[oy * Wp:oy * Wp + ow] = gy[n, c, oy]
-            _pad_plane_into(x[n, c], padded, ph, pw)
-            for i in range(kh):
-                for j in range(kw):
-                    offset = i * dh * Wp + j * dw
-                    tap, total = flat[offset:offset + L], products[i * kw + j]
-                    for k in range(L):
-                        total[k] += wide[k] * tap[k]
-            if need_dx:
-                dflat[:] = 0
-                for i in range(kh):
-                    for j in range(kw):
-                        wij, offset = w[c, 0, i, j], i * dh * Wp + j * dw
-                        target = dflat[offset:offset + L]
-                        for k in range(L):
-                            target[k] += wij * wide[k]
-                plane = dx[n, c]
-                for r in range(H):
-                    plane[r, :] = dpadded[ph + r, pw:pw + W]
-        _sum_tap_products(products, dw_out[c, 0])
-
-
-# Stride > 1: every tap as one long contiguous multiply-add all the same: the
+# Every tap as one long contiguous multiply-add, at any stride: the
 # padded plane is split into sh*sw *phase planes*, phase (a, b) holding the pixels
 # of rows a, a+sh, ... and columns b, b+sw, ... (row length Wq). Tap (i, j) reads
 # x_padded[oy*sh + i*dh, ox*sw + j*dw] = phase (i*dh % sh, j*dw % sw) at
@@ -1358,7 +1276,7 @@ def _depthwise_forward_kernel(x, w, y, sh, sw, ph, pw, dh, dw):
 
 
 def depthwise_conv2d_forward(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
-    """numpy_ref.depthwise_conv2d_forward, one thread per (image, channel) plane."""
+    """numpy_ref.depthwise_conv2d_forward, one task per image, on phase planes (see above)."""
     x = _float_array(x, "depthwise_conv2d_forward: x", 4)
     w = np.ascontiguousarray(w, dtype=x.dtype)
     stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
@@ -1367,10 +1285,7 @@ def depthwise_conv2d_forward(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1
         raise ValueError(f"depthwise_conv2d_forward: w must be ({C}, 1, kh, kw) for {C} channels, got {w.shape}")
     oh, ow = conv_output_shape((H, W), w.shape[2:], stride, padding, dilation)
     y = np.empty((N, C, oh, ow), dtype=x.dtype)
-    if stride == (1, 1):
-        _depthwise_padded_forward_kernel(x, w, y, *padding, *dilation)
-    else:
-        _depthwise_forward_kernel(x, w, y, *stride, *padding, *dilation)
+    _depthwise_forward_kernel(x, w, y, *stride, *padding, *dilation)
     return y
 
 
@@ -1413,7 +1328,7 @@ def _depthwise_backward_kernel(gy, x, w, dw_out, dx, need_dx, sh, sw, ph, pw, dh
 
 
 def depthwise_conv2d_backward(gy, x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), need_dx=True):
-    """numpy_ref.depthwise_conv2d_backward, one thread per channel."""
+    """numpy_ref.depthwise_conv2d_backward, one task per channel, on phase planes."""
     gy = _float_array(gy, "depthwise_conv2d_backward: gy", 4)
     x = np.ascontiguousarray(x, dtype=gy.dtype)
     w = np.ascontiguousarray(w, dtype=gy.dtype)
@@ -1421,9 +1336,6 @@ def depthwise_conv2d_backward(gy, x, w, stride=(1, 1), padding=(0, 0), dilation=
     N, C, H, W = x.shape
     dw = np.empty(w.shape, dtype=gy.dtype)
     dx = np.empty(x.shape if need_dx else (0, C, 0, 0), dtype=gy.dtype)
-    if stride == (1, 1):
-        _depthwise_padded_backward_kernel(gy, x, w, dw, dx, bool(need_dx), *padding, *dilation)
-        return (dx if need_dx else None), dw
     _depthwise_backward_kernel(gy, x, w, dw, dx, bool(need_dx), *stride, *padding, *dilation)
     return (dx if need_dx else None), dw
 
