@@ -37,6 +37,7 @@ import numpy as np
 from .. import functional as F
 from ..backend import current
 from ..autograd.tensor import Function, shape_str
+from ..functional.norm import scale_shift
 from ..nn.layers import BatchNormBase
 
 
@@ -68,12 +69,7 @@ class SyncBatchNormFn(Function):
         xhat = (x - mean.astype(x.dtype).reshape(shape)) * inv_std.reshape(shape)
         self.save_for_backward(xhat, inv_std, weight)                  # (x's shape), (C,), (C,) or None
         self.axes, self.shape, self.count = axes, shape, M              # M: values per channel, all ranks
-        y = xhat
-        if weight is not None:
-            y = y * weight.reshape(shape)
-        if bias is not None:
-            y = y + bias.reshape(shape)
-        return y
+        return scale_shift(xhat, weight, bias, shape)
 
     def backward(self, gy):
         xp = current.xp

@@ -65,6 +65,17 @@ def _standardize_backward(g, xhat, rstd, axes):
                          - xhat * (g * xhat).sum(axis=axes, keepdims=True))
 
 
+def scale_shift(xhat, weight, bias, shape):
+    """y = weight * xhat + bias per channel, the normalisations' last step (``shape`` broadcasts
+    a (C,) vector over xhat, e.g. (1, -1, 1, 1)); a None weight or bias skips its term."""
+    y = xhat
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
 class BatchNormFn(Function):
     """y = gamma * (x - mu) / sqrt(var + eps) + beta, per channel (axis 1)."""
 
@@ -89,11 +100,7 @@ class BatchNormFn(Function):
                 mean, var = running_mean, running_var
             inv_std = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)       # (C,)
             xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
-            y = xhat
-            if weight is not None:
-                y = y * weight.reshape(shape)
-            if bias is not None:
-                y = y + bias.reshape(shape)
+            y = scale_shift(xhat, weight, bias, shape)
         if training and running_mean is not None:
             m = x.size // x.shape[1]
             running_mean *= (1 - momentum)
@@ -210,8 +217,7 @@ class GroupNormFn(Function):
         xhat = xhat.reshape(x.shape)
         self.save_for_backward(xhat, rstd, weight)
         self.num_groups, self.shape = num_groups, shape
-        y = xhat if weight is None else xhat * weight.reshape(shape)
-        return y if bias is None else y + bias.reshape(shape)
+        return scale_shift(xhat, weight, bias, shape)
 
     def backward(self, gy):
         xhat, rstd, weight = self.saved_tensors
